@@ -1,0 +1,1 @@
+"""Data sources (generated or read from the user's files) and in-memory loaders."""

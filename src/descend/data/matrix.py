@@ -1,0 +1,62 @@
+"""Where the matrices of `inverse` and `lowrank` come from: `task.matrix.*`.
+
+    source: diag    values on the diagonal (the seed's diag(1, 2, 3, 4))
+    source: random  rows x cols with a chosen rank, condition number and noise
+    source: file    (implied by a path) .npy, .pt, .csv/.txt, or a .png/.jpg as grayscale
+"""
+
+from __future__ import annotations
+
+import torch
+
+from descend.errors import ConfigError
+from descend.data.files import read_matrix_file
+
+
+def matrix_source(
+    source: str = "diag",
+    values: list[float] | None = None,
+    rows: int = 4,
+    cols: int | None = None,
+    rank: int | None = None,
+    condition: float = 10.0,
+    noise: float = 0.0,
+    seed: int = 0,
+    path: str | None = None,
+) -> torch.Tensor:
+    """The matrix the config asks for, as a float32 tensor on the CPU."""
+    if path:  # a path is the user's own matrix, whatever `source` says
+        return torch.from_numpy(read_matrix_file(path)).float()
+    if source == "diag":
+        if not values:
+            raise ConfigError("task.matrix.values is empty; give the diagonal, e.g. task.matrix.values=[1,2,3,4]")
+        return torch.diag(torch.tensor([float(v) for v in values]))
+    if source == "random":
+        return random_matrix(rows, cols if cols is not None else rows, rank, condition, noise, seed)
+    raise ConfigError(f"task.matrix.source={source!r} is unknown; use diag, random, or set task.matrix.path=<file>")
+
+
+def random_matrix(
+    rows: int, cols: int, rank: int | None, condition: float, noise: float, seed: int
+) -> torch.Tensor:
+    """U diag(s) Vᵀ with orthonormal U, V and singular values spaced geometrically from 1 to 1/condition,
+    scaled to unit RMS entry, plus Gaussian noise of standard deviation `noise`."""
+    for key, value in (("rows", rows), ("cols", cols)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"task.matrix.{key}={value} must be a positive integer")
+    true_rank = min(rows, cols) if rank is None else rank
+    if not 1 <= true_rank <= min(rows, cols):
+        raise ConfigError(f"task.matrix.rank={rank} must lie in 1..min(rows, cols)={min(rows, cols)}")
+    if condition < 1:
+        raise ConfigError(f"task.matrix.condition={condition} must be >= 1 (largest over smallest singular value)")
+    if noise < 0:
+        raise ConfigError(f"task.matrix.noise={noise} must be >= 0")
+    generator = torch.Generator().manual_seed(seed)
+    left, _ = torch.linalg.qr(torch.randn(rows, true_rank, generator=generator, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(cols, true_rank, generator=generator, dtype=torch.float64))
+    exponents = torch.linspace(0, 1, true_rank, dtype=torch.float64) if true_rank > 1 else torch.zeros(1, dtype=torch.float64)
+    singular = condition ** (-exponents)
+    matrix = left @ torch.diag(singular) @ right.T
+    matrix *= (rows * cols) ** 0.5 / matrix.norm()
+    matrix += noise * torch.randn(rows, cols, generator=generator, dtype=torch.float64)
+    return matrix.float()

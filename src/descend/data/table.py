@@ -1,0 +1,103 @@
+"""Where the tables of `linreg` and `mlp` come from: `task.data.*`.
+
+    source: seed     the five points of seed notebook 003 (x = 1..5, y = 2x)
+    source: linear   y = X·w + b + noise, with chosen or random true weights
+    source: sin      y = sin(x) on [0, 2π] (seed notebook 000), optional noise
+    source: teacher  y = a random tanh network of X, plus noise (the noise floor is known)
+    source: csv      (implied by a path) the user's CSV with a header row and a target column
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from descend.data.files import read_csv_table
+from descend.errors import ConfigError, DataError
+
+
+@dataclass
+class Table:
+    features: torch.Tensor  # (rows, features), float32
+    target: torch.Tensor  # (rows,), float32
+    feature_names: list[str]
+    target_name: str
+    noise_floor: float | None = None  # the best achievable MSE where it is known (noise variance)
+
+
+def table_source(
+    source: str = "seed",
+    rows: int = 256,
+    features: int = 1,
+    noise: float = 0.0,
+    weights: list[float] | None = None,
+    bias: float = 0.0,
+    hidden: int = 16,
+    seed: int = 0,
+    path: str | None = None,
+    target: str | None = None,
+    columns: list[str] | None = None,
+) -> Table:
+    if path:  # a path is the user's own table, whatever `source` says
+        return csv_table(path, target, columns)
+    if rows < 1 or features < 1:
+        raise ConfigError(f"task.data.rows={rows} and task.data.features={features} must be positive integers")
+    if noise < 0:
+        raise ConfigError(f"task.data.noise={noise} must be >= 0")
+    generator = torch.Generator().manual_seed(seed)
+    names = [f"x{i}" for i in range(features)]
+    if source == "seed":
+        x = torch.arange(1.0, 6.0).unsqueeze(1)
+        return Table(x, 2 * x[:, 0], ["x"], "y", noise_floor=0.0)
+    if source == "linear":
+        if weights is None:
+            true_w = torch.randn(features, generator=generator)
+        elif len(weights) != features:
+            raise ConfigError(f"task.data.weights has {len(weights)} values but task.data.features={features}; make them agree")
+        else:
+            true_w = torch.tensor([float(w) for w in weights])
+        x = torch.randn(rows, features, generator=generator)
+        y = x @ true_w + bias + noise * torch.randn(rows, generator=generator)
+        return Table(x, y, names, "y", noise_floor=noise**2)
+    if source == "sin":
+        x = torch.linspace(0, 2 * math.pi, rows).unsqueeze(1)
+        y = torch.sin(x[:, 0]) + noise * torch.randn(rows, generator=generator)
+        return Table(x, y, ["x"], "y", noise_floor=noise**2)
+    if source == "teacher":
+        x = torch.randn(rows, features, generator=generator)
+        w1 = torch.randn(features, hidden, generator=generator) / math.sqrt(features)
+        w2 = torch.randn(hidden, generator=generator) / math.sqrt(hidden)
+        y = torch.tanh(x @ w1) @ w2 * 2.0 + noise * torch.randn(rows, generator=generator)
+        return Table(x, y, names, "y", noise_floor=noise**2)
+    raise ConfigError(f"task.data.source={source!r} is unknown; use seed, linear, sin, teacher, or set task.data.path=<file.csv>")
+
+
+def csv_table(path: str, target: str | None, columns: list[str] | None) -> Table:
+    header, values = read_csv_table(path)
+    if not target:
+        raise ConfigError(f"task.data.target is not set; name the column to predict, one of: {', '.join(header)}")
+    if target not in header:
+        raise DataError(f"task.data.path={path}: no column named {target!r}; columns are: {', '.join(header)}")
+    numeric = [name for j, name in enumerate(header) if not np.isnan(values[:, j]).all()]
+    if columns:
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise DataError(f"task.data.columns names {missing} which {path} does not have; columns are: {', '.join(header)}")
+        feature_names = list(columns)
+    else:
+        feature_names = [name for name in numeric if name != target]
+    if not feature_names:
+        raise DataError(f"task.data.path={path}: no numeric feature columns besides {target!r}")
+    chosen = [header.index(name) for name in [*feature_names, target]]
+    block = values[:, chosen]
+    bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
+    if len(bad_rows):
+        raise DataError(
+            f"task.data.path={path}: {len(bad_rows)} rows have empty, non-numeric, NaN or infinite values "
+            f"(first at data row {bad_rows[0] + 1}); clean them or choose columns with task.data.columns"
+        )
+    tensor = torch.from_numpy(block).float()
+    return Table(tensor[:, :-1], tensor[:, -1], feature_names, target)

@@ -1,0 +1,53 @@
+"""Pictures for TensorBoard, as HxWx3 uint8 arrays (matplotlib is imported only when one is drawn)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _upscale(image: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour upscaling, so a 4x4 matrix shows as sharp blocks rather than a blur."""
+    factor = max(1, size // max(image.shape[:2]))
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def heatmap(matrix: torch.Tensor, size: int = 256) -> np.ndarray:
+    """A diverging red/blue picture of a matrix, white at zero, symmetric around it."""
+    from matplotlib import colormaps
+
+    values = matrix.detach().double().cpu().numpy()
+    limit = np.abs(values).max() or 1.0
+    rgba = colormaps["RdBu_r"]((values / limit + 1) / 2)
+    return _upscale((rgba[..., :3] * 255).astype(np.uint8), size)
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor, size: int = 256) -> np.ndarray:
+    """Two matrices as grayscale pictures on one shared scale, with a gap between them."""
+    a, b = (m.detach().double().cpu().numpy() for m in (left, right))
+    low, high = min(a.min(), b.min()), max(a.max(), b.max())
+    scale = (high - low) or 1.0
+    gap = np.ones((a.shape[0], max(1, a.shape[1] // 20)))
+    gray = np.concatenate([(a - low) / scale, gap, (b - low) / scale], axis=1)
+    image = (np.stack([gray] * 3, axis=-1) * 255).astype(np.uint8)
+    return _upscale(image, size)
+
+
+def curve(x: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor, title: str = "") -> np.ndarray:
+    """Prediction against truth for 1-D inputs, as a rendered line plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    order = torch.argsort(x.cpu())
+    xs, ys, ps = (t.detach().cpu().double()[order].numpy() for t in (x, truth, prediction))
+    figure = Figure(figsize=(5, 3.5), dpi=80)
+    axes = figure.subplots()
+    axes.plot(xs, ys, ".", markersize=3, label="truth")
+    axes.plot(xs, ps, "-", label="prediction")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()

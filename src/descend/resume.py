@@ -1,0 +1,25 @@
+"""`python -m train resume=<run folder>`: continue a run in its own folder, with its own config."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def resume_overrides(argv: list[str]) -> list[str]:
+    """Turn `resume=<folder>` into the run's original overrides plus its folder and last checkpoint."""
+    resume = [a for a in argv if a.startswith("resume=")]
+    if not resume:
+        return argv
+    folder = Path(resume[-1].split("=", 1)[1]).expanduser()
+    saved = folder / ".hydra" / "overrides.yaml"
+    checkpoint = folder / "checkpoints" / "last.ckpt"
+    for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
+        if not path.is_file():
+            sys.exit(f"error: resume={folder}: {path} not found; point resume= at a run folder with {what}")
+    import yaml
+
+    original = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "ckpt_path="))]
+    rest = [a for a in argv if not a.startswith("resume=")]
+    folder = folder.resolve()
+    return [*original, *rest, f"hydra.run.dir={folder}", f"ckpt_path={checkpoint.resolve()}", f"resume={folder}"]

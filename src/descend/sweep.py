@@ -1,0 +1,122 @@
+"""What runs at the end of a multirun: the summary of all jobs at the sweep's root.
+
+    summary.csv / summary.md   one row per job: overrides, status, final loss, distances to the
+                               closed form, steps, wall time; sorted by final loss (failures last)
+    summary.png                final loss against each swept numeric key (log axes across decades)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from descend.results import read_metrics
+
+OBJECTIVE = "loss"
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            write_summary(sweep_dir)
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job folder that holds a metrics.json, sorted by the objective."""
+    import yaml
+
+    rows = []
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        record = read_metrics(job)
+        if record is None:
+            continue
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        rows.append({"job": job.name, "overrides": " ".join(overrides or []), "status": record["status"],
+                     **record.get("metrics", {}), "steps": record.get("steps"), "wall_time_s": record.get("wall_time_s"),
+                     "error": record.get("error") or ""})
+
+    def key(row: dict[str, Any]) -> tuple[int, float]:
+        value = row.get(OBJECTIVE)
+        ok = row["status"] == "completed" and isinstance(value, (int, float)) and math.isfinite(value)
+        return (0, value) if ok else (1, math.inf)
+
+    return sorted(rows, key=key)
+
+
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    rows = job_rows(sweep_dir)
+    if not rows:
+        return rows
+    metric_names = sorted({k for row in rows for k in row} - {"job", "overrides", "status", "steps", "wall_time_s", "error", OBJECTIVE})
+    columns = ["job", "overrides", "status", OBJECTIVE, *metric_names, "steps", "wall_time_s", "error"]
+    with (sweep_dir / "summary.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(value: Any) -> str:
+        if value is None or value == "":
+            return "—"
+        return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    table += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "diverged", "failed")}
+    header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". Sorted by final {OBJECTIVE}.\n\n"
+    (sweep_dir / "summary.md").write_text(header + "\n".join(table) + "\n")
+    plot_summary(rows, sweep_dir / "summary.png")
+    return rows
+
+
+def swept_numbers(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Each override key whose values are numbers and differ between jobs."""
+    values: dict[str, list[float | None]] = {}
+    for i, row in enumerate(rows):
+        for item in row["overrides"].split():
+            key, _, raw = item.partition("=")
+            try:
+                number = float(raw)
+            except ValueError:
+                continue
+            values.setdefault(key, [None] * len(rows))[i] = number
+    return {k: v for k, v in values.items() if None not in v and len(set(v)) > 1}
+
+
+def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    swept = swept_numbers(rows) or {"job": [float(i) for i in range(len(rows))]}
+    figure = Figure(figsize=(5 * len(swept), 4), dpi=90)
+    axes_list = figure.subplots(1, len(swept), squeeze=False)[0]
+    losses = [row.get(OBJECTIVE) for row in rows]
+    finite = [v for v in losses if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
+    ceiling = max(finite) * 10 if finite else 1.0
+    for axes, (key, xs) in zip(axes_list, swept.items()):
+        good = [(x, y) for x, y, r in zip(xs, losses, rows) if r["status"] == "completed" and y is not None]
+        bad = [x for x, r in zip(xs, rows) if r["status"] != "completed"]
+        if good:
+            good.sort()
+            axes.plot([x for x, _ in good], [max(y, 1e-300) for _, y in good], "o-", label="completed")
+        if bad:
+            axes.plot(bad, [ceiling] * len(bad), "x", color="red", markersize=10, label="diverged / failed")
+        positive = [x for x in xs if x > 0]
+        if len(positive) == len(xs) and max(xs) / min(xs) >= 100:
+            axes.set_xscale("log")
+        if finite and max(finite) / min(finite) >= 100:
+            axes.set_yscale("log")
+        axes.set_xlabel(key)
+        axes.set_ylabel(f"final {OBJECTIVE}")
+        axes.legend()
+        axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)

@@ -1,0 +1,129 @@
+"""What every task shares: optimiser and scheduler wiring, logging, distance to the closed form.
+
+A task subclass provides, at most:
+    full_batch()   the whole data set as a tuple of tensors (full-batch tasks)
+    loss(batch)    the objective
+    reference()    the closed-form optimum: tensors named like those of solution(),
+                   plus "loss" for the optimal objective value where it is known
+    solution()     the tensors worth saving
+    images()       pictures for TensorBoard (optional)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from descend.data.loaders import RepeatBatch
+from descend.errors import ConfigError
+
+INITS = ("rand", "randn", "zeros")
+
+
+def initial(init: str, *shape: int) -> torch.Tensor:
+    """Initial parameter values; `rand` is the seed notebooks' `torch.rand` after `manual_seed`."""
+    if init == "rand":
+        return torch.rand(*shape)
+    if init == "randn":
+        return torch.randn(*shape)
+    if init == "zeros":
+        return torch.zeros(*shape)
+    raise ConfigError(f"task.init={init!r} is unknown; use one of {', '.join(INITS)}")
+
+
+class Task(pl.LightningModule):
+    def __init__(
+        self,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        steps_per_epoch: int = 100,
+        sgd_lr: float | None = None,  # the SGD learning rate conf/optimizer/sgd.yaml takes from the task
+    ) -> None:
+        super().__init__()
+        # Collects the init args of the subclass too. logger=False: descend logs the
+        # hyper-parameters once, at the end, with the final metrics (a real HPARAMS tab).
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        if steps_per_epoch < 1:
+            raise ConfigError(f"task.steps_per_epoch={steps_per_epoch} must be a positive integer")
+        self.optimizer_factory = optimizer
+        self.scheduler_config = scheduler
+        self._reference: dict[str, torch.Tensor] | None = None
+
+    # ---- the task contract (overridden by subclasses) ----
+    def full_batch(self) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reference(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def solution(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.named_parameters()}
+
+    def images(self) -> dict[str, Any]:
+        return {}
+
+    # ---- training ----
+    def train_dataloader(self) -> Any:
+        return RepeatBatch(self.full_batch(), self.hparams.steps_per_epoch)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        if self.is_logging_step():
+            self.log_dict(self.distances(loss.detach()))
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.is_logging_step():
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def is_logging_step(self) -> bool:
+        # The test Lightning's own LearningRateMonitor uses: extra metrics are computed
+        # only on the steps whose logs are written (every trainer.log_every_n_steps).
+        return self._trainer is not None and self.trainer._logger_connector.should_update_logs
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ConfigError("no optimizer is configured; choose one with optimizer=sgd|adam|adamw|rmsprop|lbfgs")
+        optimizer = self.optimizer_factory(self.parameters())
+        if not self.scheduler_config:
+            return optimizer
+        config = dict(self.scheduler_config)
+        scheduler = config.pop("factory")(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **config}}
+
+    # ---- distance to the closed form ----
+    def cached_reference(self) -> dict[str, torch.Tensor]:
+        """reference() in float64, computed once: it may cost a matrix inverse or an SVD."""
+        if self._reference is None:
+            with torch.no_grad():
+                self._reference = {k: torch.as_tensor(v).double() for k, v in self.reference().items()}
+        return self._reference
+
+    @torch.no_grad()
+    def distances(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Excess loss over the optimum, and the relative error of the solution against the closed
+        form, taken over all reference tensors together (so a zero bias cannot make it blow up)."""
+        reference = dict(self.cached_reference())
+        out = {}
+        if "loss" in reference:
+            out["ref/excess_loss"] = loss.double() - reference.pop("loss")
+        if reference:
+            solution = self.solution()
+            error = torch.cat([(solution[k].double() - v).flatten() for k, v in reference.items()])
+            scale = torch.cat([v.flatten() for v in reference.values()])
+            out["ref/rel_error"] = torch.linalg.vector_norm(error) / torch.linalg.vector_norm(scale).clamp_min(1e-300)
+        return out
+
+    @torch.no_grad()
+    def final_metrics(self) -> dict[str, float]:
+        """The loss and the distances at the final parameters, after the last update."""
+        loss = self.loss(self.full_batch())
+        return {"loss": float(loss), **{k: float(v) for k, v in self.distances(loss).items()}}

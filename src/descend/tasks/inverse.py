@@ -1,0 +1,48 @@
+"""`inverse`: find W with W·M = I by gradient descent on mean((W·M − I)²), as seed notebook 000 does."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from descend.data.matrix import matrix_source
+from descend.errors import ConfigError, DataError
+from descend.plots import heatmap
+from descend.tasks.base import Task, initial
+
+
+class InverseTask(Task):
+    def __init__(self, matrix: dict[str, Any], init: str = "rand", max_condition: float = 1e7, **base: Any) -> None:
+        super().__init__(**base)
+        m = matrix_source(**matrix)
+        if m.shape[0] != m.shape[1]:
+            raise DataError(f"task.matrix: the matrix is {m.shape[0]}x{m.shape[1]}; the inverse task needs a square matrix")
+        condition = float(torch.linalg.cond(m.double()))
+        if not condition < max_condition:
+            raise ConfigError(
+                f"task.matrix: the matrix is singular or nearly so (condition number {condition:.3g} ≥ "
+                f"task.max_condition={max_condition:.3g}); give an invertible matrix"
+            )
+        size = m.shape[0]
+        # Data as non-persistent buffers: they follow the module to its device and precision,
+        # and are rebuilt from the config rather than stored in every checkpoint.
+        self.register_buffer("matrix", m, persistent=False)
+        self.register_buffer("identity", torch.eye(size), persistent=False)
+        self.weight = torch.nn.Parameter(initial(init, size, size))
+
+    def full_batch(self) -> tuple[torch.Tensor, ...]:
+        return self.matrix, self.identity
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        matrix, identity = batch
+        return torch.mean((self.weight @ matrix - identity) ** 2)
+
+    def reference(self) -> dict[str, torch.Tensor]:
+        return {"W": torch.linalg.inv(self.matrix.double()), "loss": torch.tensor(0.0)}
+
+    def solution(self) -> dict[str, torch.Tensor]:
+        return {"W": self.weight.detach()}
+
+    def images(self) -> dict[str, Any]:
+        return {"W·M": heatmap(self.weight.detach() @ self.matrix)}
