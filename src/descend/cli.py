@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from descend.errors import ConfigError, UserError
+from descend.errors import ConfigError, UserError, exit_with_error
 from descend.resume import resume_overrides
 
 
@@ -31,7 +31,20 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 
 def main() -> None:
     sys.argv[1:] = resume_overrides(sys.argv[1:])
+    check_group_choices(sys.argv[1:], config_dir())
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
+
+
+def check_group_choices(argv: list[str], conf: Path) -> None:
+    """`task=nope` gets one line listing the valid options (Hydra's own message is a screenful)."""
+    for arg in argv:
+        group, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or "." in group or "/" in group or not (conf / group).is_dir() or group == "hydra":
+            continue
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        for choice in value.split(","):  # a sweep over options: task=inverse,linreg
+            if choice not in options and choice != "null":
+                exit_with_error(f"{group}={choice} is unknown; choose one of: {', '.join(options)}")
 
 
 def run(cfg: DictConfig) -> float:
@@ -58,6 +71,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any]:
     started = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
     task = trainer = None
+    lightning_metrics: dict[str, float] = {}  # val/ and test/ metrics, kept as each stage ends
     try:
         validate(cfg)
         import lightning.pytorch as pl
@@ -67,8 +81,10 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any]:
         task = build_task(cfg)
         trainer = build_trainer(cfg)
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
+        lightning_metrics.update(stage_metrics(trainer))
         if is_overridden("test_step", task):
             trainer.test(task, verbose=False)
+            lightning_metrics.update(stage_metrics(trainer))
         record["status"] = "completed"
     except Diverged as error:
         record.update(status="diverged", error=str(error))
@@ -82,7 +98,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any]:
     if trainer is not None:
         record["steps"] = trainer.global_step
     if task is not None:
-        record["metrics"] = collect_metrics(task, trainer)
+        record["metrics"] = {**lightning_metrics, **final_metrics(task)}
         write_solution(run_dir, task.solution())
     write_metrics(run_dir, {k: v for k, v in record.items() if k != "user_error"})
     if trainer is not None:
@@ -136,7 +152,7 @@ def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
 
 def explain(error: BaseException) -> str:
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    if "accelerator is not available" in message or "CUDA" in message and "not available" in message:
+    if "gpu backend" in message or "accelerator is not available" in message:
         return ("a GPU was asked for but torch sees none (torch.cuda.is_available() is False); "
                 "use trainer.accelerator=cpu, or install a CUDA build of torch (see README)")
     if isinstance(error, TypeError) and "unexpected keyword argument" in message:
@@ -165,16 +181,17 @@ def build_trainer(cfg: DictConfig) -> Any:
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
 
-def collect_metrics(task: Any, trainer: Any) -> dict[str, float]:
-    """Final metrics: the task's own (loss, distances to the closed form) and Lightning's val/ and test/ ones."""
-    metrics: dict[str, float] = {}
-    if trainer is not None:
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))})
+def stage_metrics(trainer: Any) -> dict[str, float]:
+    """Lightning's val/ and test/ metrics at the end of a stage (the next stage resets them)."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
+
+
+def final_metrics(task: Any) -> dict[str, float]:
+    """The task's loss and distances to the closed form at its final parameters."""
     try:
-        metrics.update(task.final_metrics())
+        return task.final_metrics()
     except Exception:  # a failed run may have no usable parameters; its status already says so
-        pass
-    return metrics
+        return {}
 
 
 def log_to_tensorboard(trainer: Any, cfg: DictConfig, record: dict[str, Any]) -> None:

@@ -11,3 +11,11 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data file that is missing, empty, malformed or not numeric."""
+
+
+def exit_with_error(message: str, code: int = 2) -> None:
+    """Print `error: <message>` on stderr and exit; for bad input found before a run starts."""
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)

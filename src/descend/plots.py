@@ -35,9 +35,7 @@ def side_by_side(left: torch.Tensor, right: torch.Tensor, size: int = 256) -> np
 
 def curve(x: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor, title: str = "") -> np.ndarray:
     """Prediction against truth for 1-D inputs, as a rendered line plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     order = torch.argsort(x.cpu())
@@ -49,5 +47,6 @@ def curve(x: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor, title:
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()
-    figure.canvas.draw()
-    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

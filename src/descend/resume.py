@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from descend.errors import exit_with_error
 
 
 def resume_overrides(argv: list[str]) -> list[str]:
@@ -16,7 +17,7 @@ def resume_overrides(argv: list[str]) -> list[str]:
     checkpoint = folder / "checkpoints" / "last.ckpt"
     for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
         if not path.is_file():
-            sys.exit(f"error: resume={folder}: {path} not found; point resume= at a run folder with {what}")
+            exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}")
     import yaml
 
     original = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "ckpt_path="))]

@@ -90,9 +90,6 @@ def swept_numbers(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 
 def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
     swept = swept_numbers(rows) or {"job": [float(i) for i in range(len(rows))]}
