@@ -177,6 +177,10 @@ def scheduler_config(node: DictConfig | None) -> dict[str, Any] | None:
 
 def build_trainer(cfg: DictConfig) -> Any:
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback with the bar off
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items() if node]
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 

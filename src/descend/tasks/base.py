@@ -51,6 +51,7 @@ class Task(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_config = scheduler
         self._reference: dict[str, torch.Tensor] | None = None
+        self._logged_step = -1
 
     # ---- the task contract (overridden by subclasses) ----
     def full_batch(self) -> tuple[torch.Tensor, ...]:
@@ -74,9 +75,13 @@ class Task(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
-        if self.is_logging_step():
-            self.log_dict(self.distances(loss.detach()))
+        # LBFGS evaluates the loss many times per step through its closure: log the first
+        # evaluation, the loss at the start of the step, as for every other optimiser.
+        if self._logged_step != self.global_step:
+            self._logged_step = self.global_step
+            self.log("train/loss", loss, prog_bar=True)
+            if self.is_logging_step():
+                self.log_dict(self.distances(loss.detach()))
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

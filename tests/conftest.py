@@ -1,0 +1,67 @@
+"""Helpers for real CLI runs and for reading what they leave behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+
+def run_cli(*overrides: str, cwd: Path, expect: int = 0, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m train <overrides>` in `cwd`, as a user runs it; asserts the exit code."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", *overrides], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    return sorted((cwd / "outputs" / "runs").glob("*/*"))
+
+
+def only_run(cwd: Path) -> Path:
+    dirs = run_dirs(cwd)
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar series of a run, read back with TensorBoard's own reader: {tag: {step: value}}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def tensorboard_events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events.Reload()
+    return events
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The run's error: exactly one `error:` line on stderr and no traceback anywhere."""
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    return tmp_path

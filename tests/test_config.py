@@ -1,0 +1,65 @@
+"""The composed configs: every option of every group composes, and the contract's keys exist."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from descend.cli import config_dir
+
+CONF = config_dir()
+GROUPS = ("task", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment")
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_the_contract_groups_exist():
+    for group in (*GROUPS, "hydra"):
+        assert (CONF / group).is_dir(), group
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_option_of_every_group_composes(group):
+    for option in sorted(p.stem for p in (CONF / group).glob("*.yaml")):
+        cfg = composed(f"{group}={option}")
+        OmegaConf.to_container(cfg.task, resolve=True)  # interpolations resolve
+
+
+def test_every_trainer_argument_is_reachable():
+    import lightning.pytorch as pl
+
+    cfg = composed()
+    names = [n for n, p in inspect.signature(pl.Trainer.__init__).parameters.items() if n != "self" and p.kind is p.POSITIONAL_OR_KEYWORD]
+    missing = [n for n in names if n not in cfg.trainer and n not in ("logger", "callbacks")]
+    assert not missing, f"add to conf/trainer/default.yaml: {missing}"
+
+
+def test_every_task_config_matches_its_constructor():
+    from hydra.utils import get_class
+
+    for option in sorted(p.stem for p in (CONF / "task").glob("*.yaml")):
+        cfg = composed(f"task={option}").task
+        cls = get_class(cfg._target_)
+        accepted = set()
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass):
+                accepted |= set(inspect.signature(klass.__init__).parameters)
+        unknown = set(cfg) - accepted - {"_target_"}
+        assert not unknown, f"conf/task/{option}.yaml has keys {unknown} that {cls.__name__} does not take"
+
+
+def test_sgd_takes_the_learning_rate_the_task_is_tuned_for():
+    assert composed("task=linreg").optimizer.lr == 0.01
+    assert composed("task=inverse").optimizer.lr == pytest.approx(0.4605170186)
+    assert composed("task=linreg", "optimizer.lr=0.3").optimizer.lr == 0.3
+
+
+def test_runs_and_sweeps_go_under_outputs():
+    cfg = composed()
+    assert cfg.hydra.run.dir.startswith("outputs/runs/") and cfg.hydra.sweep.dir.startswith("outputs/multirun/")
