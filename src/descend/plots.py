@@ -12,7 +12,7 @@ def _upscale(image: np.ndarray, size: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def heatmap(matrix: torch.Tensor, size: int = 256) -> np.ndarray:
+def heatmap(matrix: torch.Tensor, size: int = 128) -> np.ndarray:
     """A diverging red/blue picture of a matrix, white at zero, symmetric around it."""
     from matplotlib import colormaps
 
@@ -22,7 +22,7 @@ def heatmap(matrix: torch.Tensor, size: int = 256) -> np.ndarray:
     return _upscale((rgba[..., :3] * 255).astype(np.uint8), size)
 
 
-def side_by_side(left: torch.Tensor, right: torch.Tensor, size: int = 256) -> np.ndarray:
+def side_by_side(left: torch.Tensor, right: torch.Tensor, size: int = 128) -> np.ndarray:
     """Two matrices as grayscale pictures on one shared scale, with a gap between them."""
     a, b = (m.detach().double().cpu().numpy() for m in (left, right))
     low, high = min(a.min(), b.min()), max(a.max(), b.max())

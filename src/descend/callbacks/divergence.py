@@ -31,9 +31,9 @@ class DivergenceGuard(pl.Callback):
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         loss_value = float(loss) if loss is not None else math.nan
+        if math.isfinite(loss_value):
+            return  # the loss is computed from the parameters: a non-finite one would show here
         bad_params = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
-        if math.isfinite(loss_value) and not bad_params:
-            return
         lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
         lr = ",".join(f"{v:g}" for v in lrs)
         what = f"loss = {loss_value:g}" + (f", non-finite parameters: {', '.join(bad_params)}" if bad_params else "")
