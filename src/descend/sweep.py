@@ -38,9 +38,14 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        rows.append({"job": job.name, "overrides": " ".join(overrides or []), "status": record["status"],
+        rows.append({"job": job.name, "overrides": overrides or [], "status": record["status"],
                      **record.get("metrics", {}), "steps": record.get("steps"), "wall_time_s": record.get("wall_time_s"),
                      "error": record.get("error") or ""})
+
+    # show what tells the jobs apart: overrides shared by every job are the sweep's constants
+    shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
+    for row in rows:
+        row["overrides"] = " ".join(o for o in row["overrides"] if o not in shared)
 
     def key(row: dict[str, Any]) -> tuple[int, float]:
         value = row.get(OBJECTIVE)

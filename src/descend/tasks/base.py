@@ -76,12 +76,13 @@ class Task(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
         # Lightning's self.log costs more than a whole step of these problems, so metrics are
-        # logged only on the steps whose logs are written. LBFGS evaluates the loss many times
-        # per step through its closure: the first evaluation is the loss at the start of the step.
+        # computed and logged only on logging steps. LBFGS evaluates the loss many times per
+        # step through its closure: the first evaluation is the loss at the start of the step.
         if self._logged_step != self.global_step and self.is_logging_step():
             self._logged_step = self.global_step
-            self.log("train/loss", loss, prog_bar=True)
-            self.log_to_loggers(self.distances(loss.detach()))
+            # logger=False: for the progress bar and monitors (plateau); the loggers get it below
+            self.log("train/loss", loss, prog_bar=True, logger=False)
+            self.log_to_loggers({"train/loss": loss.detach(), **self.distances(loss.detach())})
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -98,9 +99,9 @@ class Task(pl.LightningModule):
                 logger.log_metrics(values, step=self.global_step)
 
     def is_logging_step(self) -> bool:
-        # The test Lightning's own LearningRateMonitor uses: extra metrics are computed
-        # only on the steps whose logs are written (every trainer.log_every_n_steps).
-        return self._trainer is not None and self.trainer._logger_connector.should_update_logs
+        """Steps 0, N, 2N, … for N = trainer.log_every_n_steps: every curve starts at the initial loss."""
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 0
+        return every > 0 and self.global_step % every == 0
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
