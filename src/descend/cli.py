@@ -151,7 +151,7 @@ def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
 
 
 def explain(error: BaseException) -> str:
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    message = " ".join(str(error).split()) or type(error).__name__
     if "gpu backend" in message or "accelerator is not available" in message:
         return ("a GPU was asked for but torch sees none (torch.cuda.is_available() is False); "
                 "use trainer.accelerator=cpu, or install a CUDA build of torch (see README)")
@@ -181,8 +181,26 @@ def build_trainer(cfg: DictConfig) -> Any:
         from lightning.pytorch.callbacks import ProgressBar
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    loggers = [instantiate(node, f"logger.{name}") for name, node in (cfg.get("logger") or {}).items() if node]
+    resumed_at = checkpoint_step(cfg.get("ckpt_path"))
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if not node:
+            continue
+        # A resumed run hides the events its killed predecessor logged after the checkpoint,
+        # so the curve continues without a duplicated stretch (SummaryWriter's purge_step).
+        tensorboard = str(node.get("_target_", "")).endswith("TensorBoardLogger")
+        extra = {"purge_step": resumed_at} if resumed_at and tensorboard else {}
+        loggers.append(instantiate(node, f"logger.{name}", **extra))
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The global step a checkpoint was saved at (None without one)."""
+    if not path:
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
 
 
 def stage_metrics(trainer: Any) -> dict[str, float]:
