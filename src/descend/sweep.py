@@ -101,7 +101,7 @@ def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(5 * len(swept), 4), dpi=90)
     axes_list = figure.subplots(1, len(swept), squeeze=False)[0]
     losses = [row.get(OBJECTIVE) for row in rows]
-    finite = [v for v in losses if isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
+    finite = [v for v, r in zip(losses, rows) if r["status"] == "completed" and isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
     ceiling = max(finite) * 10 if finite else 1.0
     for axes, (key, xs) in zip(axes_list, swept.items()):
         good = [(x, y) for x, y, r in zip(xs, losses, rows) if r["status"] == "completed" and y is not None]
