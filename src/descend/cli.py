@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +58,10 @@ def run(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"))
+    with ddp_children_join_this_job(hydra_cfg):
+        record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"))
+    if record is None:
+        return float("nan")  # a data-parallel rank other than 0: rank 0 reports
     report(record, run_dir)
     if hydra_cfg.mode != RunMode.MULTIRUN and record["status"] != "completed":
         sys.exit(2 if record.get("user_error") else EXIT_CODES.get(record["status"], 1))
@@ -64,7 +69,41 @@ def run(cfg: DictConfig) -> float:
     return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
 
 
-def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any]:
+@contextmanager
+def ddp_children_join_this_job(hydra_cfg: DictConfig) -> Iterator[None]:
+    """Lightning starts DDP ranks 1.. by re-running this command line with `hydra.run.dir` set to
+    HydraConfig's run.dir. In a multirun that would re-run the whole sweep in a new run folder;
+    while this job trains, the command line is this job's overrides and run.dir its folder.
+    Lightning also leaves LOCAL_RANK and friends in this process's environment, after which the
+    next job would wait for ranks that an outside launcher was meant to start: they are restored."""
+    import os
+
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        yield
+        return
+    saved_env = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    saved_argv, saved_dir = sys.argv[:], hydra_cfg.run.dir
+    # hparams_search would turn the child into a sweep again; its sampled values are in the overrides
+    sys.argv[1:] = [o for o in hydra_cfg.overrides.task if not o.startswith("hparams_search=")]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        sys.argv[:] = saved_argv
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = saved_dir
+
+
+def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | None:
     from descend.callbacks import Diverged
     from descend.results import write_metrics, write_solution
 
@@ -92,9 +131,11 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any]:
         record.update(error=str(error), user_error=True)
     except Exception as error:  # a bug or an unforeseen failure: keep the traceback for the report
         record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+    finally:
+        close_process_group()
     record["wall_time_s"] = round(time.perf_counter() - started, 4)
     if trainer is not None and not trainer.is_global_zero:
-        return record  # data-parallel ranks other than 0 leave the writing to rank 0
+        return None  # data-parallel ranks other than 0 leave writing and reporting to rank 0
     if trainer is not None:
         record["steps"] = trainer.global_step
     if task is not None:
@@ -121,6 +162,15 @@ def quiet_lightning() -> None:
     tips.addFilter(lambda record: "litlogger" not in record.getMessage())  # an advertisement, not a status
     # lightning's pytree helper warns about a torch deprecation on every run; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def close_process_group() -> None:
+    """End the job's data-parallel process group: Lightning reuses an open one, and in a multirun
+    the next job's new ranks could not join the old group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def validate(cfg: DictConfig) -> None:

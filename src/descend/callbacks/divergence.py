@@ -37,8 +37,10 @@ class DivergenceGuard(pl.Callback):
         if self.first_loss is None:
             self.first_loss = abs(loss_value)
         exploded = self.max_growth is not None and abs(loss_value) > self.max_growth * max(self.first_loss, 1e-12)
-        if math.isfinite(loss_value) and not exploded:
-            return  # the loss is computed from the parameters: a non-finite one would show here
+        # the loss is computed from the parameters: a non-finite parameter shows up here.
+        # Data-parallel ranks decide together, or one would stop while the others wait for it.
+        if not trainer.strategy.reduce_boolean_decision(exploded or not math.isfinite(loss_value), all=False):
+            return
         bad_params = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
         if trainer.is_global_zero:  # the last point of the curve shows the blow-up
             for logger in trainer.loggers:
