@@ -39,6 +39,8 @@ def main() -> None:
 
 def check_group_choices(argv: list[str], conf: Path) -> None:
     """`task=nope` gets one line listing the valid options (Hydra's own message is a screenful)."""
+    if any(arg.startswith("hydra.searchpath=") for arg in argv):
+        return  # options may come from the user's own config folders: Hydra, seeing them all, reports
     for arg in argv:
         group, sep, value = arg.lstrip("+~").partition("=")
         if not sep or "." in group or "/" in group or not (conf / group).is_dir() or group == "hydra":

@@ -19,3 +19,11 @@ def exit_with_error(message: str, code: int = 2) -> None:
 
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def require_int(value: object, key: str, low: int = 1, high: int | None = None, why: str = "") -> int:
+    """`value` as an int in [low, high], or a ConfigError naming the key, the accepted range and why."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        accepted = f"an integer in {low}..{high}" if high is not None else ("a positive integer" if low == 1 else f"an integer >= {low}")
+        raise ConfigError(f"{key}={value!r} must be {accepted}" + (f" ({why})" if why else ""))
+    return value

@@ -16,8 +16,8 @@ class Diverged(UserError):
 
 
 class DivergenceGuard(pl.Callback):
-    """Raises `Diverged` at the first step whose loss is NaN or infinite, or has grown more than
-    `max_growth` times above the loss of the first step (an explosion that has not overflowed yet).
+    """Raises `Diverged` at the first step whose loss is NaN or infinite, or whose size passed
+    `max_growth` times max(|first loss|, 1) (an explosion that has not overflowed yet).
 
     Lightning's EarlyStopping(check_finite=True) only looks at epoch ends; a diverging
     gradient descent overflows within a few steps, so this checks every N steps.
@@ -36,7 +36,8 @@ class DivergenceGuard(pl.Callback):
         loss_value = float(loss) if loss is not None else math.nan
         if self.first_loss is None:
             self.first_loss = abs(loss_value)
-        exploded = self.max_growth is not None and abs(loss_value) > self.max_growth * max(self.first_loss, 1e-12)
+        # scaled by at least 1: a loss that starts at (or can pass through) zero is no explosion
+        exploded = self.max_growth is not None and abs(loss_value) > self.max_growth * max(self.first_loss, 1.0)
         # the loss is computed from the parameters: a non-finite parameter shows up here.
         # Data-parallel ranks decide together, or one would stop while the others wait for it.
         if not trainer.strategy.reduce_boolean_decision(exploded or not math.isfinite(loss_value), all=False):
@@ -47,7 +48,7 @@ class DivergenceGuard(pl.Callback):
                 logger.log_metrics({"train/loss": loss_value}, step=step)
         lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
         lr = ",".join(f"{v:g}" for v in lrs)
-        what = f"loss = {loss_value:g}" + (f", {self.max_growth:g}x its first value" if exploded and math.isfinite(loss_value) else "")
+        what = f"loss = {loss_value:g}" + (f", over {self.max_growth:g}x its starting size" if exploded and math.isfinite(loss_value) else "")
         what += f", non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
         raise Diverged(
             f"training diverged at step {step} ({what}); the learning rate optimizer.lr={lr} is likely too large "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from descend.errors import ConfigError
+from descend.errors import ConfigError, require_int
 from descend.data.files import read_matrix_file
 
 
@@ -41,12 +41,9 @@ def random_matrix(
 ) -> torch.Tensor:
     """U diag(s) Vᵀ with orthonormal U, V and singular values spaced geometrically from 1 to 1/condition,
     scaled to unit RMS entry, plus Gaussian noise of standard deviation `noise`."""
-    for key, value in (("rows", rows), ("cols", cols)):
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"task.matrix.{key}={value} must be a positive integer")
-    true_rank = min(rows, cols) if rank is None else rank
-    if not 1 <= true_rank <= min(rows, cols):
-        raise ConfigError(f"task.matrix.rank={rank} must lie in 1..min(rows, cols)={min(rows, cols)}")
+    require_int(rows, "task.matrix.rows")
+    require_int(cols, "task.matrix.cols")
+    true_rank = min(rows, cols) if rank is None else require_int(rank, "task.matrix.rank", 1, min(rows, cols))
     if condition < 1:
         raise ConfigError(f"task.matrix.condition={condition} must be >= 1 (largest over smallest singular value)")
     if noise < 0:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from descend.data.files import read_csv_table
-from descend.errors import ConfigError, DataError
+from descend.errors import ConfigError, DataError, require_int
 
 
 @dataclass
@@ -43,9 +43,10 @@ def table_source(
 ) -> Table:
     if path:  # a path is the user's own table, whatever `source` says
         return csv_table(path, target, columns)
-    if rows < 1 or features < 1:
-        raise ConfigError(f"task.data.rows={rows} and task.data.features={features} must be positive integers")
-    if noise < 0:
+    require_int(rows, "task.data.rows")
+    require_int(features, "task.data.features")
+    require_int(hidden, "task.data.hidden")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
         raise ConfigError(f"task.data.noise={noise} must be >= 0")
     generator = torch.Generator().manual_seed(seed)
     names = [f"x{i}" for i in range(features)]

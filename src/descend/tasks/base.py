@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 
 from descend.data.loaders import RepeatBatch
-from descend.errors import ConfigError
+from descend.errors import ConfigError, require_int
 
 INITS = ("rand", "randn", "zeros")
 
@@ -46,8 +46,7 @@ class Task(pl.LightningModule):
         # Collects the init args of the subclass too. logger=False: descend logs the
         # hyper-parameters once, at the end, with the final metrics (a real HPARAMS tab).
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        if steps_per_epoch < 1:
-            raise ConfigError(f"task.steps_per_epoch={steps_per_epoch} must be a positive integer")
+        require_int(steps_per_epoch, "task.steps_per_epoch")
         self.optimizer_factory = optimizer
         self.scheduler_config = scheduler
         self._reference: dict[str, torch.Tensor] | None = None

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from descend.data.matrix import matrix_source
-from descend.errors import ConfigError
+from descend.errors import require_int
 from descend.plots import side_by_side
 from descend.tasks.base import Task, initial
 
@@ -21,10 +21,7 @@ class LowRankTask(Task):
         super().__init__(**base)
         a = matrix_source(**matrix)
         rows, cols = a.shape
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(rows, cols):
-            raise ConfigError(
-                f"task.rank={rank} must be an integer in 1..min(m, n)={min(rows, cols)} for the {rows}x{cols} matrix"
-            )
+        require_int(rank, "task.rank", 1, min(rows, cols), why=f"the matrix is {rows}x{cols}")
         self.register_buffer("matrix", a, persistent=False)
         self.U = torch.nn.Parameter(initial(init, rows, rank))
         self.V = torch.nn.Parameter(initial(init, cols, rank))

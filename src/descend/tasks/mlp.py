@@ -15,7 +15,7 @@ from torch import nn
 
 from descend.data.loaders import TensorBatches
 from descend.data.table import table_source
-from descend.errors import ConfigError
+from descend.errors import ConfigError, require_int
 from descend.plots import curve
 from descend.tasks.base import Task
 
@@ -25,8 +25,8 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": 
 def build_mlp(inputs: int, hidden: list[int], activation: str, dropout: float) -> nn.Sequential:
     if activation not in ACTIVATIONS:
         raise ConfigError(f"task.model.activation={activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}")
-    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-        raise ConfigError(f"task.model.hidden={hidden} must be a list of positive layer sizes, e.g. [64, 64]")
+    if not isinstance(hidden, list) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        raise ConfigError(f"task.model.hidden={hidden!r} must be a list of positive layer sizes, e.g. [64, 64]")
     if not 0 <= dropout < 1:
         raise ConfigError(f"task.model.dropout={dropout} must lie in [0, 1)")
     layers: list[nn.Module] = []
@@ -61,8 +61,7 @@ class MLPTask(Task):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"task.batch_size={batch_size} must be a positive integer")
+        require_int(batch_size, "task.batch_size")
         table = table_source(**data)
         self.noise_floor = table.noise_floor
         train, val, test = split_rows(len(table.target), list(split), data.get("seed", 0))
@@ -78,7 +77,7 @@ class MLPTask(Task):
         self.register_buffer("x_raw", x, persistent=False)  # for the picture of 1-D fits
         self.register_buffer("x_mean", x_mean, persistent=False)
         self.register_buffer("x_std", x_std, persistent=False)
-        self.net = build_mlp(x.shape[1], list(model.get("hidden", [64, 64])), model.get("activation", "tanh"), model.get("dropout", 0.0))
+        self.net = build_mlp(x.shape[1], model.get("hidden", [64, 64]), model.get("activation", "tanh"), model.get("dropout", 0.0))
         from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
         metrics = MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "r2": R2Score()})
