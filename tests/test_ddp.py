@@ -43,3 +43,16 @@ def test_ddp_inside_a_two_job_multirun(tmp_path):
     run_cli(*MLP, "optimizer.lr=0.01", cwd=single)
     expected = metrics(only_run(single))["metrics"]["test/mse"]
     assert metrics(jobs[0])["metrics"]["test/mse"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_torchrun_with_a_named_run_folder(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "train", *MLP,
+               "trainer=ddp_cpu", "optimizer.lr=0.01", "hydra.run.dir=outputs/runs/torchrun"]
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "outputs" / "runs").iterdir()] == ["torchrun"]  # both ranks, one folder
+    assert metrics(tmp_path / "outputs" / "runs" / "torchrun")["status"] == "completed"

@@ -122,7 +122,8 @@ class MLPTask(Task):
         self.val_metrics.update(self.original_units(self(x)), self.original_units(y))
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute())
+        # every rank evaluates the whole split, so the values agree; sync_dist says so to Lightning
+        self.log_dict(self.val_metrics.compute(), sync_dist=True)
         self.val_metrics.reset()
 
     def on_test_epoch_start(self) -> None:
@@ -135,13 +136,13 @@ class MLPTask(Task):
         self.test_metrics.update(prediction, self.original_units(y))
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
         # what predicting the training mean would score: the margin a model must beat
         y = self.original_units(self.y_test)
-        self.log("test/baseline_mse", torch.mean((y - self.y_mean) ** 2))
+        self.log("test/baseline_mse", torch.mean((y - self.y_mean) ** 2), sync_dist=True)
         if self.noise_floor is not None:
-            self.log("test/noise_floor", float(self.noise_floor))
+            self.log("test/noise_floor", float(self.noise_floor), sync_dist=True)
 
     def solution(self) -> dict[str, torch.Tensor]:
         """The network's state_dict (keys net.*) and the test predictions in the target's units."""
