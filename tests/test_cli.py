@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -167,7 +166,7 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
     [
         (["task=nope"], "task=nope is unknown; choose one of: inverse, linreg, lowrank, mlp"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
-        (["task=lowrank", "task.rank=11 must be an integer in 1..10 (the matrix is 10x10)"], "task.rank=11"),
+        (["task=lowrank", "task.rank=11"], "task.rank=11 must be an integer in 1..10 (the matrix is 10x10)"),
         (["task.matrix.path=missing.npy"], "task.matrix.path=missing.npy: no such file"),
         (["task.matrix.values=[1,2,0]"], "condition number"),
         (["task=mlp", "task.data.path=table.csv", "task.data.target=nope"], "no column named 'nope'"),

@@ -60,3 +60,22 @@ def test_resume_of_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "run" / ".hydra" / "overrides.yaml").write_text("[]\n")
     proc = run_cli(f"resume={tmp_path / 'run'}", cwd=tmp_path, expect=2)
     assert "last.ckpt not found" in one_line_error(proc)
+
+
+def test_ctrl_c_records_the_run_and_says_how_to_resume(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "train", *RUN], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "outputs" / "runs").glob("*/*/checkpoints/last.ckpt"))
+        if found and checkpoint_step(found[0]) >= 100:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    run = only_run(tmp_path)
+    record = metrics(run)
+    assert record["status"] == "failed" and f"resume={run}" in record["error"]
+    assert f"resume={run}" in stderr and "Traceback" not in stderr
+    run_cli(f"resume={run}", "trainer.max_steps=600", cwd=tmp_path)
+    assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == 600

@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 STATUSES = ("completed", "diverged", "failed")
 
@@ -48,3 +51,61 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def stage_metrics(trainer: Any) -> dict[str, float]:
+    """Lightning's val/ and test/ metrics at the end of a stage (the next stage resets them)."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
+
+
+def final_metrics(task: Any) -> dict[str, float]:
+    """The task's loss and distances to the closed form at its final parameters."""
+    try:
+        return task.final_metrics()
+    except Exception:  # a failed run may have no usable parameters; its status already says so
+        return {}
+
+
+def log_to_tensorboard(trainer: Any, cfg: DictConfig, record: dict[str, Any]) -> None:
+    """The resolved config as text, and the hyper-parameters with the final metrics (the HPARAMS tab)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
+        metrics = {f"final/{k}": (v if v is not None else float("nan")) for k, v in record["metrics"].items()}
+        metrics["final/diverged"] = float(record["status"] == "diverged")
+        logger.log_hyperparams(hyperparameters(cfg), metrics)
+        logger.finalize("success" if record["status"] == "completed" else "failed")
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The run's choices, flattened: task, optimizer, scheduler, seed and the trainer's step budget."""
+    chosen = {k: cfg[k] for k in ("task", "optimizer", "scheduler") if cfg.get(k)}
+    flat: dict[str, Any] = {"seed": cfg.seed, "trainer.max_steps": cfg.trainer.get("max_steps")}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key not in ("_target_", "_partial_"):
+                    walk(f"{prefix}.{key}", value)
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    for group, node in chosen.items():
+        walk(group, OmegaConf.to_container(node, resolve=True))
+    return flat
+
+
+def report(record: dict[str, Any], run_dir: Path) -> None:
+    """The console summary: status, final loss, distance to the closed form, where to look."""
+    shown = "   ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, float))
+    print(f"\ndescend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s")
+    if shown:
+        print(f"  {shown}")
+    print(f"  run folder: {run_dir}\n  tensorboard --logdir {run_dir}")
+    if record["error"]:
+        print(f"error: {record['error']}", file=sys.stderr)
+        if record.get("traceback"):
+            print(f"  (traceback in {run_dir / 'metrics.json'})", file=sys.stderr)

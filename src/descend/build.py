@@ -1,0 +1,90 @@
+"""From the composed config to objects: the task with its optimiser and scheduler, and the Trainer
+with its callbacks and loggers. Library errors become one line that names the config key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from descend.errors import ConfigError, UserError
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks that no library makes before it is too late to say which key is wrong."""
+    lr = cfg.optimizer.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ConfigError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.1")
+    for key in ("max_steps", "log_every_n_steps"):
+        value = cfg.trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"trainer.{key}={value!r} must be an integer")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
+
+
+def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, with the library's error turned into one line that names the config key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__ or error
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise UserError(f"{key}: {explain(cause)}") from None
+
+
+def explain(error: BaseException) -> str:
+    message = " ".join(str(error).split()) or type(error).__name__
+    if "gpu backend" in message or "accelerator is not available" in message:
+        return ("a GPU was asked for but torch sees none (torch.cuda.is_available() is False); "
+                "use trainer.accelerator=cpu, or install a CUDA build of torch (see README)")
+    if isinstance(error, TypeError) and "unexpected keyword argument" in message:
+        name = message.split("'")[-2] if "'" in message else message
+        return f"{name!r} is not an option here; check the spelling (python -m train --cfg job lists the options)"
+    return message
+
+
+def build_task(cfg: DictConfig) -> Any:
+    optimizer = instantiate(cfg.optimizer, "optimizer")
+    return instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler_config(cfg.scheduler), _convert_="all")
+
+
+def scheduler_config(node: DictConfig | None) -> dict[str, Any] | None:
+    """The scheduler factory plus Lightning's scheduler keys (interval, frequency, monitor)."""
+    if not node or "_target_" not in node:
+        return None
+    config = OmegaConf.to_container(node, resolve=True)
+    lightning_keys = {k: config.pop(k) for k in ("interval", "frequency", "monitor") if k in config}
+    return {"factory": instantiate(config, "scheduler"), **lightning_keys}
+
+
+def build_trainer(cfg: DictConfig) -> Any:
+    callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback with the bar off
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    resumed_at = checkpoint_step(cfg.get("ckpt_path"))
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if not node:
+            continue
+        # A resumed run hides the events its killed predecessor logged after the checkpoint,
+        # so the curve continues without a duplicated stretch (SummaryWriter's purge_step).
+        tensorboard = str(node.get("_target_", "")).endswith("TensorBoardLogger")
+        extra = {"purge_step": resumed_at} if resumed_at and tensorboard else {}
+        loggers.append(instantiate(node, f"logger.{name}", **extra))
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+
+
+def checkpoint_step(path: str | None) -> int | None:
+    """The global step a checkpoint was saved at (None without one)."""
+    if not path:
+        return None
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
