@@ -195,6 +195,13 @@ def test_diverging_run_stops_early_and_says_why(tmp_path):
     assert record["status"] == "diverged" and record["steps"] < 100 and "diverged" in record["error"]
 
 
+def test_last_checkpoint_holds_the_final_step(tmp_path):
+    # 73 is no multiple of the checkpoint interval (50): Lightning alone would leave step 50
+    run_cli("trainer.max_steps=73", *QUIET, cwd=tmp_path)
+    checkpoint = torch.load(only_run(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 73
+
+
 def test_two_runs_started_together_get_two_folders(tmp_path):
     command = [sys.executable, "-m", "train", "trainer.max_steps=5", *QUIET]
     procs = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
