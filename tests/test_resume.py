@@ -23,21 +23,27 @@ def checkpoint_step(path) -> int:
         return -1
 
 
+def signal_after_checkpoint(cwd, sig: int, step: int) -> tuple[int, str]:
+    """Start the run, send `sig` once a checkpoint at `step` or later exists; the exit code and stderr."""
+    proc = subprocess.Popen([sys.executable, "-m", "train", *RUN], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        found = list((cwd / "outputs" / "runs").glob("*/*/checkpoints/last.ckpt"))
+        if found and checkpoint_step(found[0]) >= step:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stderr
+
+
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     straight.mkdir(), killed.mkdir()
     run_cli(*RUN, cwd=straight)
 
-    proc = subprocess.Popen([sys.executable, "-m", "train", *RUN], cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        found = list((killed / "outputs" / "runs").glob("*/*/checkpoints/last.ckpt"))
-        if found and checkpoint_step(found[0]) >= 300:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    returncode, _ = signal_after_checkpoint(killed, signal.SIGKILL, 300)
+    assert returncode == -signal.SIGKILL, "the run finished before it could be killed"
     run = only_run(killed)
     assert not (run / "metrics.json").exists()
     killed_at = checkpoint_step(run / "checkpoints" / "last.ckpt")
@@ -63,16 +69,8 @@ def test_resume_of_a_folder_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_ctrl_c_records_the_run_and_says_how_to_resume(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "train", *RUN], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        found = list((tmp_path / "outputs" / "runs").glob("*/*/checkpoints/last.ckpt"))
-        if found and checkpoint_step(found[0]) >= 100:
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.05)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
+    returncode, stderr = signal_after_checkpoint(tmp_path, signal.SIGINT, 100)
+    assert returncode == 130, stderr[-2000:]
     run = only_run(tmp_path)
     record = metrics(run)
     assert record["status"] == "failed" and f"resume={run}" in record["error"]

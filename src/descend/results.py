@@ -12,8 +12,9 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -25,15 +26,19 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def write_metrics(run_dir: Path, record: dict[str, Any]) -> Path:
-    """Write metrics.json atomically (a kill mid-write leaves the previous file intact)."""
+def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file beside `path`, then rename it over `path`: a kill mid-write leaves the old file intact."""
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("wb") as handle:
+        write(handle)
+    os.replace(partial, path)
+
+
+def write_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     assert record["status"] in STATUSES
     record = dict(record, metrics={k: _finite_or_none(float(v)) for k, v in record.get("metrics", {}).items()})
-    path = run_dir / "metrics.json"
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(partial, path)
-    return path
+    text = (json.dumps(record, indent=2) + "\n").encode()
+    replace_atomically(run_dir / "metrics.json", lambda handle: handle.write(text))
 
 
 def write_solution(run_dir: Path, tensors: dict[str, Any]) -> None:
@@ -41,8 +46,9 @@ def write_solution(run_dir: Path, tensors: dict[str, Any]) -> None:
     import torch
 
     cpu = {name: t.detach().cpu() for name, t in tensors.items()}
-    torch.save(cpu, run_dir / "solution.pt")
-    np.savez(run_dir / "solution.npz", **{name: t.double().numpy() for name, t in cpu.items()})
+    replace_atomically(run_dir / "solution.pt", lambda handle: torch.save(cpu, handle))
+    arrays = {name: t.double().numpy() for name, t in cpu.items()}
+    replace_atomically(run_dir / "solution.npz", lambda handle: np.savez(handle, **arrays))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
