@@ -171,6 +171,10 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
         (["task.matrix.values=[1,2,0]"], "condition number"),
         (["task=mlp", "task.data.path=table.csv", "task.data.target=nope"], "no column named 'nope'"),
         (["task=mlp", "task.split=[0.5,0.5,0.5]"], "task.split"),
+        (["optimizer.lrr=3"], "Could not override 'optimizer.lrr'. To append to your config use +optimizer.lrr=3"),
+        (["task.matrix.values=[1,2"], "task.matrix.values=[1,2: cannot parse this override"),
+        (["+optimizer.foo=1"], "optimizer: 'foo' is not an option here"),
+        (["optimizer.momentum=-1"], "optimizer: Invalid momentum value: -1"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, overrides, culprit):

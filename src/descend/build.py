@@ -50,7 +50,25 @@ def explain(error: BaseException) -> str:
 
 def build_task(cfg: DictConfig) -> Any:
     optimizer = instantiate(cfg.optimizer, "optimizer")
-    return instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler_config(cfg.scheduler), _convert_="all")
+    scheduler = scheduler_config(cfg.scheduler)
+    try_factories(optimizer, scheduler)
+    return instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
+
+
+def try_factories(optimizer: Any, scheduler: dict[str, Any] | None) -> None:
+    """Build a throwaway optimiser and scheduler now: a wrong argument then fails before training,
+    named as a config error, rather than inside Trainer.fit."""
+    import torch
+
+    try:
+        throwaway = optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as error:
+        raise UserError(f"optimizer: {explain(error)}") from None
+    if scheduler:
+        try:
+            scheduler["factory"](throwaway)
+        except (TypeError, ValueError) as error:
+            raise UserError(f"scheduler: {explain(error)}") from None
 
 
 def scheduler_config(node: DictConfig | None) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 def main() -> None:
     sys.argv[1:] = resume_overrides(sys.argv[1:])
     check_group_choices(sys.argv[1:], config_dir())
+    check_overrides(sys.argv[1:], config_dir())
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
 
 
@@ -47,6 +48,44 @@ def check_group_choices(argv: list[str], conf: Path) -> None:
         for choice in value.split(","):  # a sweep over options: task=inverse,linreg
             if choice not in options and choice != "null":
                 exit_with_error(f"{group}={choice} is unknown; choose one of: {', '.join(options)}")
+
+
+def check_overrides(argv: list[str], conf: Path) -> None:
+    """A misspelt key or a malformed value gets Hydra's own message as one line, exit 2.
+
+    Only for single runs: a sweep's values (a=1,2, range(), choice()) compose job by job, so a
+    sweep gets Hydra's message in full. Flags (--help, --cfg …) and hydra.* keys are Hydra's."""
+    if any(a.startswith("-") or a.startswith(("hparams_search=", "hydra.searchpath=")) for a in argv):
+        return
+    overrides = [a for a in argv if not a.startswith("hydra.")]
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            compose("train", overrides=overrides)
+    except OverrideParseException as error:
+        parser = OverridesParser.create()
+        culprit = next((o for o in overrides if not _parses(parser, o)), " ".join(overrides))
+        exit_with_error(f"{culprit}: cannot parse this override ({_one_line(error)}); quote lists and strings, e.g. 'task.model.hidden=[64,64]'")
+    except (HydraException, OmegaConfBaseException) as error:
+        exit_with_error(_one_line(error))
+
+
+def _parses(parser: Any, override: str) -> bool:
+    try:
+        parser.parse_override(override)
+        return True
+    except Exception:
+        return False
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra's message without its debugging lines, on one line."""
+    noise = ("full_key:", "object_type", "reference_type", "Set the environment", "See https://hydra.cc")
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith(noise))
 
 
 def run(cfg: DictConfig) -> float:
