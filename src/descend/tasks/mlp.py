@@ -66,7 +66,7 @@ class MLPTask(Task):
         self.noise_floor = table.noise_floor
         train, val, test = split_rows(len(table.target), list(split), data.get("seed", 0))
         x, y = table.features, table.target
-        x_mean, x_std = (x[train].mean(0), x[train].std(0)) if standardize and len(train) > 1 else (0 * x[0], 1 + 0 * x[0])
+        x_mean, x_std = (x[train].mean(0), x[train].std(0)) if standardize and len(train) > 1 else (torch.zeros_like(x[0]), torch.ones_like(x[0]))
         y_mean, y_std = (y[train].mean(), y[train].std()) if standardize and len(train) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
         x_std, y_std = x_std.clamp_min(1e-12), y_std.clamp_min(1e-12)  # constant columns stay as they are
         for name, rows in (("train", train), ("val", val), ("test", test)):
@@ -74,7 +74,6 @@ class MLPTask(Task):
             self.register_buffer(f"y_{name}", (y[rows] - y_mean) / y_std, persistent=False)
         self.register_buffer("y_mean", y_mean, persistent=False)
         self.register_buffer("y_std", y_std, persistent=False)
-        self.register_buffer("x_raw", x, persistent=False)  # for the picture of 1-D fits
         self.register_buffer("x_mean", x_mean, persistent=False)
         self.register_buffer("x_std", x_std, persistent=False)
         self.net = build_mlp(x.shape[1], model.get("hidden", [64, 64]), model.get("activation", "tanh"), model.get("dropout", 0.0))
@@ -90,6 +89,9 @@ class MLPTask(Task):
 
     def original_units(self, y: torch.Tensor) -> torch.Tensor:
         return y * self.y_std + self.y_mean
+
+    def original_features(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.x_std + self.x_mean
 
     def full_batch(self) -> tuple[torch.Tensor, ...]:
         return self.x_train, self.y_train
@@ -150,7 +152,7 @@ class MLPTask(Task):
         if self._test_predictions:
             tensors["test_prediction"] = torch.cat(self._test_predictions)
             tensors["test_target"] = self.original_units(self.y_test)
-            tensors["test_features"] = self.x_test * self.x_std + self.x_mean
+            tensors["test_features"] = self.original_features(self.x_test)
         return tensors
 
     @torch.no_grad()
@@ -163,12 +165,12 @@ class MLPTask(Task):
 
     @torch.no_grad()
     def images(self) -> dict[str, Any]:
-        if self.x_raw.shape[1] != 1:
+        if self.x_train.shape[1] != 1:
             return {}
         was_training = self.training
         self.eval()
         x = torch.cat([self.x_train, self.x_val, self.x_test])
         y = torch.cat([self.y_train, self.y_val, self.y_test])
-        picture = curve(x[:, 0] * self.x_std[0] + self.x_mean[0], self.original_units(y), self.original_units(self(x)), "prediction against truth")
+        picture = curve(self.original_features(x)[:, 0], self.original_units(y), self.original_units(self(x)), "prediction against truth")
         self.train(was_training)
         return {"prediction": picture}
