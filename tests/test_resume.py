@@ -12,8 +12,11 @@ import torch
 
 from conftest import QUIET, metrics, one_line_error, only_run, run_cli, scalars
 
+# long enough to be killed mid-run at descend's speed; a checkpoint at every multiple of 100 steps
+STEPS = 20000
 RUN = ["task.matrix.source=random", "task.matrix.rows=6", "optimizer=momentum", "optimizer.lr=0.2",
-       "trainer.max_steps=4000", "callbacks.checkpoint.every_n_train_steps=100", *QUIET]
+       f"trainer.max_steps={STEPS}", "callbacks.checkpoint.every_n_train_steps=100",
+       "callbacks.checkpoint.min_interval_s=0", *QUIET]
 
 
 def checkpoint_step(path) -> int:
@@ -32,7 +35,7 @@ def signal_after_checkpoint(cwd, sig: int, step: int) -> tuple[int, str]:
         if found and checkpoint_step(found[0]) >= step:
             proc.send_signal(sig)
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     _, stderr = proc.communicate(timeout=120)
     return proc.returncode, stderr
 
@@ -47,17 +50,17 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     run = only_run(killed)
     assert not (run / "metrics.json").exists()
     killed_at = checkpoint_step(run / "checkpoints" / "last.ckpt")
-    assert 300 <= killed_at < 4000
+    assert 300 <= killed_at < STEPS
 
     run_cli(f"resume={run}", cwd=tmp_path)
     assert only_run(killed) == run  # same folder, no new one
     resumed = torch.load(run / "solution.pt", weights_only=True)["W"]
     expected = torch.load(only_run(straight) / "solution.pt", weights_only=True)["W"]
     assert torch.equal(resumed, expected)  # exactly, on the CPU
-    assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == 4000
+    assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == STEPS
     # one continuous curve: every logged step once, from 0 to the end
     steps = sorted(scalars(run)["train/loss"])
-    assert steps == list(range(0, 4000, 10))
+    assert steps == list(range(0, STEPS, 10))
     assert scalars(run)["train/loss"] == pytest.approx(scalars(only_run(straight))["train/loss"], rel=1e-6)
 
 
@@ -75,5 +78,6 @@ def test_ctrl_c_records_the_run_and_says_how_to_resume(tmp_path):
     record = metrics(run)
     assert record["status"] == "failed" and f"resume={run}" in record["error"]
     assert f"resume={run}" in stderr and "Traceback" not in stderr
-    run_cli(f"resume={run}", "trainer.max_steps=600", cwd=tmp_path)
-    assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == 600
+    longer = checkpoint_step(run / "checkpoints" / "last.ckpt") + 500
+    run_cli(f"resume={run}", f"trainer.max_steps={longer}", cwd=tmp_path)
+    assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == longer

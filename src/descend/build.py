@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from descend.errors import ConfigError, UserError
+from descend.errors import ConfigError, UserError, require_int
 
 
 def validate(cfg: DictConfig) -> None:
@@ -21,6 +21,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={value!r} must be an integer")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
+    require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
+    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+        raise ConfigError(
+            f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
+            "step is one optimiser step; use a larger task.batch_size instead"
+        )
 
 
 def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
@@ -48,11 +54,22 @@ def explain(error: BaseException) -> str:
     return message
 
 
+# Lightning refuses these with manual optimisation; descend's step applies them (stepping.py)
+STEP_TRAINER_KEYS = ("gradient_clip_val", "gradient_clip_algorithm")
+
+
 def build_task(cfg: DictConfig) -> Any:
+    from descend.stepping import StepSettings
+
     optimizer = instantiate(cfg.optimizer, "optimizer")
     scheduler = scheduler_config(cfg.scheduler)
     try_factories(optimizer, scheduler)
-    return instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    task = instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    clip_val, clip_algorithm = (cfg.trainer.get(k) for k in STEP_TRAINER_KEYS)
+    if clip_algorithm not in (None, "norm", "value"):
+        raise ConfigError(f"trainer.gradient_clip_algorithm={clip_algorithm!r} is unknown; use norm or value")
+    task.step_settings = StepSettings(most=cfg.get("steps_per_batch", 100), clip_val=clip_val, clip_algorithm=clip_algorithm or "norm")
+    return task
 
 
 def try_factories(optimizer: Any, scheduler: dict[str, Any] | None) -> None:
@@ -96,7 +113,8 @@ def build_trainer(cfg: DictConfig) -> Any:
         tensorboard = str(node.get("_target_", "")).endswith("TensorBoardLogger")
         extra = {"purge_step": resumed_at} if resumed_at and tensorboard else {}
         loggers.append(instantiate(node, f"logger.{name}", **extra))
-    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **no_clipping)
 
 
 def checkpoint_step(path: str | None) -> int | None:

@@ -119,7 +119,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
 
     started = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
-    task = trainer = None
+    task = trainer = diverged = None
     lightning_metrics: dict[str, float] = {}  # val/ and test/ metrics, kept as each stage ends
     try:
         validate(cfg)
@@ -137,6 +137,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         record["status"] = "completed"
     except Diverged as error:
         record.update(status="diverged", error=str(error))
+        diverged = error
     except UserError as error:
         record.update(error=str(error), user_error=True)
     except Exception as error:  # a bug or an unforeseen failure: keep the traceback for the report
@@ -150,9 +151,12 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     if trainer is not None and not trainer.is_global_zero:
         return None  # data-parallel ranks other than 0 leave writing and reporting to rank 0
     if trainer is not None:
-        record["steps"] = trainer.global_step
+        # a batch of steps may run past the divergence before it is seen: the guard knows the step
+        record["steps"] = diverged.step if diverged else trainer.global_step
     if task is not None:
         record["metrics"] = {**lightning_metrics, **final_metrics(task)}
+        if diverged:  # the loss the error message names, not the one after the blow-up
+            record["metrics"]["loss"] = diverged.loss
         write_solution(run_dir, task.solution())
     write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
     if trainer is not None:

@@ -1,4 +1,4 @@
-"""Stop a run as soon as its loss or parameters stop being finite."""
+"""Stop a run at the first step whose loss stops being finite or explodes."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ import lightning.pytorch as pl
 import torch
 
 from descend.errors import UserError
+from descend.stepping import first_bad_step
 
 
 class Diverged(UserError):
-    """Training diverged: the run ends with status `diverged`."""
+    """Training diverged: the run ends with status `diverged` at `step`, where the loss was `loss`."""
+
+    def __init__(self, message: str, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.loss = loss
 
 
 class DivergenceGuard(pl.Callback):
@@ -20,7 +26,9 @@ class DivergenceGuard(pl.Callback):
     `max_growth` times max(|first loss|, 1) (an explosion that has not overflowed yet).
 
     Lightning's EarlyStopping(check_finite=True) only looks at epoch ends; a diverging
-    gradient descent overflows within a few steps, so this checks every N steps.
+    gradient descent overflows within a few steps, so this checks every `every_n_steps` steps.
+    descend's step hands over the losses of a whole batch of steps: they are checked on the
+    device and read back once per batch, and the step reported is the exact one.
     """
 
     def __init__(self, every_n_steps: int = 1, max_growth: float | None = 1e6) -> None:
@@ -29,30 +37,33 @@ class DivergenceGuard(pl.Callback):
         self.first_loss: float | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.every_n_steps < 1 or step % self.every_n_steps:
+        if self.every_n_steps < 1 or not isinstance(outputs, dict) or "losses" not in outputs:
             return
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        loss_value = float(loss) if loss is not None else math.nan
+        losses, first_step = outputs["losses"], outputs["first_step"]
         if self.first_loss is None:
-            self.first_loss = abs(loss_value)
+            self.first_loss = abs(float(losses[0]))
         # scaled by at least 1: a loss that starts at (or can pass through) zero is no explosion
-        exploded = self.max_growth is not None and abs(loss_value) > self.max_growth * max(self.first_loss, 1.0)
-        # the loss is computed from the parameters: a non-finite parameter shows up here.
+        limit = None if self.max_growth is None else self.max_growth * max(self.first_loss, 1.0)
+        step = first_bad_step(losses, limit, self.every_n_steps, first_step)
         # Data-parallel ranks decide together, or one would stop while the others wait for it.
-        if not trainer.strategy.reduce_boolean_decision(exploded or not math.isfinite(loss_value), all=False):
+        if not trainer.strategy.reduce_boolean_decision(step is not None, all=False):
             return
+        step = step if step is not None else first_step + len(losses) - 1
+        loss_value = float(losses[step - first_step])
+        # the logging steps before the blow-up, then its loss as the curve's last point
+        pl_module.metric_buffer.flush(trainer.loggers if trainer.is_global_zero else [], through_step=step - 1)
+        pl_module.log_to_loggers({"train/loss": torch.tensor(loss_value)}, step=step)
+        exploded = limit is not None and math.isfinite(loss_value) and abs(loss_value) > limit
         bad_params = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
-        if trainer.is_global_zero:  # the last point of the curve shows the blow-up
-            for logger in trainer.loggers:
-                logger.log_metrics({"train/loss": loss_value}, step=step)
         lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
         lr = ",".join(f"{v:g}" for v in lrs)
-        what = f"loss = {loss_value:g}" + (f", over {self.max_growth:g}x its starting size" if exploded and math.isfinite(loss_value) else "")
+        what = f"loss = {loss_value:g}" + (f", over {self.max_growth:g}x its starting size" if exploded else "")
         what += f", non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
         raise Diverged(
             f"training diverged at step {step} ({what}); the learning rate optimizer.lr={lr} is likely too large "
-            f"for this task: lower it (e.g. optimizer.lr={lrs[0] / 4:g}) or add a scheduler"
+            f"for this task: lower it (e.g. optimizer.lr={lrs[0] / 4:g}) or add a scheduler",
+            step=step,
+            loss=loss_value,
         )
 
     def state_dict(self) -> dict[str, Any]:

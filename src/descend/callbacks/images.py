@@ -1,7 +1,8 @@
-"""Log the task's pictures (W·M, A beside U Vᵀ, prediction against truth) to TensorBoard every N steps."""
+"""Log the task's pictures (W·M, A beside U Vᵀ, prediction against truth) to TensorBoard."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -9,10 +10,24 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 
 class ImageLogger(pl.Callback):
-    """Calls `task.images()` at step 0 and every `every_n_steps` after, and once at the end of training."""
+    """Calls `task.images()` at step 0, at multiples of `every_n_steps`, and at the end of training.
 
-    def __init__(self, every_n_steps: int = 20) -> None:
+    `max_share` bounds their cost: a scheduled picture is skipped while the time spent drawing
+    exceeds that share of the run's time so far (null: every scheduled picture). A picture of a
+    4×4 matrix costs about as much as a hundred steps of it, and one of a large matrix more
+    than a whole short run, so a fixed cadence alone cannot suit both.
+    """
+
+    def __init__(self, every_n_steps: int = 20, max_share: float | None = 0.05) -> None:
         self.every_n_steps = every_n_steps
+        self.max_share = max_share
+        self._started = time.perf_counter()
+        self._spent = 0.0
+
+    @property
+    def event_every_n_steps(self) -> int:
+        """Read by descend's step planner: a batch of steps starts at each of these steps."""
+        return self.every_n_steps
 
     @staticmethod
     def _writer(trainer: pl.Trainer) -> Any:
@@ -25,12 +40,21 @@ class ImageLogger(pl.Callback):
         writer = self._writer(trainer) if trainer.is_global_zero else None
         if writer is None:
             return
+        start = time.perf_counter()
         for tag, image in pl_module.images().items():
             writer.add_image(f"images/{tag}", image, trainer.global_step, dataformats="HWC")
+        self._spent += time.perf_counter() - start
+
+    def _within_budget(self) -> bool:
+        elapsed = time.perf_counter() - self._started
+        return self.max_share is None or self._spent <= self.max_share * elapsed
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._started, self._spent = time.perf_counter(), 0.0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         # before the update, as the seed notebook prints W·M at t % 20 == 0
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and self._within_budget():
             self._log(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,43 +1,48 @@
 """In-memory loaders: tensors stay where they are (on the device) and batches are slices.
 
-Per-sample `Dataset.__getitem__` plus default collate costs more than a whole
-step of these small problems, so neither is used anywhere in descend.
+Per-sample `Dataset.__getitem__` plus default collate costs more than a whole step of these
+small problems, so neither is used anywhere in descend. Training loaders hand out groups of
+steps (`StepGroup`, planned by `StepPlan` so that step events fall between groups); they have
+no `len()`, so that Lightning ends an epoch when the groups run out rather than by a count of
+batches (the groups of one epoch need not number the same as the next's).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Iterator
-
 import torch
+
+from descend.stepping import StepGroup, StepPlan
 
 
 class RepeatBatch:
-    """Yields the same full batch `steps` times: one "epoch" of a full-batch task.
+    """The same full batch for `steps` optimiser steps: one "epoch" of a full-batch task.
 
-    The batch is built once; nothing is copied or collated per step.
-    """
+    The batch is built once; nothing is copied or collated per step."""
 
-    def __init__(self, batch: tuple[torch.Tensor, ...], steps: int) -> None:
+    def __init__(self, batch: tuple[torch.Tensor, ...], steps: int, plan: StepPlan) -> None:
         self.batch = batch
         self.steps = steps
+        self.plan = plan
 
-    def __len__(self) -> int:
-        return self.steps
+    def steps_left(self, global_step: int) -> int:
+        """Steps until this epoch ends (every epoch is `steps` long, from step 0)."""
+        return self.steps - global_step % self.steps
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return itertools.repeat(self.batch, self.steps)
+    def __iter__(self) -> Iterator[StepGroup]:
+        for size in self.plan.sizes(self.steps_left(self.plan.trainer.global_step)):
+            yield StepGroup([self.batch] * size)
 
 
 class TensorBatches:
     """Mini-batches sliced from in-memory tensors, optionally shuffled and sharded.
 
-    The permutation is drawn from `seed_fn()` at the start of each pass, so a
-    run is reproducible and a resumed run sees the same order (the task passes
-    a seed that depends on the current epoch). Under data parallelism each rank
-    takes every `world_size`-th sample of the same permutation and a batch of
-    `batch_size // world_size`, so the global batch matches a single process.
+    The permutation is drawn from `seed_fn()` at the start of each pass, so a run is
+    reproducible and a resumed run sees the same order (the task passes a seed that depends
+    on the current epoch). Under data parallelism each rank takes every `world_size`-th sample
+    of the same permutation and a batch of `batch_size // world_size`, so the global batch
+    matches a single process.
     """
 
     def __init__(
@@ -62,14 +67,38 @@ class TensorBatches:
     def __len__(self) -> int:
         return math.ceil(self.per_rank / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def order(self) -> torch.Tensor:
+        """This rank's sample indices for one pass, in the order of that pass."""
         n = len(self.tensors[0])
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed_fn())
             order = torch.randperm(n, generator=generator).to(self.tensors[0].device)
         else:
             order = torch.arange(n, device=self.tensors[0].device)
-        order = order[: self.per_rank * self.world_size][self.rank :: self.world_size]
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
-            yield tuple(t[index] for t in self.tensors)
+        return order[: self.per_rank * self.world_size][self.rank :: self.world_size]
+
+    def batch(self, order: torch.Tensor, index: int) -> tuple[torch.Tensor, ...]:
+        rows = order[index * self.batch_size : (index + 1) * self.batch_size]
+        return tuple(t[rows] for t in self.tensors)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = self.order()
+        return (self.batch(order, i) for i in range(len(self)))
+
+
+class GroupedBatches:
+    """A training pass over `TensorBatches` as groups of mini-batches, one per optimiser step."""
+
+    def __init__(self, batches: TensorBatches, plan: StepPlan) -> None:
+        self.batches = batches
+        self.plan = plan
+
+    def steps_left(self, global_step: int) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[StepGroup]:
+        order = self.batches.order()
+        first = 0
+        for size in self.plan.sizes(len(self.batches)):
+            yield StepGroup([self.batches.batch(order, i) for i in range(first, first + size)])
+            first += size

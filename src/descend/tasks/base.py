@@ -17,6 +17,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from descend import stepping
 from descend.data.loaders import RepeatBatch
 from descend.errors import ConfigError, require_int
 
@@ -50,6 +51,12 @@ class Task(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_config = scheduler
         self._reference: dict[str, torch.Tensor] | None = None
+        # descend's step (stepping.py): several optimiser steps per training_step
+        self.automatic_optimization = False
+        self.step_settings = stepping.StepSettings()  # set from the config by build.build_task
+        self.metric_buffer = stepping.MetricBuffer()
+        self.step_loss: torch.Tensor | None = None  # the loss at the start of the current step
+        self.logged_loss: torch.Tensor | None = None  # the last logged train/loss (for plateau)
         self._logged_step = -1
 
     # ---- the task contract (overridden by subclasses) ----
@@ -68,34 +75,58 @@ class Task(pl.LightningModule):
     def images(self) -> dict[str, Any]:
         return {}
 
-    # ---- training ----
-    def train_dataloader(self) -> Any:
-        return RepeatBatch(self.full_batch(), self.hparams.steps_per_epoch)
+    # ---- training: see stepping.py for how one step runs ----
+    def step_plan(self) -> stepping.StepPlan:
+        return stepping.StepPlan(self.trainer, self.step_settings.most)
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        # Lightning's self.log costs more than a whole step of these problems, so metrics are
-        # computed and logged only on logging steps. LBFGS evaluates the loss many times per
-        # step through its closure: the first evaluation is the loss at the start of the step.
-        if self._logged_step != self.global_step and self.is_logging_step():
-            self._logged_step = self.global_step
-            # logger=False: for the progress bar and monitors (plateau); the loggers get it below
-            self.log("train/loss", loss, prog_bar=True, logger=False)
-            self.log_to_loggers({"train/loss": loss.detach(), **self.distances(loss.detach())})
-        return loss
+    def training_batch(self) -> tuple[torch.Tensor, ...]:
+        """What this process trains on: the full batch (a data-parallel task returns its shard)."""
+        return self.full_batch()
+
+    def train_dataloader(self) -> Any:
+        return RepeatBatch(self.training_batch(), self.hparams.steps_per_epoch, self.step_plan())
+
+    def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:
+        outputs = stepping.run_group(self, group)
+        self.log("train/loss", outputs["loss"], prog_bar=True, logger=False)  # for the progress bar
+        return outputs
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self.is_logging_step():
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            self.log_to_loggers({"train/grad_norm": torch.nn.utils.get_total_norm(grads)})
+        """After the closure's backward (and mixed precision's unscaling), before the update:
+        the logging step's metrics at the parameters the loss was computed at, then clipping."""
+        grad_norm = stepping.clip_and_measure(self, optimizer, self.step_settings)
+        if self._logged_step != self.global_step and self.is_logging_step():
+            # LBFGS evaluates the closure many times per step: the first is the step's loss
+            self._logged_step = self.global_step
+            loss = self.step_loss
+            self.logged_loss = loss
+            metrics = {"train/loss": loss, **self.distances(loss), **stepping.learning_rates(optimizer)}
+            if grad_norm is not None:
+                metrics["train/grad_norm"] = grad_norm
+            self.metric_buffer.add(self.global_step, metrics)
 
-    def log_to_loggers(self, metrics: dict[str, torch.Tensor]) -> None:
-        """Write scalars straight to the loggers at this step: the public logger API costs a
-        fraction of self.log, whose bookkeeping (reductions, callback metrics) these do not need."""
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after the callbacks: the divergence guard writes only the steps before a blow-up
+        self.metric_buffer.flush(self.loggers if self.trainer.is_global_zero else [])
+
+    def on_train_epoch_end(self) -> None:
+        stepping.step_schedulers(self, "epoch")
+
+    def monitored_value(self, key: str | None) -> torch.Tensor:
+        """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric."""
+        if key in (None, "train/loss"):
+            return self.logged_loss if self.logged_loss is not None else self.step_loss
+        if key not in self.trainer.callback_metrics:
+            raise ConfigError(f"scheduler.monitor={key!r} is never logged; monitor train/loss or a val/ metric")
+        return self.trainer.callback_metrics[key]
+
+    def log_to_loggers(self, metrics: dict[str, torch.Tensor], step: int | None = None) -> None:
+        """Write scalars straight to the loggers at this step (default: the current one): the
+        public logger API costs a fraction of self.log, whose bookkeeping these do not need."""
         if self.trainer.is_global_zero:
             values = {k: float(v) for k, v in metrics.items()}
             for logger in self.loggers:
-                logger.log_metrics(values, step=self.global_step)
+                logger.log_metrics(values, step=self.global_step if step is None else step)
 
     def is_logging_step(self) -> bool:
         """Steps 0, N, 2N, … for N = trainer.log_every_n_steps: every curve starts at the initial loss."""
@@ -108,9 +139,13 @@ class Task(pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if not self.scheduler_config:
             return optimizer
-        config = dict(self.scheduler_config)
-        scheduler = config.pop("factory")(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **config}}
+        # handed to Lightning so that checkpoints hold its state; stepped by stepping.step_schedulers
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_config["factory"](optimizer)}
+
+    @property
+    def scheduler_settings(self) -> dict[str, Any]:
+        """interval (step|epoch), frequency and monitor of the scheduler, as Lightning names them."""
+        return {k: v for k, v in (self.scheduler_config or {}).items() if k != "factory"}
 
     # ---- distance to the closed form ----
     def cached_reference(self) -> dict[str, torch.Tensor]:

@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from descend.data.loaders import RepeatBatch
 from descend.data.table import table_source
 from descend.tasks.base import Task, initial
 
@@ -35,12 +34,11 @@ class LinRegTask(Task):
     def full_batch(self) -> tuple[torch.Tensor, ...]:
         return self.features, self.target
 
-    def train_dataloader(self) -> Any:
+    def training_batch(self) -> tuple[torch.Tensor, ...]:
         # Data-parallel runs give each rank an equal shard of the rows; DDP averages the
         # gradients of the shards' mean losses, which is the gradient of the full mean loss.
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        shard = tuple(t[: len(t) // world * world][rank::world] for t in self.full_batch())
-        return RepeatBatch(shard, self.hparams.steps_per_epoch)
+        return tuple(t[: len(t) // world * world][rank::world] for t in self.full_batch())
 
     def loss(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         x, y = batch

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from descend.data.loaders import TensorBatches
+from descend.data.loaders import GroupedBatches, TensorBatches
 from descend.data.table import table_source
 from descend.errors import ConfigError, require_int
 from descend.plots import curve
@@ -111,7 +111,7 @@ class MLPTask(Task):
         )
 
     def train_dataloader(self) -> Any:
-        return self._batches(self.x_train, self.y_train, train=True)
+        return GroupedBatches(self._batches(self.x_train, self.y_train, train=True), self.step_plan())
 
     def val_dataloader(self) -> Any:
         return self._batches(self.x_val, self.y_val, train=False) if len(self.y_val) else []
@@ -124,9 +124,15 @@ class MLPTask(Task):
         self.val_metrics.update(self.original_units(self(x)), self.original_units(y))
 
     def on_validation_epoch_end(self) -> None:
-        # every rank evaluates the whole split, so the values agree; sync_dist says so to Lightning
-        self.log_dict(self.val_metrics.compute(), sync_dist=True)
+        self.log_stage_metrics(self.val_metrics.compute())
         self.val_metrics.reset()
+
+    def log_stage_metrics(self, values: dict[str, Any]) -> None:
+        """To the loggers at the optimiser step (Lightning's self.log would count batches of steps),
+        and to Lightning for monitors and the results. Every rank evaluates the whole split, so
+        the values agree; sync_dist says so to Lightning."""
+        self.log_dict(values, sync_dist=True, logger=False)
+        self.log_to_loggers(values)
 
     def on_test_epoch_start(self) -> None:
         self._test_predictions = []
@@ -138,13 +144,14 @@ class MLPTask(Task):
         self.test_metrics.update(prediction, self.original_units(y))
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        values = dict(self.test_metrics.compute())
         self.test_metrics.reset()
         # what predicting the training mean would score: the margin a model must beat
         y = self.original_units(self.y_test)
-        self.log("test/baseline_mse", torch.mean((y - self.y_mean) ** 2), sync_dist=True)
+        values["test/baseline_mse"] = torch.mean((y - self.y_mean) ** 2)
         if self.noise_floor is not None:
-            self.log("test/noise_floor", float(self.noise_floor), sync_dist=True)
+            values["test/noise_floor"] = torch.tensor(float(self.noise_floor))
+        self.log_stage_metrics(values)
 
     def solution(self) -> dict[str, torch.Tensor]:
         """The network's state_dict (keys net.*) and the test predictions in the target's units."""

@@ -1,0 +1,207 @@
+"""How one step runs: several optimiser steps per Lightning batch, each exactly a plain PyTorch step.
+
+Lightning's per-batch machinery (loop, hooks, closure, logger bookkeeping) costs several times
+a step of descend's small problems. So a task runs with manual optimisation and each
+`training_step` takes K optimiser steps through the `LightningOptimizer`, which still counts
+every one of them in `trainer.global_step`. K is planned so that every step-based event falls
+on a batch boundary: checkpoints, pictures, epoch ends, `max_steps` (see `StepPlan`). Logging
+happens inside a batch, at its exact step, from values buffered on the device and written once
+per batch (`MetricBuffer`), so nothing synchronises the host with the device on every step.
+
+Whatever automatic optimisation did is done here, per optimiser step: the closure (LBFGS
+evaluates it many times), mixed-precision scaling (through `manual_backward` and Lightning's
+precision plugin), gradient clipping, the learning-rate schedulers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What descend's step needs from the config beyond the optimiser: `steps_per_batch` and clipping.
+
+    Lightning refuses `gradient_clip_val` with manual optimisation, so descend takes it from
+    `trainer.*` and clips itself, with Lightning's own `clip_gradients`."""
+
+    most: int = 100
+    clip_val: float | None = None
+    clip_algorithm: str | None = None
+
+
+class StepGroup:
+    """The batches of K consecutive optimiser steps, handed to one `training_step`.
+
+    Deliberately not a list or tuple: Lightning's device transfer walks those, and the tensors
+    are already where they belong (task buffers), so it leaves this object alone."""
+
+    __slots__ = ("batches",)
+
+    def __init__(self, batches: Sequence[Any]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def group_sizes(start: int, end: int, intervals: Iterable[int], most: int) -> list[int]:
+    """Sizes of consecutive groups covering steps [start, end): every multiple of each interval
+    is a group boundary, and no group is longer than `most`."""
+    intervals = [n for n in intervals if n > 0]
+    sizes = []
+    step = start
+    while step < end:
+        following = min([end, step + most, *((step // n + 1) * n for n in intervals)])
+        sizes.append(following - step)
+        step = following
+    return sizes
+
+
+class StepPlan:
+    """Plans the groups of an epoch from the trainer's state when the epoch's iteration starts.
+
+    Boundaries: `trainer.max_steps`, the epoch's end, and every callback's step events. A callback
+    declares them with an `event_every_n_steps` attribute (descend's pictures and checkpoints do;
+    Lightning's ModelCheckpoint is read directly). A callback that needs Lightning's per-step
+    hooks without declaring them needs `steps_per_batch=1`.
+    """
+
+    def __init__(self, trainer: Any, most: int) -> None:
+        self.trainer = trainer
+        self.most = most if self._groups_allowed() else 1
+
+    def _groups_allowed(self) -> bool:
+        trainer = self.trainer
+        # DDP prepares its gradient reduction once per forward of the wrapped module, i.e. once
+        # per training_step: one optimiser step per batch keeps every step's all-reduce.
+        if trainer.world_size > 1:
+            return False
+        # these count Lightning batches, which would then be groups rather than steps
+        if trainer.val_check_interval not in (None, 1.0) or trainer.limit_train_batches not in (None, 1.0):
+            return False
+        return True
+
+    def intervals(self) -> list[int]:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        found = []
+        for callback in self.trainer.callbacks:
+            every = getattr(callback, "event_every_n_steps", None)
+            if every is None and isinstance(callback, ModelCheckpoint):
+                every = callback._every_n_train_steps
+            if every:
+                found.append(int(every))
+        return found
+
+    def sizes(self, steps_left_in_epoch: int) -> list[int]:
+        """Group sizes for the rest of the epoch, from the current global step."""
+        start = self.trainer.global_step
+        end = start + steps_left_in_epoch
+        max_steps = self.trainer.max_steps
+        if max_steps is not None and max_steps >= 0:
+            end = min(end, max_steps)
+        return group_sizes(start, end, self.intervals(), self.most)
+
+
+class MetricBuffer:
+    """Scalars of the logging steps inside a batch, kept as device tensors and written to the
+    loggers with one transfer when the batch ends (or up to the step where a run diverged)."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.pending and self.pending[-1][0] == step:
+            self.pending[-1][1].update(metrics)
+        else:
+            self.pending.append((step, dict(metrics)))
+
+    def flush(self, loggers: Sequence[Any], through_step: int | None = None) -> None:
+        """Write every buffered step (up to `through_step`), then forget the buffer."""
+        kept = [(s, m) for s, m in self.pending if through_step is None or s <= through_step]
+        self.pending = []
+        if not kept or not loggers:
+            return
+        tensors = [v for _, m in kept for v in m.values() if isinstance(v, torch.Tensor)]
+        values = iter(torch.stack([t.detach().double().reshape(()) for t in tensors]).tolist()) if tensors else iter(())
+        for step, metrics in kept:
+            row = {k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}
+            for logger in loggers:
+                logger.log_metrics(row, step=step)
+
+
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rates under LearningRateMonitor's names: lr-SGD, or lr-SGD/pg1, … per group."""
+    name = f"lr-{type(optimizer).__name__}"
+    groups = optimizer.param_groups
+    if len(groups) == 1:
+        return {name: groups[0]["lr"]}
+    return {f"{name}/pg{i + 1}": group["lr"] for i, group in enumerate(groups)}
+
+
+def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
+    """K optimiser steps, one per batch of the group. Each is what a plain loop does:
+    loss, zero_grad, backward, (clip), step, then the step-interval schedulers."""
+    optimizer = task.optimizers()
+    first_step = task.global_step
+    losses = []
+    for batch in group.batches:
+        evaluations: list[torch.Tensor] = []
+
+        def closure() -> torch.Tensor:
+            loss = task.loss(batch)
+            optimizer.zero_grad()
+            task.manual_backward(loss)
+            evaluations.append(loss.detach())
+            # the task's on_before_optimizer_step (after the closure) logs and clips
+            task.step_loss = evaluations[0]
+            return loss
+
+        optimizer.step(closure=closure)
+        losses.append(evaluations[0])  # LBFGS: the loss at the start of the step
+        step_schedulers(task, "step")
+    return {"loss": losses[-1], "losses": torch.stack(losses), "first_step": first_step}
+
+
+def step_schedulers(task: Any, interval: str) -> None:
+    """Step the schedulers of `interval` (step or epoch) as Lightning's automatic loop would:
+    every `frequency` steps; ReduceLROnPlateau with its monitored value."""
+    for config in task.trainer.lr_scheduler_configs:
+        settings = task.scheduler_settings
+        if settings.get("interval", "epoch") != interval:
+            continue
+        count = task.global_step if interval == "step" else task.current_epoch + 1
+        if count % int(settings.get("frequency", 1)):
+            continue
+        if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config.scheduler.step(task.monitored_value(settings.get("monitor")))
+        else:
+            config.scheduler.step()
+
+
+def clip_and_measure(task: Any, optimizer: torch.optim.Optimizer, settings: StepSettings) -> torch.Tensor | None:
+    """The gradient norm before clipping (on logging steps), then clipping as the Trainer would."""
+    norm = None
+    if task.is_logging_step():
+        grads = [p.grad for p in task.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else None
+    if settings.clip_val:
+        task.clip_gradients(optimizer, gradient_clip_val=settings.clip_val, gradient_clip_algorithm=settings.clip_algorithm)
+    return norm
+
+
+def first_bad_step(losses: torch.Tensor, limit: float | None, every: int, first_step: int) -> int | None:
+    """The first step of a group whose loss is not finite or beyond `limit` in size (checked
+    every `every` steps), read back from the device once; None when all are healthy."""
+    steps = torch.arange(first_step, first_step + len(losses), device=losses.device)
+    bad = ~torch.isfinite(losses)
+    if limit is not None:
+        bad |= losses.abs() > limit
+    bad &= (steps % max(every, 1)) == 0
+    index = int(torch.where(bad.any(), bad.int().argmax(), -1))
+    return None if index < 0 else first_step + index
