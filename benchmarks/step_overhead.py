@@ -124,8 +124,8 @@ def main() -> None:
         cases = {
             "lowrank 640x480 picture, rank 20, adam, 200 steps": [
                 "task=lowrank", f"task.matrix.path={picture_file(out)}", "task.rank=20", "optimizer=adam", "trainer.max_steps=200"],
-            "lowrank random 300x200, rank 10, 1000 steps": [
-                "task=lowrank", "task.matrix.rows=300", "task.matrix.cols=200", "task.rank=10", "trainer.max_steps=1000"],
+            "lowrank random 300x200, rank 10, adam, 1000 steps": [
+                "task=lowrank", "task.matrix.rows=300", "task.matrix.cols=200", "task.rank=10", "optimizer=adam", "trainer.max_steps=1000"],
         }
         print("pictures and checkpoints (default callbacks against none), fit wall time:")
         for name, overrides in cases.items():

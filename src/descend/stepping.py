@@ -144,10 +144,35 @@ def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"{name}/pg{i + 1}": group["lr"] for i, group in enumerate(groups)}
 
 
+class StepState:
+    """What one step tells the next ones; a plain object, because setting attributes on a
+    torch Module costs more per step than the rest of descend's bookkeeping."""
+
+    def __init__(self) -> None:
+        self.loss: torch.Tensor | None = None  # the loss at the start of the current step
+        self.logged_loss: torch.Tensor | None = None  # the last logged train/loss (plateau watches it)
+        self.logged_step = -1
+
+
+def lean_steps(trainer: Any, settings: StepSettings) -> bool:
+    """Whether a batch's steps may skip Lightning's per-step hook dispatch.
+
+    Lightning's backward and optimizer-step paths call every callback's on_before_backward,
+    on_after_backward and on_before_optimizer_step on each step: for a 4×4 problem that is
+    most of a step. They do real work only for loss scaling (16-mixed) and are the per-step
+    hooks a user asks for with steps_per_batch=1; otherwise the step runs plain PyTorch,
+    counted by the LightningOptimizer's step-progress hooks."""
+    if settings.most == 1 or trainer.world_size > 1:
+        return False
+    return getattr(trainer.precision_plugin, "scaler", None) is None
+
+
 def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
     """K optimiser steps, one per batch of the group. Each is what a plain loop does:
     loss, zero_grad, backward, (clip), step, then the step-interval schedulers."""
-    optimizer = task.optimizers()
+    optimizer = task.optimizers()  # the LightningOptimizer: it counts trainer.global_step
+    lean = lean_steps(task.trainer, task.step_settings)
+    state = task.step_state
     first_step = task.global_step
     losses = []
     for batch in group.batches:
@@ -156,16 +181,43 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
         def closure() -> torch.Tensor:
             loss = task.loss(batch)
             optimizer.zero_grad()
-            task.manual_backward(loss)
             evaluations.append(loss.detach())
-            # the task's on_before_optimizer_step (after the closure) logs and clips
-            task.step_loss = evaluations[0]
+            state.loss = evaluations[0]  # LBFGS evaluates many times: the first is the step's loss
+            if lean:
+                loss.backward()
+                after_backward(task, optimizer.optimizer)
+            else:  # precision scaling, then (after unscaling) the task's on_before_optimizer_step
+                task.manual_backward(loss)
             return loss
 
-        optimizer.step(closure=closure)
-        losses.append(evaluations[0])  # LBFGS: the loss at the start of the step
+        if lean:  # the step progress Lightning's manual loop keeps, around a plain step
+            optimizer._on_before_step()
+            optimizer.optimizer.step(closure)
+            optimizer._on_after_step()
+        else:
+            optimizer.step(closure=closure)
+        losses.append(evaluations[0])
         step_schedulers(task, "step")
     return {"loss": losses[-1], "losses": torch.stack(losses), "first_step": first_step}
+
+
+def after_backward(task: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Between backward and update: on a logging step, the metrics at the parameters the loss
+    was computed at and the gradient norm before clipping; then clipping as the Trainer would."""
+    state = task.step_state
+    step = task.global_step
+    logging = state.logged_step != step and task.is_logging_step()
+    if logging:
+        state.logged_step = step
+        state.logged_loss = state.loss
+        metrics = {"train/loss": state.loss, **task.distances(state.loss), **learning_rates(optimizer)}
+        grads = [p.grad for p in task.parameters() if p.grad is not None]
+        if grads:
+            metrics["train/grad_norm"] = torch.nn.utils.get_total_norm(grads)
+        task.metric_buffer.add(step, metrics)
+    settings = task.step_settings
+    if settings.clip_val:
+        task.clip_gradients(optimizer, gradient_clip_val=settings.clip_val, gradient_clip_algorithm=settings.clip_algorithm)
 
 
 def step_schedulers(task: Any, interval: str) -> None:
@@ -182,17 +234,6 @@ def step_schedulers(task: Any, interval: str) -> None:
             config.scheduler.step(task.monitored_value(settings.get("monitor")))
         else:
             config.scheduler.step()
-
-
-def clip_and_measure(task: Any, optimizer: torch.optim.Optimizer, settings: StepSettings) -> torch.Tensor | None:
-    """The gradient norm before clipping (on logging steps), then clipping as the Trainer would."""
-    norm = None
-    if task.is_logging_step():
-        grads = [p.grad for p in task.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads) if grads else None
-    if settings.clip_val:
-        task.clip_gradients(optimizer, gradient_clip_val=settings.clip_val, gradient_clip_algorithm=settings.clip_algorithm)
-    return norm
 
 
 def first_bad_step(losses: torch.Tensor, limit: float | None, every: int, first_step: int) -> int | None:

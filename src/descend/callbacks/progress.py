@@ -24,6 +24,14 @@ class StepProgressBar(TQDMProgressBar):
         max_steps = self.trainer.max_steps
         return min(left, max_steps - self.trainer.global_step) if max_steps is not None and max_steps > 0 else left
 
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        """Lightning's, plus the loss of the latest step (descend's step does not self.log it)."""
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = getattr(getattr(pl_module, "step_state", None), "loss", None)
+        if loss is not None:
+            metrics["train/loss"] = f"{float(loss):.3g}"
+        return metrics
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)
         self._epoch_start = trainer.global_step

@@ -55,9 +55,7 @@ class Task(pl.LightningModule):
         self.automatic_optimization = False
         self.step_settings = stepping.StepSettings()  # set from the config by build.build_task
         self.metric_buffer = stepping.MetricBuffer()
-        self.step_loss: torch.Tensor | None = None  # the loss at the start of the current step
-        self.logged_loss: torch.Tensor | None = None  # the last logged train/loss (for plateau)
-        self._logged_step = -1
+        self.step_state = stepping.StepState()
 
     # ---- the task contract (overridden by subclasses) ----
     def full_batch(self) -> tuple[torch.Tensor, ...]:
@@ -87,35 +85,29 @@ class Task(pl.LightningModule):
         return RepeatBatch(self.training_batch(), self.hparams.steps_per_epoch, self.step_plan())
 
     def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:
-        outputs = stepping.run_group(self, group)
-        self.log("train/loss", outputs["loss"], prog_bar=True, logger=False)  # for the progress bar
-        return outputs
+        # no self.log here: it costs more than a batch of small steps. The progress bar reads
+        # step_state; monitors get train/loss at each epoch's end (on_train_epoch_end)
+        return stepping.run_group(self, group)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """After the closure's backward (and mixed precision's unscaling), before the update:
-        the logging step's metrics at the parameters the loss was computed at, then clipping."""
-        grad_norm = stepping.clip_and_measure(self, optimizer, self.step_settings)
-        if self._logged_step != self.global_step and self.is_logging_step():
-            # LBFGS evaluates the closure many times per step: the first is the step's loss
-            self._logged_step = self.global_step
-            loss = self.step_loss
-            self.logged_loss = loss
-            metrics = {"train/loss": loss, **self.distances(loss), **stepping.learning_rates(optimizer)}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = grad_norm
-            self.metric_buffer.add(self.global_step, metrics)
+        # called by Lightning's precision plugin after backward and unscaling (steps_per_batch=1,
+        # 16-mixed); descend's lean steps call stepping.after_backward themselves
+        stepping.after_backward(self, optimizer)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks: the divergence guard writes only the steps before a blow-up
         self.metric_buffer.flush(self.loggers if self.trainer.is_global_zero else [])
 
     def on_train_epoch_end(self) -> None:
+        if self.step_state.loss is not None:  # for EarlyStopping and other monitors of train/loss
+            self.log("train/loss", self.step_state.loss, logger=False)
         stepping.step_schedulers(self, "epoch")
 
     def monitored_value(self, key: str | None) -> torch.Tensor:
         """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric."""
         if key in (None, "train/loss"):
-            return self.logged_loss if self.logged_loss is not None else self.step_loss
+            state = self.step_state
+            return state.logged_loss if state.logged_loss is not None else state.loss
         if key not in self.trainer.callback_metrics:
             raise ConfigError(f"scheduler.monitor={key!r} is never logged; monitor train/loss or a val/ metric")
         return self.trainer.callback_metrics[key]
