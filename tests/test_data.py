@@ -120,9 +120,9 @@ def test_repeat_batch_yields_the_same_tensors_without_copying():
 
 def test_tensor_batches_cover_every_row_once_and_shard_evenly():
     x = torch.arange(10.0)
-    batches = TensorBatches((x, x * 2), batch_size=4, shuffle=True, seed_fn=lambda: 3)
+    batches = TensorBatches((x, x * 2), batch_size=4, shuffle=True, seed_fn=lambda epoch: 3)
     rows = torch.cat([b[0] for b in batches])
     assert sorted(rows.tolist()) == list(range(10)) and not torch.equal(rows, x)
     assert torch.equal(torch.cat([b[0] for b in batches]), rows)  # same seed, same order
-    shards = [torch.cat([b[0] for b in TensorBatches((x,), 4, True, lambda: 3, rank=r, world_size=2)]) for r in (0, 1)]
+    shards = [torch.cat([b[0] for b in TensorBatches((x,), 4, True, lambda epoch: 3, rank=r, world_size=2)]) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 5 and set(shards[0].tolist()).isdisjoint(shards[1].tolist())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -26,14 +27,19 @@ def checkpoint_step(path) -> int:
         return -1
 
 
-def signal_after_checkpoint(cwd, sig: int, step: int) -> tuple[int, str]:
-    """Start the run, send `sig` once a checkpoint at `step` or later exists; the exit code and stderr."""
-    proc = subprocess.Popen([sys.executable, "-m", "train", *RUN], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def signal_after_checkpoint(cwd, sig: int, step: int, run: list[str] = RUN) -> tuple[int, str]:
+    """Start the run, send `sig` once a checkpoint at `step` or later exists; the exit code and stderr.
+    SIGKILL goes to the whole process group: data-parallel ranks die with the run."""
+    proc = subprocess.Popen([sys.executable, "-m", "train", *run], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=sig == signal.SIGKILL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         found = list((cwd / "outputs" / "runs").glob("*/*/checkpoints/last.ckpt"))
         if found and checkpoint_step(found[0]) >= step:
-            proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             break
         time.sleep(0.01)
     _, stderr = proc.communicate(timeout=120)
@@ -81,3 +87,70 @@ def test_ctrl_c_records_the_run_and_says_how_to_resume(tmp_path):
     longer = checkpoint_step(run / "checkpoints" / "last.ckpt") + 500
     run_cli(f"resume={run}", f"trainer.max_steps={longer}", cwd=tmp_path)
     assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == longer
+
+
+# mlp: 3200 training rows in batches of 64, so an epoch is 50 steps; checkpoints every 33 steps
+# fall inside epochs. Dropout on: its random state must come back with the checkpoint.
+MLP = ["task=mlp", "task.data.source=teacher", "task.data.rows=4000", "task.batch_size=64", "task.model.dropout=0.1",
+       "optimizer=adam", "optimizer.lr=0.001", "trainer.max_steps=-1", "trainer.max_epochs=30", "seed=7",
+       "callbacks.checkpoint.every_n_train_steps=33", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+
+
+def assert_same_mlp_run(resumed_dir, straight_dir):
+    """Weights, optimiser state and test predictions equal bitwise; every curve point once;
+    validation once per epoch, at the same steps."""
+    resumed = torch.load(resumed_dir / "solution.pt", weights_only=True)
+    expected = torch.load(straight_dir / "solution.pt", weights_only=True)
+    assert resumed.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name
+    optimizers = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["state"]
+                  for d in (resumed_dir, straight_dir)]
+    for key in optimizers[1]:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(optimizers[0][key][name], optimizers[1][key][name])
+    got, want = scalars(resumed_dir), scalars(straight_dir)
+    for tag in ("train/loss", "val/mse"):
+        assert sorted(got[tag]) == sorted(want[tag]), tag
+        assert got[tag] == want[tag], tag
+    epochs = len(want["val/mse"])
+    assert sorted(want["val/mse"]) == list(range(50, 50 * epochs + 1, 50))  # once per epoch
+
+
+def kill_and_resume(tmp_path, run: list[str], after_step: int):
+    """The run straight, and killed once a checkpoint at `after_step` or later exists, then
+    resumed: the two run folders and the step the killed run had reached."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    straight.mkdir(), killed.mkdir()
+    run_cli(*run, cwd=straight)
+    returncode, _ = signal_after_checkpoint(killed, signal.SIGKILL, after_step, run=run)
+    assert returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    folder = only_run(killed)
+    killed_at = checkpoint_step(folder / "checkpoints" / "last.ckpt")
+    proc = run_cli(f"resume={folder}", cwd=tmp_path)
+    assert "unreliable" not in proc.stdout + proc.stderr  # Lightning's warning for loaders it cannot resume
+    return folder, only_run(straight), killed_at
+
+
+def test_mlp_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    resumed, straight, killed_at = kill_and_resume(tmp_path, MLP, 66)
+    assert killed_at % 50, "the checkpoint fell on an epoch end"
+    assert_same_mlp_run(resumed, straight)
+
+
+@pytest.mark.slow
+def test_mlp_killed_on_an_epoch_end_resumes_to_the_same_weights(tmp_path):
+    resumed, straight, killed_at = kill_and_resume(tmp_path, [*MLP, "callbacks.checkpoint.every_n_train_steps=50"], 100)
+    assert killed_at % 50 == 0
+    assert_same_mlp_run(resumed, straight)
+
+
+@pytest.mark.slow
+def test_mlp_killed_mid_epoch_under_ddp_cpu_resumes_to_the_same_weights(tmp_path):
+    run = [*MLP, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=12"]
+    resumed, straight, killed_at = kill_and_resume(tmp_path, run, 66)
+    assert killed_at % 50
+    expected = torch.load(straight / "solution.pt", weights_only=True)
+    got = torch.load(resumed / "solution.pt", weights_only=True)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name

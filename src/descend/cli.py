@@ -149,6 +149,8 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         close_process_group()
     record["wall_time_s"] = round(time.perf_counter() - started, 4)
     if trainer is not None and not trainer.is_global_zero:
+        if record.get("traceback"):  # a bug on this rank alone: rank 0 sees only its peer vanish
+            print(f"error: rank {trainer.global_rank}: {record['error']}\n{record['traceback']}", file=sys.stderr)
         return None  # data-parallel ranks other than 0 leave writing and reporting to rank 0
     if trainer is not None:
         # a batch of steps may run past the divergence before it is seen: the guard knows the step

@@ -152,6 +152,8 @@ class StepState:
         self.loss: torch.Tensor | None = None  # the loss at the start of the current step
         self.logged_loss: torch.Tensor | None = None  # the last logged train/loss (plateau watches it)
         self.logged_step = -1
+        self.last_logged: tuple[int, dict[str, float]] = (-1, {})  # by log_to_loggers (validation)
+        self.relog: dict[str, Any] | None = None  # from a checkpoint, written again on resuming
 
 
 def lean_steps(trainer: Any, settings: StepSettings) -> bool:
@@ -246,3 +248,23 @@ def first_bad_step(losses: torch.Tensor, limit: float | None, every: int, first_
     bad &= (steps % max(every, 1)) == 0
     index = int(torch.where(bad.any(), bad.int().argmax(), -1))
     return None if index < 0 else first_step + index
+
+
+def random_states(task: Any) -> dict[str, torch.Tensor]:
+    """torch's CPU (and CUDA) random states, one row per process, for rank 0's checkpoint."""
+    states = {"cpu": torch.get_rng_state()}
+    if task.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(task.device)
+    if task.trainer.world_size > 1:  # a collective: every rank saves, rank 0 writes
+        return {k: task.all_gather(v.to(task.device)).cpu() for k, v in states.items()}
+    return {k: v.unsqueeze(0) for k, v in states.items()}
+
+
+def restore_random_states(task: Any, states: dict[str, torch.Tensor]) -> None:
+    rank = task.trainer.global_rank
+    # a copy of the row: torch reads a generator state from the start of its storage
+    rows = {k: v[rank].clone() for k, v in states.items() if rank < len(v)}
+    if "cpu" in rows:
+        torch.set_rng_state(rows["cpu"].cpu())
+    if "cuda" in rows and task.device.type == "cuda":
+        torch.cuda.set_rng_state(rows["cuda"].cpu(), task.device)

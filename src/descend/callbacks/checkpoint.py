@@ -27,6 +27,7 @@ class Checkpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.min_interval_s = min_interval_s
         self._last_saved_at = time.monotonic()
+        self._save_after_validation = False
 
     @property
     def event_every_n_steps(self) -> int:
@@ -40,6 +41,20 @@ class Checkpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._should_skip_saving_checkpoint(trainer) or not self._due(trainer):
             return
+        if trainer.enable_validation and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            # the epoch's validation runs next: a checkpoint taken after it resumes at the next
+            # epoch; one taken before would resume with that validation skipped by Lightning
+            self._save_after_validation = True
+            return
+        self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._save_after_validation and not self._should_skip_saving_checkpoint(trainer):
+            self._save(trainer)
+        self._save_after_validation = False
+        super().on_train_epoch_end(trainer, pl_module)
+
+    def _save(self, trainer: pl.Trainer) -> None:
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)

@@ -38,9 +38,8 @@ class RepeatBatch:
 class TensorBatches:
     """Mini-batches sliced from in-memory tensors, optionally shuffled and sharded.
 
-    The permutation is drawn from `seed_fn()` at the start of each pass, so a run is
-    reproducible and a resumed run sees the same order (the task passes a seed that depends
-    on the current epoch). Under data parallelism each rank takes every `world_size`-th sample
+    The permutation of epoch e is drawn from `seed_fn(e)`, e = `epoch_fn()` at the start of
+    each pass, so a run is reproducible and a resumed run sees the same order. Under data parallelism each rank takes every `world_size`-th sample
     of the same permutation and a batch of `batch_size // world_size`, so the global batch
     matches a single process.
     """
@@ -50,13 +49,15 @@ class TensorBatches:
         tensors: tuple[torch.Tensor, ...],
         batch_size: int,
         shuffle: bool = False,
-        seed_fn: Callable[[], int] = lambda: 0,
+        seed_fn: Callable[[int], int] = lambda epoch: epoch,
+        epoch_fn: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
         self.tensors = tensors
         self.shuffle = shuffle
         self.seed_fn = seed_fn
+        self.epoch_fn = epoch_fn
         self.rank = rank
         self.world_size = world_size
         n = len(tensors[0])
@@ -67,11 +68,11 @@ class TensorBatches:
     def __len__(self) -> int:
         return math.ceil(self.per_rank / self.batch_size)
 
-    def order(self) -> torch.Tensor:
-        """This rank's sample indices for one pass, in the order of that pass."""
+    def order(self, epoch: int | None = None) -> torch.Tensor:
+        """This rank's sample indices for one pass, in the order of that epoch (default: the current one)."""
         n = len(self.tensors[0])
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed_fn())
+            generator = torch.Generator().manual_seed(self.seed_fn(self.epoch_fn() if epoch is None else epoch))
             order = torch.randperm(n, generator=generator).to(self.tensors[0].device)
         else:
             order = torch.arange(n, device=self.tensors[0].device)
@@ -87,18 +88,43 @@ class TensorBatches:
 
 
 class GroupedBatches:
-    """A training pass over `TensorBatches` as groups of mini-batches, one per optimiser step."""
+    """A training pass over `TensorBatches` as groups of mini-batches, one per optimiser step.
+
+    Its position (the epoch, the permutation's seed and the batches trained) is part of every
+    checkpoint: Lightning saves and restores a training loader's state_dict, so a run resumed
+    mid-epoch continues with the next batch of the same order.
+    """
 
     def __init__(self, batches: TensorBatches, plan: StepPlan) -> None:
         self.batches = batches
         self.plan = plan
+        self._epoch = 0
+        self._epoch_start_step = 0
+        self._restored: dict[str, int] | None = None
 
     def steps_left(self, global_step: int) -> int:
-        return len(self.batches)
+        return len(self.batches) - (self._restored["consumed"] if self._restored else global_step % len(self.batches))
+
+    def state_dict(self) -> dict[str, int]:
+        # counted from the trainer, not from what was handed out: Lightning fetches a batch
+        # ahead, so the next group may already be sliced when a checkpoint is taken
+        consumed = self.plan.trainer.global_step - self._epoch_start_step
+        return {"epoch": self._epoch, "seed": self.batches.seed_fn(self._epoch), "consumed": consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._restored = dict(state) if state["consumed"] < len(self.batches) else None
 
     def __iter__(self) -> Iterator[StepGroup]:
-        order = self.batches.order()
-        first = 0
-        for size in self.plan.sizes(len(self.batches)):
+        # One step is one batch, so the position follows from the global step too. That covers
+        # the checkpoints Lightning resumes without handing back this state (taken on an epoch's
+        # end, it resumes at the next epoch, and asks for this iterator before it counts it).
+        restored, self._restored = self._restored, None
+        if restored:
+            self._epoch, first = restored["epoch"], restored["consumed"]
+        else:
+            self._epoch, first = divmod(self.plan.trainer.global_step, len(self.batches))
+        self._epoch_start_step = self.plan.trainer.global_step - first
+        order = self.batches.order(self._epoch)
+        for size in self.plan.sizes(len(self.batches) - first):
             yield StepGroup([self.batches.batch(order, i) for i in range(first, first + size)])
             first += size

@@ -103,6 +103,26 @@ class Task(pl.LightningModule):
             self.log("train/loss", self.step_state.loss, logger=False)
         stepping.step_schedulers(self, "epoch")
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the random state (dropout) of every process, so a resumed run draws the same numbers
+        checkpoint["descend_rng"] = stepping.random_states(self)
+        # what was logged at this very step outside the training steps (an epoch's validation):
+        # a resumed run's TensorBoard purges the killed run's events from this step on
+        step, metrics = self.step_state.last_logged
+        if step == self.global_step:
+            checkpoint["descend_logged_at_step"] = {"step": step, "metrics": metrics}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "descend_rng" in checkpoint:
+            stepping.restore_random_states(self, checkpoint["descend_rng"])
+        if "descend_logged_at_step" in checkpoint:
+            self.step_state.relog = checkpoint["descend_logged_at_step"]
+
+    def on_train_start(self) -> None:
+        relog, self.step_state.relog = self.step_state.relog, None
+        if relog:  # what the purge took from the checkpoint's step, written again
+            self.log_to_loggers(relog["metrics"], step=relog["step"])
+
     def monitored_value(self, key: str | None) -> torch.Tensor:
         """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric."""
         if key in (None, "train/loss"):
@@ -115,10 +135,12 @@ class Task(pl.LightningModule):
     def log_to_loggers(self, metrics: dict[str, torch.Tensor], step: int | None = None) -> None:
         """Write scalars straight to the loggers at this step (default: the current one): the
         public logger API costs a fraction of self.log, whose bookkeeping these do not need."""
+        step = self.global_step if step is None else step
+        values = {k: float(v) for k, v in metrics.items()}
+        self.step_state.last_logged = (step, values)
         if self.trainer.is_global_zero:
-            values = {k: float(v) for k, v in metrics.items()}
             for logger in self.loggers:
-                logger.log_metrics(values, step=self.global_step if step is None else step)
+                logger.log_metrics(values, step=step)
 
     def is_logging_step(self) -> bool:
         """Steps 0, N, 2N, … for N = trainer.log_every_n_steps: every curve starts at the initial loss."""

@@ -105,7 +105,8 @@ class MLPTask(Task):
             (x, y),
             self.hparams.batch_size,
             shuffle=train and self.hparams.shuffle,
-            seed_fn=lambda: self.hparams.get("data", {}).get("seed", 0) * 100_003 + self.current_epoch,
+            seed_fn=lambda epoch: self.hparams.get("data", {}).get("seed", 0) * 100_003 + epoch,
+            epoch_fn=lambda: self.current_epoch,
             rank=self.trainer.global_rank if train else 0,
             world_size=self.trainer.world_size if train else 1,
         )
