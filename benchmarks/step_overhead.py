@@ -78,6 +78,16 @@ def per_step(run, short: int, long: int, repeats: int, *args) -> float:
     return min((run(long, *args) - run(short, *args)) / (long - short) for _ in range(repeats))
 
 
+def ratio_to_plain(short: int, long: int, repeats: int, device: str, *args) -> tuple[float, float]:
+    """Per-step seconds of descend and of the plain loop, measured alternately (this machine's
+    speed drifts between runs): the best of each over `repeats` rounds."""
+    descend, plain = [], []
+    for _ in range(repeats):
+        plain.append(per_step(plain_loop, short, long, 1, device))
+        descend.append(per_step(descend_run, short, long, 1, device, *args))
+    return min(descend), min(plain)
+
+
 def picture_file(out: Path) -> Path:
     """A 640×480 grayscale "photo": smooth shapes plus texture, the kind of matrix users factorise."""
     y, x = np.mgrid[0:640, 0:480] / 480.0
@@ -89,10 +99,13 @@ def picture_file(out: Path) -> Path:
 
 
 def picture_share(device: str, out: Path, repeats: int, *overrides: str) -> tuple[float, float]:
-    """Best-of wall times of fit with the default callbacks and without pictures and checkpoints."""
-    full = min(_fit(device, out, *overrides) for _ in range(repeats))
-    bare = min(_fit(device, out, *overrides, "~callbacks.images", "~callbacks.checkpoint") for _ in range(repeats))
-    return full, bare
+    """Best-of wall times of fit with the default callbacks and without pictures and checkpoints,
+    measured alternately."""
+    full, bare = [], []
+    for _ in range(repeats):
+        full.append(_fit(device, out, *overrides))
+        bare.append(_fit(device, out, *overrides, "~callbacks.images", "~callbacks.checkpoint"))
+    return min(full), min(bare)
 
 
 def _fit(device: str, out: Path, *overrides: str) -> float:
@@ -103,15 +116,14 @@ def _fit(device: str, out: Path, *overrides: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--skip-pictures", action="store_true", help="only the per-step times")
     args = parser.parse_args()
     short = max(1, args.steps // 10)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        plain = per_step(plain_loop, short, args.steps, args.repeats, args.device)
-        grouped = per_step(descend_run, short, args.steps, args.repeats, args.device, out)
+        grouped, plain = ratio_to_plain(short, args.steps, args.repeats, args.device, out)
         single = per_step(descend_run, short, args.steps, args.repeats, args.device, out, "steps_per_batch=1")
         bare = per_step(descend_run, short, args.steps, args.repeats, args.device, out, "steps_per_batch=1", "callbacks=none", "logger=none")
         print(f"device: {args.device}, steps: {short} vs {args.steps}, best of {args.repeats}")

@@ -12,11 +12,23 @@ def _upscale(image: np.ndarray, size: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+def display_size(matrix: torch.Tensor, largest: int = 256) -> np.ndarray:
+    """The matrix as float64 at most `largest` entries a side, by averaging blocks (area
+    downscaling, on the matrix's device): a 2000×2000 matrix is drawn from 250×250 values,
+    so a picture costs milliseconds whatever the matrix, and its PNG stays small."""
+    values = matrix.detach()
+    factor = -(-max(values.shape) // largest)  # ceil
+    if factor > 1:
+        rows, cols = (n // factor * factor for n in values.shape)
+        values = values[:rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(dim=(1, 3))
+    return values.double().cpu().numpy()
+
+
 def heatmap(matrix: torch.Tensor, size: int = 128) -> np.ndarray:
     """A diverging red/blue picture of a matrix, white at zero, symmetric around it."""
     from matplotlib import colormaps
 
-    values = matrix.detach().double().cpu().numpy()
+    values = display_size(matrix, max(size, 256))
     limit = np.abs(values).max() or 1.0
     rgba = colormaps["RdBu_r"]((values / limit + 1) / 2)
     return _upscale((rgba[..., :3] * 255).astype(np.uint8), size)
@@ -24,7 +36,7 @@ def heatmap(matrix: torch.Tensor, size: int = 128) -> np.ndarray:
 
 def side_by_side(left: torch.Tensor, right: torch.Tensor, size: int = 128) -> np.ndarray:
     """Two matrices as grayscale pictures on one shared scale, with a gap between them."""
-    a, b = (m.detach().double().cpu().numpy() for m in (left, right))
+    a, b = (display_size(m, max(size, 256)) for m in (left, right))
     low, high = min(a.min(), b.min()), max(a.max(), b.max())
     scale = (high - low) or 1.0
     gap = np.ones((a.shape[0], max(1, a.shape[1] // 20)))

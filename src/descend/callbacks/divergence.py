@@ -54,7 +54,10 @@ class DivergenceGuard(pl.Callback):
         pl_module.metric_buffer.flush(trainer.loggers if trainer.is_global_zero else [], through_step=step - 1)
         pl_module.log_to_loggers({"train/loss": torch.tensor(loss_value)}, step=step)
         exploded = limit is not None and math.isfinite(loss_value) and abs(loss_value) > limit
-        bad_params = [name for name, p in pl_module.named_parameters() if not torch.isfinite(p).all()]
+        # the parameters show that step's update only when it was the batch's last: the steps
+        # after it in the batch ran on, and would be blamed for what they did
+        last_of_batch = step == first_step + len(losses) - 1
+        bad_params = [name for name, p in pl_module.named_parameters() if last_of_batch and not torch.isfinite(p).all()]
         lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
         lr = ",".join(f"{v:g}" for v in lrs)
         what = f"loss = {loss_value:g}" + (f", over {self.max_growth:g}x its starting size" if exploded else "")

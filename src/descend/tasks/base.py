@@ -51,6 +51,7 @@ class Task(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_config = scheduler
         self._reference: dict[str, torch.Tensor] | None = None
+        self._reference_flat: tuple[torch.Tensor, torch.Tensor] | None = None
         # descend's step (stepping.py): several optimiser steps per training_step
         self.automatic_optimization = False
         self.step_settings = stepping.StepSettings()  # set from the config by build.build_task
@@ -99,9 +100,11 @@ class Task(pl.LightningModule):
         self.metric_buffer.flush(self.loggers if self.trainer.is_global_zero else [])
 
     def on_train_epoch_end(self) -> None:
-        if self.step_state.loss is not None:  # for EarlyStopping and other monitors of train/loss
+        # for EarlyStopping and other monitors of train/loss (self.log costs milliseconds: only then)
+        watched = any(getattr(callback, "monitor", None) == "train/loss" for callback in self.trainer.callbacks)
+        if watched and self.step_state.loss is not None:
             self.log("train/loss", self.step_state.loss, logger=False)
-        stepping.step_schedulers(self, "epoch")
+        stepping.step_epoch_schedulers(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # the random state (dropout) of every process, so a resumed run draws the same numbers
@@ -173,16 +176,24 @@ class Task(pl.LightningModule):
     def distances(self, loss: torch.Tensor) -> dict[str, torch.Tensor]:
         """Excess loss over the optimum, and the relative error of the solution against the closed
         form, taken over all reference tensors together (so a zero bias cannot make it blow up)."""
-        reference = dict(self.cached_reference())
+        reference = self.cached_reference()
         out = {}
         if "loss" in reference:
-            out["ref/excess_loss"] = loss.double() - reference.pop("loss")
-        if reference:
+            out["ref/excess_loss"] = loss.double() - reference["loss"]
+        names = [k for k in reference if k != "loss"]
+        if names:
             solution = self.solution()
-            error = torch.cat([(solution[k].double() - v).flatten() for k, v in reference.items()])
-            scale = torch.cat([v.flatten() for v in reference.values()])
-            out["ref/rel_error"] = torch.linalg.vector_norm(error) / torch.linalg.vector_norm(scale).clamp_min(1e-300)
+            flat, norm = self._flat_reference(names)
+            error = torch.cat([solution[k].double().flatten() for k in names]) - flat
+            out["ref/rel_error"] = torch.linalg.vector_norm(error) / norm
         return out
+
+    def _flat_reference(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference tensors flattened into one, and its norm: computed once, used at every logging step."""
+        if self._reference_flat is None:
+            flat = torch.cat([self.cached_reference()[k].flatten() for k in names])
+            self._reference_flat = (flat, torch.linalg.vector_norm(flat).clamp_min(1e-300))
+        return self._reference_flat
 
     @torch.no_grad()
     def final_metrics(self) -> dict[str, float]:
