@@ -12,9 +12,9 @@ def _upscale(image: np.ndarray, size: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def display_size(matrix: torch.Tensor, largest: int = 256) -> np.ndarray:
+def display_size(matrix: torch.Tensor, largest: int = 160) -> np.ndarray:
     """The matrix as float64 at most `largest` entries a side, by averaging blocks (area
-    downscaling, on the matrix's device): a 2000×2000 matrix is drawn from 250×250 values,
+    downscaling, on the matrix's device): a 2000×2000 matrix is drawn from 134×134 values,
     so a picture costs milliseconds whatever the matrix, and its PNG stays small."""
     values = matrix.detach()
     factor = -(-max(values.shape) // largest)  # ceil
@@ -28,7 +28,7 @@ def heatmap(matrix: torch.Tensor, size: int = 128) -> np.ndarray:
     """A diverging red/blue picture of a matrix, white at zero, symmetric around it."""
     from matplotlib import colormaps
 
-    values = display_size(matrix, max(size, 256))
+    values = display_size(matrix, max(size, 160))
     limit = np.abs(values).max() or 1.0
     rgba = colormaps["RdBu_r"]((values / limit + 1) / 2)
     return _upscale((rgba[..., :3] * 255).astype(np.uint8), size)
@@ -36,7 +36,7 @@ def heatmap(matrix: torch.Tensor, size: int = 128) -> np.ndarray:
 
 def side_by_side(left: torch.Tensor, right: torch.Tensor, size: int = 128) -> np.ndarray:
     """Two matrices as grayscale pictures on one shared scale, with a gap between them."""
-    a, b = (display_size(m, max(size, 256)) for m in (left, right))
+    a, b = (display_size(m, max(size, 160)) for m in (left, right))
     low, high = min(a.min(), b.min()), max(a.max(), b.max())
     scale = (high - low) or 1.0
     gap = np.ones((a.shape[0], max(1, a.shape[1] // 20)))

@@ -55,6 +55,13 @@ class Checkpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
 
     def _save(self, trainer: pl.Trainer) -> None:
+        # the curve up to this step on disk first: a run killed after the checkpoint resumes
+        # from it, and its TensorBoard keeps what was written before (the rest is purged)
+        buffered = getattr(trainer.lightning_module, "metric_buffer", None)
+        if buffered is not None:
+            buffered.flush(trainer.loggers if trainer.is_global_zero else [])
+        for logger in trainer.loggers:
+            logger.save()
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)

@@ -18,7 +18,7 @@ class ImageLogger(pl.Callback):
     than a whole short run, so a fixed cadence alone cannot suit both.
     """
 
-    def __init__(self, every_n_steps: int = 20, max_share: float | None = 0.05) -> None:
+    def __init__(self, every_n_steps: int = 100, max_share: float | None = 0.02) -> None:
         self.every_n_steps = every_n_steps
         self.max_share = max_share
         self._started = time.perf_counter()
