@@ -202,6 +202,7 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
     losses = []
     for batch in group.batches:
         state.step = step
+        # steps 0, N, 2N, … for N = trainer.log_every_n_steps: every curve starts at the initial loss
         state.logging = every > 0 and step % every == 0
         if needs_closure:
             evaluations: list[torch.Tensor] = []

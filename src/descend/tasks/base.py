@@ -145,11 +145,6 @@ class Task(pl.LightningModule):
             for logger in self.loggers:
                 logger.log_metrics(values, step=step)
 
-    def is_logging_step(self) -> bool:
-        """Steps 0, N, 2N, … for N = trainer.log_every_n_steps: every curve starts at the initial loss."""
-        every = self.trainer.log_every_n_steps if self._trainer is not None else 0
-        return every > 0 and self.global_step % every == 0
-
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise ConfigError("no optimizer is configured; choose one with optimizer=sgd|adam|adamw|rmsprop|lbfgs")
