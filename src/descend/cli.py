@@ -71,7 +71,35 @@ def check_overrides(argv: list[str], conf: Path) -> None:
         culprit = next((o for o in overrides if not _parses(parser, o)), " ".join(overrides))
         exit_with_error(f"{culprit}: cannot parse this override ({_one_line(error)}); quote lists and strings, e.g. 'task.model.hidden=[64,64]'")
     except (HydraException, OmegaConfBaseException) as error:
-        exit_with_error(_one_line(error))
+        message = _one_line(error)
+        if message.startswith("Could not override '"):  # a key the config does not have
+            key = message.split("'")[1]
+            culprit = next((o for o in overrides if o.split("=", 1)[0] == key), key)
+            exit_with_error(_unknown_key(culprit, key, [o for o in overrides if o != culprit], conf))
+        exit_with_error(message)
+
+
+def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path) -> str:
+    """Name the nearest existing key: Hydra's own hint (+key=value) would add the misspelt one."""
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            keys = _flat_keys(OmegaConf.to_container(compose("train", overrides=overrides), resolve=False))
+    except Exception:  # another override is wrong too: Hydra reports that one next
+        keys = []
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{culprit}: {key} is not a key of this config; {hint}(python -m train --cfg job lists every key)"
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix]
+    return [k for name, value in node.items() for k in _flat_keys(value, f"{prefix}.{name}" if prefix else str(name))]
 
 
 def _parses(parser: Any, override: str) -> bool:
