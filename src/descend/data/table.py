@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +26,39 @@ class Table:
     feature_names: list[str]
     target_name: str
     noise_floor: float | None = None  # the best achievable MSE where it is known (noise variance)
+    left_out: dict[str, str] = field(default_factory=dict)  # CSV columns not used, and why
+
+    def describe(self) -> str:
+        """Which columns predict which, for the console: a real table's surprises show here."""
+        text = f"predicting {self.target_name} from {', '.join(self.feature_names)}"
+        if self.left_out:
+            text += "; left out: " + ", ".join(f"{name} ({why})" for name, why in self.left_out.items())
+        return text
+
+
+@dataclass
+class Scaling:
+    """Standardisation of features and target, so that one learning rate suits any table's units.
+
+    Training sees (x - x_mean) / x_std and (y - y_mean) / y_std; `center=False` only scales, for
+    models without an intercept (centring would add one)."""
+
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, y: torch.Tensor, enabled: bool = True, center: bool = True) -> "Scaling":
+        if not enabled or len(y) < 2:
+            return cls(torch.zeros_like(x[0]), torch.ones_like(x[0]), torch.tensor(0.0), torch.tensor(1.0))
+        if center:
+            x_mean, x_std, y_mean, y_std = x.mean(0), x.std(0), y.mean(), y.std()
+        else:  # root mean square: the scale of an uncentred column
+            x_mean, y_mean = torch.zeros_like(x[0]), torch.tensor(0.0)
+            x_std, y_std = x.square().mean(0).sqrt(), y.square().mean().sqrt()
+        # constant (or all-zero) columns stay as they are
+        return cls(x_mean, x_std.clamp_min(1e-12), y_mean, y_std.clamp_min(1e-12))
 
 
 def table_source(
@@ -101,4 +134,6 @@ def csv_table(path: str, target: str | None, columns: list[str] | None) -> Table
             f"(first at data row {bad_rows[0] + 1}); clean them or choose columns with task.data.columns"
         )
     tensor = torch.from_numpy(block).float()
-    return Table(tensor[:, :-1], tensor[:, -1], feature_names, target)
+    left_out = {name: ("not numeric" if name not in numeric else "not in task.data.columns")
+                for name in header if name != target and name not in feature_names}
+    return Table(tensor[:, :-1], tensor[:, -1], feature_names, target, left_out=left_out)

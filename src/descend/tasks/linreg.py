@@ -1,13 +1,25 @@
-"""`linreg`: fit y = X·w + b by mean squared error, as seed notebook 003 does."""
+"""`linreg`: fit y = X·w + b by mean squared error, as seed notebook 003 does.
+
+A real table's columns come in their own units (areas in the hundreds, prices in the tens of
+thousands), where float32 gradient descent or LBFGS stalls far from the least-squares answer.
+So a table read from a file is standardised (`task.standardize: auto`): training runs on
+(x - mean) / std against (y - mean) / std, the loss is the MSE in those units, and the saved and
+compared weights and bias are mapped back to the table's own units. Generated data is left as
+it is, so the seed example keeps its exact trajectory.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
-from descend.data.table import table_source
+from descend.data.table import Scaling, table_source
+from descend.errors import ConfigError
 from descend.tasks.base import Task, initial
+
+log = logging.getLogger(__name__)
 
 
 class LinRegTask(Task):
@@ -17,17 +29,28 @@ class LinRegTask(Task):
         bias: bool = True,
         init: str = "zeros",
         predict_at: list[float] | None = None,
+        standardize: bool | str = "auto",
         **base: Any,
     ) -> None:
         super().__init__(**base)
         table = table_source(**data)
+        if standardize not in (True, False, "auto"):
+            raise ConfigError(f"task.standardize={standardize!r} must be auto (files only), true or false")
+        enabled = bool(data.get("path")) if standardize == "auto" else standardize
+        scaling = Scaling.fit(table.features, table.target, enabled=enabled, center=bias)
+        self.standardized = enabled
         self.feature_names = table.feature_names
-        self.register_buffer("features", table.features, persistent=False)
-        self.register_buffer("target", table.target, persistent=False)
+        if data.get("path"):
+            log.info("linreg: %s%s", table.describe(), "; trained standardised, w and b in the table's units" if enabled else "")
+        self.register_buffer("features", (table.features - scaling.x_mean) / scaling.x_std, persistent=False)
+        self.register_buffer("target", (table.target - scaling.y_mean) / scaling.y_std, persistent=False)
+        for name in ("x_mean", "x_std", "y_mean", "y_std"):
+            self.register_buffer(name, getattr(scaling, name), persistent=False)
         self.weight = torch.nn.Parameter(initial(init, table.features.shape[1]))
         self.bias = torch.nn.Parameter(initial(init, 1)) if bias else None
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction for training-scale features (standardised ones when standardised)."""
         y = x @ self.weight
         return y + self.bias if self.bias is not None else y
 
@@ -44,26 +67,34 @@ class LinRegTask(Task):
         x, y = batch
         return torch.mean((self.predict(x) - y) ** 2)
 
+    def in_table_units(self, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Weights and bias of the standardised model as the table's: y = x·w + b."""
+        w = weight * self.y_std.to(weight) / self.x_std.to(weight)
+        if bias is None:
+            return {"w": w}
+        b = self.y_mean.to(w) + self.y_std.to(w) * bias - (w * self.x_mean.to(w)).sum()
+        return {"w": w, "b": b.reshape(1)}
+
     def reference(self) -> dict[str, torch.Tensor]:
+        """Least squares on the training data, in float64, in the same units as solution()."""
         x, y = self.features.double(), self.target.double()
         if self.bias is not None:
             x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
         best = torch.linalg.lstsq(x.cpu(), y.cpu().unsqueeze(1)).solution[:, 0].to(x.device)
-        reference = {"w": best[: self.weight.numel()], "loss": torch.mean((x @ best - y) ** 2)}
-        if self.bias is not None:
-            reference["b"] = best[-1:]
-        return reference
+        n = self.weight.numel()
+        reference = self.in_table_units(best[:n], best[n:] if self.bias is not None else None)
+        return {**reference, "loss": torch.mean((x @ best - y) ** 2)}
 
     def solution(self) -> dict[str, torch.Tensor]:
-        solution = {"w": self.weight.detach()}
-        if self.bias is not None:
-            solution["b"] = self.bias.detach()
-        return solution
+        return self.in_table_units(self.weight.detach(), None if self.bias is None else self.bias.detach())
 
     @torch.no_grad()
     def final_metrics(self) -> dict[str, float]:
         metrics = super().final_metrics()
+        if self.standardized:  # the loss is in standardised units; this is the error in the target's
+            metrics["rmse"] = float(metrics["loss"] ** 0.5 * self.y_std)
+        solution = self.solution()
         for x in self.hparams.predict_at or []:
-            point = torch.full((self.weight.numel(),), float(x), dtype=self.weight.dtype, device=self.weight.device)
-            metrics[f"prediction@{x:g}"] = float(self.predict(point))
+            prediction = torch.full_like(solution["w"], float(x)) @ solution["w"] + solution.get("b", 0.0)
+            metrics[f"prediction@{x:g}"] = float(prediction)
         return metrics

@@ -7,6 +7,7 @@ in standardised units; the torchmetrics MSE/MAE/R² are in the target's own unit
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -14,10 +15,12 @@ import torch
 from torch import nn
 
 from descend.data.loaders import GroupedBatches, TensorBatches
-from descend.data.table import table_source
+from descend.data.table import Scaling, table_source
 from descend.errors import ConfigError, require_int
 from descend.plots import curve
 from descend.tasks.base import Task
+
+log = logging.getLogger(__name__)
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
@@ -66,16 +69,14 @@ class MLPTask(Task):
         self.noise_floor = table.noise_floor
         train, val, test = split_rows(len(table.target), list(split), data.get("seed", 0))
         x, y = table.features, table.target
-        x_mean, x_std = (x[train].mean(0), x[train].std(0)) if standardize and len(train) > 1 else (torch.zeros_like(x[0]), torch.ones_like(x[0]))
-        y_mean, y_std = (y[train].mean(), y[train].std()) if standardize and len(train) > 1 else (torch.tensor(0.0), torch.tensor(1.0))
-        x_std, y_std = x_std.clamp_min(1e-12), y_std.clamp_min(1e-12)  # constant columns stay as they are
+        if table.left_out:
+            log.info("mlp: %s", table.describe())
+        scaling = Scaling.fit(x[train], y[train], enabled=standardize)  # the training split's statistics only
         for name, rows in (("train", train), ("val", val), ("test", test)):
-            self.register_buffer(f"x_{name}", (x[rows] - x_mean) / x_std, persistent=False)
-            self.register_buffer(f"y_{name}", (y[rows] - y_mean) / y_std, persistent=False)
-        self.register_buffer("y_mean", y_mean, persistent=False)
-        self.register_buffer("y_std", y_std, persistent=False)
-        self.register_buffer("x_mean", x_mean, persistent=False)
-        self.register_buffer("x_std", x_std, persistent=False)
+            self.register_buffer(f"x_{name}", (x[rows] - scaling.x_mean) / scaling.x_std, persistent=False)
+            self.register_buffer(f"y_{name}", (y[rows] - scaling.y_mean) / scaling.y_std, persistent=False)
+        for name in ("x_mean", "x_std", "y_mean", "y_std"):
+            self.register_buffer(name, getattr(scaling, name), persistent=False)
         self.net = build_mlp(x.shape[1], model.get("hidden", [64, 64]), model.get("activation", "tanh"), model.get("dropout", 0.0))
         from torchmetrics import MeanAbsoluteError, MeanSquaredError, MetricCollection, R2Score
 
