@@ -65,3 +65,27 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# ---- the fast subset: `pytest -m "not slow"` runs what needs no new process ----
+STARTS_A_PROCESS = {"run_cli", "subprocess", "Popen", "kill_and_resume", "signal_after_checkpoint"}
+
+
+def _names(code) -> set[str]:
+    """The global and attribute names a function uses, its comprehensions' and inner functions' too."""
+    inner = [c for c in code.co_consts if hasattr(c, "co_names")]
+    return set(code.co_names).union(*map(_names, inner))
+
+
+def _starts_a_process(function) -> bool:
+    code = getattr(function, "__code__", None)
+    return code is not None and bool(STARTS_A_PROCESS & _names(code))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` every test that runs the CLI or another process, itself or through a fixture:
+    those take seconds each; the rest (units and in-process checks) run in well under a minute."""
+    for item in items:
+        fixtures = [d.func for defs in item._fixtureinfo.name2fixturedefs.values() for d in defs]
+        if any(_starts_a_process(f) for f in [getattr(item, "function", None), *fixtures]):
+            item.add_marker(pytest.mark.slow)

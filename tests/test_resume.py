@@ -129,6 +129,7 @@ def kill_and_resume(tmp_path, run: list[str], after_step: int):
     killed_at = checkpoint_step(folder / "checkpoints" / "last.ckpt")
     proc = run_cli(f"resume={folder}", cwd=tmp_path)
     assert "unreliable" not in proc.stdout + proc.stderr  # Lightning's warning for loaders it cannot resume
+    assert f"resuming at step {killed_at}:" in proc.stdout and "continues exactly" in (folder / "train.log").read_text()
     return folder, only_run(straight), killed_at
 
 

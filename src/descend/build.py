@@ -22,11 +22,27 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
     require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
+    check_gpu(cfg.trainer)
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
             "step is one optimiser step; use a larger task.batch_size instead"
         )
+
+
+def check_gpu(trainer: DictConfig) -> None:
+    """A GPU asked for where torch sees none: name the fix that keeps the rest of the command."""
+    import torch
+
+    accelerator = trainer.get("accelerator")
+    if accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    data_parallel = "ddp" in str(trainer.get("strategy"))
+    fix = "trainer=ddp_cpu (data-parallel CPU processes)" if data_parallel else "trainer.accelerator=cpu"
+    raise ConfigError(f"trainer.accelerator={accelerator}: {GPU_MISSING}; use {fix}, or install a CUDA build of torch (see README)")
+
+
+GPU_MISSING = "a GPU was asked for but torch sees none (torch.cuda.is_available() is False)"
 
 
 def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
@@ -46,8 +62,7 @@ def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
 def explain(error: BaseException) -> str:
     message = " ".join(str(error).split()) or type(error).__name__
     if "gpu backend" in message or "accelerator is not available" in message:
-        return ("a GPU was asked for but torch sees none (torch.cuda.is_available() is False); "
-                "use trainer.accelerator=cpu, or install a CUDA build of torch (see README)")
+        return f"{GPU_MISSING}; use trainer.accelerator=cpu, or install a CUDA build of torch (see README)"
     if isinstance(error, TypeError) and "unexpected keyword argument" in message:
         name = message.split("'")[-2] if "'" in message else message
         return f"{name!r} is not an option here; check the spelling (python -m train --cfg job lists the options)"

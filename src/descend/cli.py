@@ -32,8 +32,56 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 def main() -> None:
     sys.argv[1:] = resume_overrides(sys.argv[1:])
     check_group_choices(sys.argv[1:], config_dir())
+    check_launcher(sys.argv[1:])
     check_overrides(sys.argv[1:], config_dir())
+    sys.argv[1:] = keys_of_swept_groups(sys.argv[1:], config_dir())
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
+    sys.exit(sweep_exit_code())
+
+
+def sweep_exit_code() -> int:
+    """After a multirun: 1 when a job failed, else 0 (a diverged job is a result, in the summary)."""
+    from descend.sweep import finished_sweep
+
+    return 1 if any(row["status"] == "failed" for row in finished_sweep) else 0
+
+
+# the plugins behind hydra/launcher=… and hydra/sweeper=…, from descend's [sweeps] extra
+PLUGINS = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher",
+           "optuna": "hydra_plugins.hydra_optuna_sweeper"}
+
+
+def check_launcher(argv: list[str]) -> None:
+    """A launcher or sweeper that cannot start gets one line, before Hydra makes a sweep folder."""
+    import importlib.util
+    import shutil
+
+    for arg in argv:
+        group, _, option = arg.partition("=")
+        if group not in ("hydra/launcher", "hydra/sweeper", "hparams_search"):
+            continue
+        plugin = PLUGINS.get("optuna" if group == "hparams_search" else option)
+        if plugin and importlib.util.find_spec(plugin) is None:
+            exit_with_error(f"{arg} needs {plugin.split('.')[-1]}, which is not installed; pip install -e \".[sweeps]\"")
+        if option == "slurm" and shutil.which("sbatch") is None:
+            exit_with_error(f"{arg}: SLURM's sbatch is not on PATH, so no job can be submitted from here; run on a SLURM "
+                            "login node, or use hydra/launcher=basic (one job after another) or hydra/launcher=parallel")
+
+
+def keys_of_swept_groups(argv: list[str], conf: Path) -> list[str]:
+    """`-m scheduler=step,exponential scheduler.gamma=0.5`: Hydra checks a fixed key against the
+    group's default option (scheduler=none has no gamma) and refuses it, although every job has it.
+    As a one-value sweep, choice(0.5), it is checked job by job instead (check_overrides did so)."""
+    if not any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    swept = {a.split("=")[0] for a in argv if "=" in a and "," in a.split("=", 1)[1] and (conf / a.split("=")[0]).is_dir()}
+
+    def lifted(arg: str) -> str:
+        key, sep, value = arg.partition("=")
+        plain = sep and key[:1].isalpha() and "(" not in value and "," not in value
+        return f"{key}=choice({value})" if plain and key.split(".")[0] in swept and "." in key else arg
+
+    return [lifted(a) for a in argv]
 
 
 def check_group_choices(argv: list[str], conf: Path) -> None:
@@ -51,35 +99,73 @@ def check_group_choices(argv: list[str], conf: Path) -> None:
 
 
 def check_overrides(argv: list[str], conf: Path) -> None:
-    """A misspelt key or a malformed value gets Hydra's own message as one line, exit 2.
+    """A misspelt key or a malformed value gets one line naming it, exit 2, before any folder exists.
 
-    Only for single runs: a sweep's values (a=1,2, range(), choice()) compose job by job, so a
-    sweep gets Hydra's message in full. Flags (--help, --cfg …) and hydra.* keys are Hydra's."""
+    A sweep is checked job by job where jobs differ in a group's option (`scheduler=step,cosine`
+    with `scheduler.gamma=0.1` composes for step, not for cosine), with its other swept values at
+    their first. Flags (--help, --cfg …), hydra.* keys and Optuna's search spaces are Hydra's."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    argv = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") or a.startswith(("hparams_search=", "hydra.searchpath=")) for a in argv):
         return
-    overrides = [a for a in argv if not a.startswith("hydra.")]
-    from hydra import compose, initialize_config_dir
+    overrides = [a for a in argv if not a.startswith("hydra.") and not a.startswith("hydra/")]
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException, OverrideParseException
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except OverrideParseException as error:
+        culprit = next((o for o in overrides if not _parses(parser, o)), " ".join(overrides))
+        exit_with_error(f"{culprit}: cannot parse this override ({_one_line(error)}); quote lists and strings, e.g. 'task.model.hidden=[64,64]'")
+    jobs = [overrides] if not multirun else _jobs_to_check(parsed, conf)
+    for job in jobs or []:
+        _compose_or_exit(job, conf, given=overrides if multirun else None)
+
+
+def _jobs_to_check(parsed: list[Any], conf: Path, most: int = 32) -> list[list[str]] | None:
+    """The sweep's combinations of group options, each with the other swept keys at their first value
+    (None for a search space, e.g. interval(): its values are the sweeper's to draw)."""
+    import itertools
+
+    from hydra.core.override_parser.types import Glob
+
+    choices: list[list[str]] = []
+    for override in parsed:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+        elif override.is_interval_sweep() or isinstance(override.value(), Glob):
+            return None
+        else:
+            values = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            group = (conf / key.lstrip("+~")).is_dir()
+            choices.append(values if group else values[:1])
+    return [list(job) for job in itertools.islice(itertools.product(*choices), most)]
+
+
+def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None) -> None:
+    """Compose one job's config; on failure exit with one line naming the override as given."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             compose("train", overrides=overrides)
-    except OverrideParseException as error:
-        parser = OverridesParser.create()
-        culprit = next((o for o in overrides if not _parses(parser, o)), " ".join(overrides))
-        exit_with_error(f"{culprit}: cannot parse this override ({_one_line(error)}); quote lists and strings, e.g. 'task.model.hidden=[64,64]'")
     except (HydraException, OmegaConfBaseException) as error:
         message = _one_line(error)
+        groups = [o for o in overrides if "=" in o and (conf / o.split("=")[0].lstrip("+~")).is_dir()]
+        where = f" with {' '.join(groups)}" if given is not None and groups else ""
         if message.startswith("Could not override '"):  # a key the config does not have
             key = message.split("'")[1]
-            culprit = next((o for o in overrides if o.split("=", 1)[0] == key), key)
-            exit_with_error(_unknown_key(culprit, key, [o for o in overrides if o != culprit], conf))
-        exit_with_error(message)
+            culprit = next((o for o in given or overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
+            others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
+            exit_with_error(_unknown_key(culprit, key, others, conf, where))
+        exit_with_error(message + where)
 
 
-def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path) -> str:
+def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where: str = "") -> str:
     """Name the nearest existing key: Hydra's own hint (+key=value) would add the misspelt one."""
     import difflib
 
@@ -91,9 +177,15 @@ def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path) -> st
             keys = _flat_keys(OmegaConf.to_container(compose("train", overrides=overrides), resolve=False))
     except Exception:  # another override is wrong too: Hydra reports that one next
         keys = []
-    close = difflib.get_close_matches(key, keys, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
-    return f"{culprit}: {key} is not a key of this config; {hint}(python -m train --cfg job lists every key)"
+    # a misspelt leaf is matched among its siblings (scheduler.gamma is no typo of scheduler.T_max)
+    parent, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in keys if k.rpartition(".")[0] == parent}
+    if siblings:
+        close = [siblings[name] for name in difflib.get_close_matches(leaf, list(siblings), n=1)]
+    else:  # the parent is misspelt: optimzer.lr
+        close = difflib.get_close_matches(key, keys, n=1)
+    hint = f"did you mean {close[0]}? " if close else ("set it only in a sweep of the options that have it " if where else "")
+    return f"{culprit}: {key} is not a key of this config{where}; {hint}(python -m train --cfg job lists every key)"
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -140,10 +232,10 @@ def run(cfg: DictConfig) -> float:
 
 
 def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | None:
-    from descend.build import build_task, build_trainer, validate
+    from descend.build import build_task, build_trainer, checkpoint_step, validate
     from descend.callbacks import Diverged
-    from descend.distributed import close_process_group
-    from descend.results import final_metrics, log_to_tensorboard, report, stage_metrics, write_metrics, write_solution
+    from descend.distributed import close_process_group, launched_rank
+    from descend.results import final_metrics, log_to_tensorboard, report, say, stage_metrics, write_metrics, write_solution
 
     started = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
@@ -157,6 +249,9 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         task = build_task(cfg)
         trainer = build_trainer(cfg)
+        if cfg.get("ckpt_path"):
+            say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
+                 "position in the epoch and random state come from the checkpoint, so the run continues exactly"])
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
         lightning_metrics.update(stage_metrics(trainer))
         if is_overridden("test_step", task):
@@ -176,6 +271,11 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     finally:
         close_process_group()
     record["wall_time_s"] = round(time.perf_counter() - started, 4)
+    if trainer is None and launched_rank() > 0 and record["status"] == "failed":
+        # torchrun started every rank with the same bad command: rank 0 says it once. This rank
+        # waits for rank 0's record, or torchrun would stop rank 0 before it could say anything
+        wait_for(run_dir / "metrics.json", seconds=60)
+        sys.exit(2 if record.get("user_error") else 1)
     if trainer is not None and not trainer.is_global_zero:
         if record.get("traceback"):  # a bug on this rank alone: rank 0 sees only its peer vanish
             print(f"error: rank {trainer.global_rank}: {record['error']}\n{record['traceback']}", file=sys.stderr)
@@ -183,18 +283,26 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     if trainer is not None:
         # a batch of steps may run past the divergence before it is seen: the guard knows the step
         record["steps"] = diverged.step if diverged else trainer.global_step
-    if task is not None:
+    # before its first step a run has nothing worth saving: no solution of untrained values, no curves
+    trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
+    if trained:
         record["metrics"] = {**lightning_metrics, **final_metrics(task)}
         if diverged:  # the loss the error message names, not the one after the blow-up
             record["metrics"]["loss"] = diverged.loss
         write_solution(run_dir, task.solution())
     write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
-    if trainer is not None:
+    if trained:
         log_to_tensorboard(trainer, cfg, record)
     if record.get("interrupted"):
         report(record, run_dir)
         sys.exit(130)  # as for SIGINT; in a sweep, Ctrl-C ends the sweep
     return record
+
+
+def wait_for(path: Path, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def quiet_lightning() -> None:

@@ -50,3 +50,10 @@ def close_process_group() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launched_rank() -> int:
+    """This process's rank under an outside launcher (torchrun sets RANK), before Lightning knows it."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))

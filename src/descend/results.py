@@ -105,13 +105,32 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
 
 
 def report(record: dict[str, Any], run_dir: Path) -> None:
-    """The console summary: status, final loss, distance to the closed form, where to look."""
-    shown = "   ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, float))
-    print(f"\ndescend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s")
-    if shown:
-        print(f"  {shown}")
-    print(f"  run folder: {run_dir}\n  tensorboard --logdir {run_dir}")
-    if record["error"]:
-        print(f"error: {record['error']}", file=sys.stderr)
-        if record.get("traceback"):
-            print(f"  (traceback in {run_dir / 'metrics.json'})", file=sys.stderr)
+    """The console summary: status, final loss, distance to the closed form, where to look.
+    A run that failed before its first step has no results and no curves: just the error and the folder."""
+    trained = record["steps"] > 0 or record["status"] == "completed"
+    lines = []
+    if trained:
+        lines.append(f"descend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s")
+        shown = "   ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, float))
+        lines += [f"  {shown}"] if shown else []
+        lines += [f"  run folder: {run_dir}", f"  tensorboard --logdir {run_dir}"]
+    else:
+        lines += [f"descend: {record['task']} failed before its first step", f"  run folder: {run_dir} (metrics.json says why)"]
+    errors = [f"error: {record['error']}"] if record["error"] else []
+    if record.get("traceback"):
+        errors.append(f"  (traceback in {run_dir / 'metrics.json'})")
+    say(["", *lines], errors)
+
+
+def say(lines: list[str], errors: list[str] = ()) -> None:
+    """Print to the console (errors on stderr) and write the same lines to the run's train.log:
+    the log is the console's record (Hydra's logging config sends `descend.console` to the file only)."""
+    import logging
+
+    record = logging.getLogger("descend.console")
+    for line in lines:
+        print(line)
+        record.info(line)
+    for line in errors:
+        print(line, file=sys.stderr)
+        record.error(line)

@@ -2,7 +2,9 @@
 
     summary.csv / summary.md   one row per job: overrides, status, final loss, distances to the
                                closed form, steps, wall time; sorted by final loss (failures last)
-    summary.png                final loss against each swept numeric key (log axes across decades)
+    summary.png                one row of panels per task: final loss against each swept numeric key
+                               (a line per combination of the other overrides), or per job by name
+                               when no number was swept; log axes across decades
 """
 
 from __future__ import annotations
@@ -20,11 +22,32 @@ from descend.results import read_metrics
 OBJECTIVE = "loss"
 
 
+# the rows of the sweep that ended last in this process: the command's exit status comes from them
+finished_sweep: list[dict[str, Any]] = []
+
+
 class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():
-            write_summary(sweep_dir)
+            finished_sweep[:] = write_summary(sweep_dir)
+            print_closing_lines(sweep_dir, finished_sweep)
+
+
+def print_closing_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Where to look once the sweep is over: its folder, its summary, its best job, TensorBoard."""
+    if not rows:
+        print(f"\ndescend: sweep ended with no finished job\n  sweep folder: {sweep_dir}")
+        return
+    counts = ", ".join(f"{n} {s}" for s in ("completed", "diverged", "failed") if (n := sum(r["status"] == s for r in rows)))
+    print(f"\ndescend: sweep of {len(rows)} jobs: {counts}")
+    tasks = sorted({r["task"] for r in rows})
+    for task in tasks:
+        best = next(r for r in rows if r["task"] == task)  # rows are ranked task by task
+        if finite_loss(best) is not None:
+            print(f"  best{' ' + task if len(tasks) > 1 else ''}: {best['job']}   {OBJECTIVE} {best[OBJECTIVE]:.4g}")
+    sweep_dir = sweep_dir.resolve()
+    print(f"  sweep folder: {sweep_dir}\n  summary: {sweep_dir / 'summary.md'}\n  tensorboard --logdir {sweep_dir}")
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -38,7 +61,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             continue
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-        rows.append({"job": job.name, "overrides": overrides or [], "status": record["status"],
+        rows.append({"job": job.name, "task": record.get("task", "?"), "overrides": overrides or [], "status": record["status"],
                      **record.get("metrics", {}), "steps": record.get("steps"), "wall_time_s": record.get("wall_time_s"),
                      "error": record.get("error") or ""})
 
@@ -47,10 +70,10 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         row["overrides"] = " ".join(o for o in row["overrides"] if o not in shared)
 
-    def key(row: dict[str, Any]) -> tuple[int, float]:
-        value = row.get(OBJECTIVE)
-        ok = row["status"] == "completed" and isinstance(value, (int, float)) and math.isfinite(value)
-        return (0, value) if ok else (1, math.inf)
+    def key(row: dict[str, Any]) -> tuple[str, int, float]:
+        # jobs of different tasks have losses of different problems: each task is ranked on its own
+        loss = finite_loss(row)
+        return (row["task"], 0, loss) if loss is not None else (row["task"], 1, math.inf)
 
     return sorted(rows, key=key)
 
@@ -59,8 +82,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = job_rows(sweep_dir)
     if not rows:
         return rows
-    metric_names = sorted({k for row in rows for k in row} - {"job", "overrides", "status", "steps", "wall_time_s", "error", OBJECTIVE})
-    columns = ["job", "overrides", "status", OBJECTIVE, *metric_names, "steps", "wall_time_s", "error"]
+    metric_names = sorted({k for row in rows for k in row} - {"job", "task", "overrides", "status", "steps", "wall_time_s", "error", OBJECTIVE})
+    columns = ["job", "task", "overrides", "status", OBJECTIVE, *metric_names, "steps", "wall_time_s", "error"]
     with (sweep_dir / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -74,7 +97,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "diverged", "failed")}
-    header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". Sorted by final {OBJECTIVE}.\n\n"
+    header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". Sorted by final {OBJECTIVE}" + (", task by task" if len({r["task"] for r in rows}) > 1 else "") + ".\n\n"
     (sweep_dir / "summary.md").write_text(header + "\n".join(table) + "\n")
     plot_summary(rows, sweep_dir / "summary.png")
     return rows
@@ -94,31 +117,94 @@ def swept_numbers(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     return {k: v for k, v in values.items() if None not in v and len(set(v)) > 1}
 
 
+def finite_loss(row: dict[str, Any]) -> float | None:
+    value = row.get(OBJECTIVE)
+    ok = row["status"] == "completed" and isinstance(value, (int, float)) and math.isfinite(value)
+    return float(value) if ok else None
+
+
 def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row of panels per task (their losses are not comparable); in each, the final loss against
+    every swept number, or job by job, named, when only options were swept."""
     from matplotlib.figure import Figure
 
-    swept = swept_numbers(rows) or {"job": [float(i) for i in range(len(rows))]}
-    figure = Figure(figsize=(5 * len(swept), 4), dpi=90)
-    axes_list = figure.subplots(1, len(swept), squeeze=False)[0]
-    losses = [row.get(OBJECTIVE) for row in rows]
-    finite = [v for v, r in zip(losses, rows) if r["status"] == "completed" and isinstance(v, (int, float)) and math.isfinite(v) and v > 0]
-    ceiling = max(finite) * 10 if finite else 1.0
-    for axes, (key, xs) in zip(axes_list, swept.items()):
-        good = [(x, y) for x, y, r in zip(xs, losses, rows) if r["status"] == "completed" and y is not None]
-        bad = [x for x, r in zip(xs, rows) if r["status"] != "completed"]
-        if good:
-            good.sort()
-            axes.plot([x for x, _ in good], [max(y, 1e-300) for _, y in good], "o-", label="completed")
-        if bad:
-            axes.plot(bad, [ceiling] * len(bad), "x", color="red", markersize=10, label="diverged / failed")
-        positive = [x for x in xs if x > 0]
-        if len(positive) == len(xs) and max(xs) / min(xs) >= 100:
-            axes.set_xscale("log")
-        if finite and max(finite) / min(finite) >= 100:
-            axes.set_yscale("log")
-        axes.set_xlabel(key)
-        axes.set_ylabel(f"final {OBJECTIVE}")
-        axes.legend()
-        axes.grid(True, alpha=0.3)
+    tasks = sorted({row["task"] for row in rows})
+    panels = {task: swept_numbers([r for r in rows if r["task"] == task]) or {"": []} for task in tasks}
+    columns = max(len(p) for p in panels.values())
+    figure = Figure(figsize=(5.5 * columns, 4 * len(tasks)), dpi=90)
+    grid = figure.subplots(len(tasks), columns, squeeze=False)
+    for axes_row, task in zip(grid, tasks):
+        task_rows = [r for r in rows if r["task"] == task]
+        for axes, key in zip(axes_row, panels[task]):
+            if key:
+                plot_against_number(axes, task_rows, key, panels[task][key])
+            else:
+                plot_by_job(axes, task_rows)
+            axes.set_title(task if len(tasks) > 1 else "")
+            axes.set_ylabel(f"final {OBJECTIVE}")
+            axes.grid(True, alpha=0.3)
+        for axes in axes_row[len(panels[task]):]:
+            axes.set_visible(False)
     figure.tight_layout()
     figure.savefig(path)
+
+
+def loss_axis(axes: Any, rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """A log axis across decades; an exact zero is drawn a decade below the smallest positive loss
+    (not at 1e-300, which would squash every other point). Returns (floor, ceiling): where zeros and
+    failed jobs are drawn."""
+    losses = [v for v in map(finite_loss, rows) if v is not None]
+    positive = [v for v in losses if v > 0]
+    log = bool(positive) and (max(positive) / min(positive) >= 100 or len(positive) < len(losses))
+    if log:
+        axes.set_yscale("log")
+    floor = min(positive) / 10 if positive else 0.0
+    ceiling = (max(losses) * (10 if log else 1.2) if losses and max(losses) > 0 else 1.0)
+    return (floor if log else 0.0), ceiling
+
+
+def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: list[float]) -> None:
+    """A line per combination of the other overrides (sgd and adam over the same learning rates)."""
+    floor, ceiling = loss_axis(axes, rows)
+    series: dict[str, list[tuple[float, float]]] = {}
+    failed = []
+    for x, row in zip(xs, rows):
+        loss = finite_loss(row)
+        others = " ".join(o for o in row["overrides"].split() if o.partition("=")[0] != key)
+        if loss is None:
+            failed.append(x)
+        else:
+            series.setdefault(others, []).append((x, max(loss, floor)))
+    for label, points in sorted(series.items()):
+        points.sort()
+        axes.plot([x for x, _ in points], [y for _, y in points], "o-", label=label or "completed")
+    if failed:
+        axes.plot(failed, [ceiling] * len(failed), "x", color="red", markersize=10, label="diverged / failed")
+    mark_zeros(axes, [x for x, row in zip(xs, rows) if finite_loss(row) == 0], floor)
+    if all(x > 0 for x in xs) and max(xs) / min(xs) >= 100:
+        axes.set_xscale("log")
+    axes.set_xlabel(key)
+    axes.legend(fontsize="small")
+
+
+def mark_zeros(axes: Any, xs: list[float], floor: float) -> None:
+    if xs and axes.get_yscale() == "log":
+        axes.plot(xs, [floor] * len(xs), "v", color="tab:green", markersize=9, label="exactly 0 (drawn at the floor)")
+        axes.legend(fontsize="small")
+
+
+def plot_by_job(axes: Any, rows: list[dict[str, Any]]) -> None:
+    """Options only (optimizer=sgd,adam): one named point per job, in job order."""
+    floor, ceiling = loss_axis(axes, rows)
+    ordered = sorted(rows, key=lambda r: r["job"])
+    # the panel is the task's: its name in every label says nothing
+    names = [" ".join(o for o in r["overrides"].split() if not o.startswith("task=")) or r["job"] for r in ordered]
+    for i, row in enumerate(ordered):
+        loss = finite_loss(row)
+        if loss is None:
+            axes.plot([i], [ceiling], "x", color="red", markersize=10)
+        else:
+            axes.plot([i], [max(loss, floor)], "o", color="tab:blue")
+    mark_zeros(axes, [i for i, row in enumerate(ordered) if finite_loss(row) == 0], floor)
+    axes.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center", fontsize="small")
+    axes.set_xlabel("job (red x: diverged or failed)")
