@@ -164,7 +164,7 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "culprit"),
     [
-        (["task=nope"], "task=nope is unknown; choose one of: inverse, linreg, lowrank, mlp"),
+        (["task=nope"], "task=nope is unknown; choose one of: eigen, inverse, linreg, lowrank, mlp, quadratic"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
         (["task=lowrank", "task.rank=11"], "task.rank=11 must be an integer in 1..10 (the matrix is 10x10)"),
         (["task.matrix.path=missing.npy"], "task.matrix.path=missing.npy: no such file"),
@@ -216,7 +216,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path):
 
 def test_help_lists_groups_and_cfg_prints_the_config(tmp_path):
     help_text = run_cli("--help", cwd=tmp_path).stdout
-    for group in ("task: inverse, linreg, lowrank, mlp", "optimizer: adam, adamw, lbfgs, momentum, rmsprop, sgd", "scheduler:", "trainer:"):
+    for group in ("task: eigen, inverse, linreg, lowrank, mlp, quadratic", "optimizer: adam, adamw, lbfgs, momentum, rmsprop, sgd", "scheduler:", "trainer:"):
         assert group in help_text
     config = run_cli("task=lowrank", "--cfg", "job", "--resolve", cwd=tmp_path).stdout
     assert "_target_: descend.tasks.lowrank.LowRankTask" in config and "lr: 0.01" in config

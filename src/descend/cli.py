@@ -287,6 +287,8 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
     if trained:
         record["metrics"] = {**lightning_metrics, **final_metrics(task)}
+        if task.theory_summary():  # a quadratic task: what its Hessian predicts (theory.py)
+            record["theory"] = task.theory_summary()
         if diverged:  # the loss the error message names, not the one after the blow-up
             record["metrics"]["loss"] = diverged.loss
         write_solution(run_dir, task.solution())

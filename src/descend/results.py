@@ -1,7 +1,8 @@
 """What a run leaves behind besides TensorBoard and checkpoints: metrics.json and the solution.
 
     metrics.json   {"status": completed|diverged|failed, "task", "steps", "wall_time_s",
-                    "metrics": {...}, "error": one line or null, "traceback": text or null}
+                    "metrics": {...}, "error": one line or null, "traceback": text or null,
+                    "theory": {...} for quadratic tasks (theory.py)}
     solution.pt    dict of tensors: torch.load(path, weights_only=True)
     solution.npz   the same arrays: numpy.load(path)
 """
@@ -113,6 +114,8 @@ def report(record: dict[str, Any], run_dir: Path) -> None:
         lines.append(f"descend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s")
         shown = "   ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, float))
         lines += [f"  {shown}"] if shown else []
+        if record.get("theory"):
+            lines.append("  theory  " + "   ".join(f"{k} {v:.4g}" for k, v in record["theory"].items()))
         lines += [f"  run folder: {run_dir}", f"  tensorboard --logdir {run_dir}"]
     else:
         lines += [f"descend: {record['task']} failed before its first step", f"  run folder: {run_dir} (metrics.json says why)"]

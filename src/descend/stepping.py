@@ -250,7 +250,7 @@ def after_backward(task: Any, optimizer: torch.optim.Optimizer) -> None:
     if state.logging and state.logged_step != state.step:
         state.logged_step = state.step
         state.logged_loss = state.loss
-        metrics = {"train/loss": state.loss, **task.distances(state.loss), **learning_rates(optimizer)}
+        metrics = {"train/loss": state.loss, **task.distances(state.loss), **task.predicted(state.step), **learning_rates(optimizer)}
         grads = [p.grad for p in task.parameters() if p.grad is not None]
         if grads:
             metrics["train/grad_norm"] = torch.nn.utils.get_total_norm(grads)

@@ -63,7 +63,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
         rows.append({"job": job.name, "task": record.get("task", "?"), "overrides": overrides or [], "status": record["status"],
                      **record.get("metrics", {}), "steps": record.get("steps"), "wall_time_s": record.get("wall_time_s"),
-                     "error": record.get("error") or ""})
+                     "error": record.get("error") or "", "theory": record.get("theory") or {}})
 
     # show what tells the jobs apart: overrides shared by every job are the sweep's constants
     shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
@@ -82,7 +82,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = job_rows(sweep_dir)
     if not rows:
         return rows
-    metric_names = sorted({k for row in rows for k in row} - {"job", "task", "overrides", "status", "steps", "wall_time_s", "error", OBJECTIVE})
+    metric_names = sorted({k for row in rows for k in row} - {"job", "task", "overrides", "status", "steps", "wall_time_s", "error", "theory", OBJECTIVE})
     columns = ["job", "task", "overrides", "status", OBJECTIVE, *metric_names, "steps", "wall_time_s", "error"]
     with (sweep_dir / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
@@ -98,9 +98,24 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     table += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "diverged", "failed")}
     header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". Sorted by final {OBJECTIVE}" + (", task by task" if len({r["task"] for r in rows}) > 1 else "") + ".\n\n"
+    theory_lines = [f"- {task}: lr_critical = {t['lr_critical']:.4g} (2/λmax, the largest stable step of plain SGD), "
+                    f"lr_optimal = {t['lr_optimal']:.4g} (2/(λmin + λmax), the fastest), condition number {t['condition_number']:.4g}\n"
+                    for task, t in task_theory(rows).items()]
+    if theory_lines:
+        header += "What the Hessian predicts (see README, What theory predicts):\n\n" + "".join(theory_lines) + "\n"
     (sweep_dir / "summary.md").write_text(header + "\n".join(table) + "\n")
     plot_summary(rows, sweep_dir / "summary.png")
     return rows
+
+
+def task_theory(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each quadratic task's lr_critical and lr_optimal, where all its jobs share one problem."""
+    out = {}
+    for task in sorted({r["task"] for r in rows}):
+        theories = [r["theory"] for r in rows if r["task"] == task and r.get("theory")]
+        if theories and all(math.isclose(t["lr_critical"], theories[0]["lr_critical"], rel_tol=1e-9) for t in theories):
+            out[task] = theories[0]
+    return out
 
 
 def swept_numbers(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
@@ -181,6 +196,10 @@ def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: lis
     if failed:
         axes.plot(failed, [ceiling] * len(failed), "x", color="red", markersize=10, label="diverged / failed")
     mark_zeros(axes, [x for x, row in zip(xs, rows) if finite_loss(row) == 0], floor)
+    theory = task_theory(rows).get(rows[0]["task"]) if key == "optimizer.lr" else None
+    if theory:  # where theory puts the fastest and the largest stable step size
+        axes.axvline(theory["lr_optimal"], color="tab:green", linestyle=":", label=f"lr_optimal {theory['lr_optimal']:.3g}")
+        axes.axvline(theory["lr_critical"], color="tab:red", linestyle="--", label=f"lr_critical {theory['lr_critical']:.3g}")
     if all(x > 0 for x in xs) and max(xs) / min(xs) >= 100:
         axes.set_xscale("log")
     axes.set_xlabel(key)

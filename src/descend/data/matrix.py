@@ -2,6 +2,8 @@
 
     source: diag    values on the diagonal (the seed's diag(1, 2, 3, 4))
     source: random  rows x cols with a chosen rank, condition number and noise
+    source: spd     a symmetric positive definite rows x rows matrix: eigenvalues 1 … 1/condition
+    source: gram    X·Xᵀ of a Gaussian rows x cols X (positive semi-definite), as notebook 002 draws it
     source: file    (implied by a path) .npy, .pt, .csv/.txt, or a .png/.jpg as grayscale
 """
 
@@ -33,7 +35,41 @@ def matrix_source(
         return torch.diag(torch.tensor([float(v) for v in values]))
     if source == "random":
         return random_matrix(rows, cols if cols is not None else rows, rank, condition, noise, seed)
-    raise ConfigError(f"task.matrix.source={source!r} is unknown; use diag, random, or set task.matrix.path=<file>")
+    if source == "spd":
+        return spd_matrix(rows, condition, seed)
+    if source == "gram":
+        x = torch.randn(require_int(rows, "task.matrix.rows"), require_int(cols or rows, "task.matrix.cols"),
+                        generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return (x @ x.T).float()
+    raise ConfigError(f"task.matrix.source={source!r} is unknown; use diag, random, spd, gram, or set task.matrix.path=<file>")
+
+
+def spd_matrix(size: int, condition: float, seed: int) -> torch.Tensor:
+    """Q diag(λ) Qᵀ with a random orthonormal Q and λ spaced geometrically from 1 down to 1/condition."""
+    require_int(size, "task.matrix.rows")
+    if condition < 1:
+        raise ConfigError(f"task.matrix.condition={condition} must be >= 1 (largest over smallest eigenvalue)")
+    q, _ = torch.linalg.qr(torch.randn(size, size, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    exponents = torch.linspace(0, 1, size, dtype=torch.float64) if size > 1 else torch.zeros(1, dtype=torch.float64)
+    matrix = q @ torch.diag(condition ** (-exponents)) @ q.T
+    return ((matrix + matrix.T) / 2).float()
+
+
+def require_symmetric(matrix: torch.Tensor, definite: bool, key: str = "task.matrix") -> None:
+    """One line when a matrix a task needs symmetric positive (semi-)definite is not."""
+    from descend.errors import DataError
+
+    m = matrix.double()
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise DataError(f"{key}: the matrix is {'x'.join(map(str, m.shape))}; it must be square and symmetric")
+    scale = float(m.abs().max()) or 1.0
+    if float((m - m.T).abs().max()) > 1e-6 * scale:
+        raise DataError(f"{key}: the matrix is not symmetric (largest |A - Aᵀ| entry {float((m - m.T).abs().max()):.3g}); "
+                        "give a symmetric one, e.g. (A + Aᵀ)/2")
+    smallest = float(torch.linalg.eigvalsh((m + m.T) / 2)[0])
+    if smallest <= (0 if definite else -1e-6 * scale):
+        kind = "positive definite" if definite else "positive semi-definite"
+        raise DataError(f"{key}: the matrix is not {kind} (smallest eigenvalue {smallest:.3g}); give one that is, e.g. A·Aᵀ + εI")
 
 
 def random_matrix(

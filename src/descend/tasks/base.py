@@ -7,21 +7,24 @@ A task subclass provides, at most:
                    plus "loss" for the optimal objective value where it is known
     solution()     the tensors worth saving
     images()       pictures for TensorBoard (optional)
+    quadratic_form()  for a quadratic objective: its Hessian block and the error rows (theory.py)
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from descend import stepping
+from descend import stepping, theory
 from descend.data.loaders import RepeatBatch
 from descend.errors import ConfigError, require_int
 
 INITS = ("rand", "randn", "zeros")
+log = logging.getLogger(__name__)
 
 
 def initial(init: str, *shape: int) -> torch.Tensor:
@@ -57,6 +60,8 @@ class Task(pl.LightningModule):
         self.step_settings = stepping.StepSettings()  # set from the config by build.build_task
         self.metric_buffer = stepping.MetricBuffer()
         self.step_state = stepping.StepState()
+        # theory.py's prediction for a quadratic task: (spectrum, plain-SGD lr or None, first step)
+        self.theory: tuple[theory.Spectrum, float | None, int] | None = None
 
     # ---- the task contract (overridden by subclasses) ----
     def full_batch(self) -> tuple[torch.Tensor, ...]:
@@ -73,6 +78,11 @@ class Task(pl.LightningModule):
 
     def images(self) -> dict[str, Any]:
         return {}
+
+    def quadratic_form(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For a quadratic objective, in float64: the Hessian block H (m×m) and the error θ − θ* at
+        the current parameters as rows of length m, so that loss − optimum = ½ Σ_rows e H eᵀ."""
+        return None
 
     # ---- training: see stepping.py for how one step runs ----
     def step_plan(self) -> stepping.StepPlan:
@@ -125,6 +135,42 @@ class Task(pl.LightningModule):
         relog, self.step_state.relog = self.step_state.relog, None
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])
+        self.start_theory()
+
+    # ---- what theory predicts (quadratic tasks) ----
+    @torch.no_grad()
+    def start_theory(self) -> None:
+        """The Hessian's spectrum and the initial error, once, when training starts (or resumes)."""
+        form = self.quadratic_form()
+        if form is None:
+            return
+        spectrum = theory.Spectrum.of(*form)
+        lr = theory.plain_sgd_lr(self.optimizers(use_pl_optimizer=False), bool(self.scheduler_config), self.step_settings.clip_val)
+        self.theory = (spectrum, lr, self.global_step)
+        summary = self.theory_summary()
+        log.info(theory.describe(summary, lr))
+        if lr is not None and lr > spectrum.lr_critical:
+            log.warning(f"warning: optimizer.lr={lr:g} is above lr_critical = {spectrum.lr_critical:.4g} (2/λmax): "
+                        f"plain gradient descent diverges on this task; take an lr below it (fastest: {spectrum.lr_optimal:.4g})")
+        self.log_to_loggers({f"theory/{k}": v for k, v in summary.items()})
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                if hasattr(logger.experiment, "add_text"):
+                    logger.experiment.add_text("theory", theory.describe(summary, lr), self.global_step)
+
+    def theory_summary(self) -> dict[str, float]:
+        """The theory's numbers for metrics.json and the sweep summary ({} for other tasks)."""
+        if self.theory is None:
+            return {}
+        spectrum, lr, _ = self.theory
+        return spectrum.summary(lr)
+
+    def predicted(self, step: int) -> dict[str, float]:
+        """theory/excess_loss at this step, for plain SGD on a quadratic task."""
+        if self.theory is None or self.theory[1] is None:
+            return {}
+        spectrum, lr, start = self.theory
+        return {"theory/excess_loss": spectrum.excess_loss(lr, step - start)}
 
     def monitored_value(self, key: str | None) -> torch.Tensor:
         """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric."""

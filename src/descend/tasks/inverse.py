@@ -44,5 +44,10 @@ class InverseTask(Task):
     def solution(self) -> dict[str, torch.Tensor]:
         return {"W": self.weight.detach()}
 
+    def quadratic_form(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean((W·M − I)²) over n² entries: each row w of W sees the Hessian (2/n²)·M·Mᵀ."""
+        m = self.matrix.double()
+        return 2.0 / m.shape[0] ** 2 * (m @ m.T), self.weight.detach().double() - self.cached_reference()["W"]
+
     def images(self) -> dict[str, Any]:
         return {"W·M": heatmap(self.weight.detach() @ self.matrix)}

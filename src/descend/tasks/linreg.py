@@ -48,6 +48,7 @@ class LinRegTask(Task):
             self.register_buffer(name, getattr(scaling, name), persistent=False)
         self.weight = torch.nn.Parameter(initial(init, table.features.shape[1]))
         self.bias = torch.nn.Parameter(initial(init, 1)) if bias else None
+        self._least_squares: torch.Tensor | None = None
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """The prediction for training-scale features (standardised ones when standardised)."""
@@ -75,15 +76,31 @@ class LinRegTask(Task):
         b = self.y_mean.to(w) + self.y_std.to(w) * bias - (w * self.x_mean.to(w)).sum()
         return {"w": w, "b": b.reshape(1)}
 
+    def design(self) -> torch.Tensor:
+        """[X 1] (or X without a bias) in float64: the loss is mean((design·θ − y)²), θ = [w, b]."""
+        x = self.features.double()
+        if self.bias is None:
+            return x
+        return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+
+    def least_squares(self) -> torch.Tensor:
+        """The optimal θ in training units , computed once."""
+        if self._least_squares is None:
+            x, y = self.design(), self.target.double()
+            self._least_squares = torch.linalg.lstsq(x.cpu(), y.cpu().unsqueeze(1)).solution[:, 0].to(x.device)
+        return self._least_squares
+
     def reference(self) -> dict[str, torch.Tensor]:
         """Least squares on the training data, in float64, in the same units as solution()."""
-        x, y = self.features.double(), self.target.double()
-        if self.bias is not None:
-            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
-        best = torch.linalg.lstsq(x.cpu(), y.cpu().unsqueeze(1)).solution[:, 0].to(x.device)
-        n = self.weight.numel()
+        best, n = self.least_squares(), self.weight.numel()
         reference = self.in_table_units(best[:n], best[n:] if self.bias is not None else None)
-        return {**reference, "loss": torch.mean((x @ best - y) ** 2)}
+        return {**reference, "loss": torch.mean((self.design() @ best - self.target.double()) ** 2)}
+
+    def quadratic_form(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hessian (2/N)·[X 1]ᵀ[X 1] of the mean squared error, and θ − θ* in training units."""
+        x = self.design()
+        theta = torch.cat([p.detach().double().flatten() for p in (self.weight, self.bias) if p is not None])
+        return 2.0 / len(x) * (x.T @ x), (theta - self.least_squares()).unsqueeze(0)
 
     def solution(self) -> dict[str, torch.Tensor]:
         return self.in_table_units(self.weight.detach(), None if self.bias is None else self.bias.detach())

@@ -1,0 +1,157 @@
+"""What theory predicts for the quadratic tasks, checked against autograd and against real runs;
+the quadratic and eigen tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import QUIET, metrics, one_line_error, only_run, run_cli, scalars
+from descend.tasks.eigen import EigenTask
+from descend.tasks.inverse import InverseTask
+from descend.tasks.linreg import LinRegTask
+from descend.tasks.quadratic import QuadraticTask
+from descend.theory import Spectrum, plain_sgd_lr
+
+SEED_INVERSE = {"matrix": {"source": "diag", "values": [1.0, 2.0, 3.0, 4.0]}}
+
+
+def tasks() -> dict[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "inverse": InverseTask(**SEED_INVERSE),
+        "linreg": LinRegTask(data={"source": "linear", "features": 3, "rows": 40, "noise": 0.1}, init="randn"),
+        "linreg_standardised": LinRegTask(data={"source": "linear", "features": 2, "rows": 30, "bias": 5.0}, init="randn", standardize=True),
+        "quadratic": QuadraticTask(matrix={"source": "spd", "rows": 6, "condition": 20.0}, init="randn"),
+    }
+
+
+@pytest.mark.parametrize("name", ["inverse", "linreg", "linreg_standardised", "quadratic"])
+def test_hessian_and_excess_loss_are_those_of_the_loss(name):
+    """The task's Hessian block and error rows give loss − optimum exactly, and the Hessian is autograd's."""
+    task = tasks()[name].double()
+    block, error = task.quadratic_form()
+    hessian = autograd_hessian(task)
+    rows = error.shape[0]
+    torch.testing.assert_close(hessian, torch.kron(torch.eye(rows, dtype=torch.float64), block))
+    excess = task.loss(task.full_batch()).item() - float(task.cached_reference()["loss"])
+    predicted = 0.5 * float(sum(e @ block @ e for e in error))
+    assert predicted == pytest.approx(excess, rel=1e-9)
+
+
+def autograd_hessian(task) -> torch.Tensor:
+    """The loss's Hessian over all parameters, flattened in order, by differentiating the gradient."""
+    params = list(task.parameters())
+    gradient = torch.cat([g.flatten() for g in torch.autograd.grad(task.loss(task.full_batch()), params, create_graph=True)])
+    rows = [torch.cat([h.flatten() for h in torch.autograd.grad(g, params, retain_graph=True)]) for g in gradient]
+    return torch.stack(rows)
+
+
+def test_seed_inverse_spectrum_is_what_the_readme_says():
+    task = InverseTask(**SEED_INVERSE)
+    spectrum = Spectrum.of(*task.quadratic_form())
+    np.testing.assert_allclose(spectrum.eigenvalues.numpy(), [0.125, 0.5, 1.125, 2.0])
+    assert spectrum.lr_critical == pytest.approx(1.0) and spectrum.lr_optimal == pytest.approx(2 / 2.125)
+    assert spectrum.condition_number == pytest.approx(16.0)
+    assert spectrum.contraction(0.46051701859880914) == pytest.approx(1 - 0.46051701859880914 * 0.125)
+    assert spectrum.contraction(1.05) > 1  # diverges
+
+
+def test_predicted_curve_is_plain_gradient_descent():
+    task = tasks()["quadratic"].double()
+    spectrum = Spectrum.of(*task.quadratic_form())
+    optimum = float(task.cached_reference()["loss"])
+    optimizer = torch.optim.SGD(task.parameters(), lr=0.7)
+    for step in range(30):
+        measured = float(task.loss(task.full_batch())) - optimum
+        assert spectrum.excess_loss(0.7, step) == pytest.approx(measured, rel=1e-9, abs=1e-14)
+        optimizer.zero_grad()
+        task.loss(task.full_batch()).backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize(("kwargs", "plain"), [({}, True), ({"momentum": 0.9}, False), ({"weight_decay": 1e-3}, False)])
+def test_only_plain_sgd_gets_a_predicted_curve(kwargs, plain):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, **kwargs)
+    assert (plain_sgd_lr(optimizer, has_scheduler=False, clipping=None) == 0.1) == plain
+    assert plain_sgd_lr(optimizer, has_scheduler=True, clipping=None) is None
+    assert plain_sgd_lr(torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))]), False, None) is None
+
+
+def test_quadratic_reference_and_gradient():
+    task = tasks()["quadratic"].double()
+    reference = task.cached_reference()
+    torch.testing.assert_close(task.a @ reference["x"], task.b)
+    task.loss(task.full_batch()).backward()
+    torch.testing.assert_close(task.x.grad, task.a @ task.x.detach() - task.b)  # ∇ = Ax − b for a symmetric A
+
+
+def test_eigen_task_reference_gradient_and_power_method():
+    torch.manual_seed(0)
+    task = EigenTask(matrix={"source": "gram", "rows": 8, "cols": 8, "seed": 3}).double()
+    top = float(torch.linalg.eigvalsh(task.a)[-1])
+    assert float(task.cached_reference()["loss"]) == pytest.approx(-top)
+    v = task.v.detach().clone()
+    task.loss(task.full_batch()).backward()
+    rayleigh = v @ task.a @ v / (v @ v)
+    torch.testing.assert_close(task.v.grad, -2 * (task.a @ v - rayleigh * v) / (v @ v))
+    errors = task.errors("baseline", task.power_iterate(200))
+    assert float(errors["baseline/eigenvalue_rel_error"]) < 1e-8 and float(errors["baseline/angle_deg"]) < 1e-2
+
+
+def test_matrices_that_are_not_spd_are_refused_in_one_line(tmp_path):
+    np.save(tmp_path / "skew.npy", np.array([[1.0, 2.0], [0.0, 1.0]]))
+    np.save(tmp_path / "indefinite.npy", np.array([[1.0, 0.0], [0.0, -1.0]]))
+    for name, expected in (("skew", "not symmetric"), ("indefinite", "not positive definite")):
+        proc = run_cli("task=quadratic", f"task.matrix.path={name}.npy", *QUIET, cwd=tmp_path, expect=2)
+        assert expected in one_line_error(proc)
+    proc = run_cli("task=eigen", "task.matrix.path=indefinite.npy", *QUIET, cwd=tmp_path, expect=2)
+    assert "not positive semi-definite" in one_line_error(proc)
+
+
+@pytest.mark.parametrize("task", [
+    ["task=inverse", "optimizer.lr=0.9"],
+    ["task=linreg", "task.data.source=linear", "task.data.features=3", "task.data.noise=0.1", "optimizer.lr=0.05"],
+    ["task=quadratic", "optimizer.lr=1.5"],
+])
+def test_theory_curve_agrees_with_the_measured_one(tmp_path, task):
+    run_cli(*task, "trainer.precision=64-true", "trainer.max_steps=150", "trainer.log_every_n_steps=1", *QUIET, cwd=tmp_path)
+    run = only_run(tmp_path)
+    series = scalars(run)
+    measured, predicted = series["ref/excess_loss"], series["theory/excess_loss"]
+    start = measured[0]
+    compared = [s for s, v in measured.items() if v > 1e3 * np.finfo(np.float64).eps * start]
+    assert len(compared) > 10
+    for step in compared:
+        assert predicted[step] == pytest.approx(measured[step], rel=1e-4), step
+    theory = metrics(run)["theory"]
+    assert theory["lr_critical"] == pytest.approx(series["theory/lr_critical"][0], rel=1e-6) and theory["contraction"] < 1
+
+
+def test_an_lr_above_lr_critical_is_warned_and_momentum_gets_no_curve(tmp_path):
+    proc = run_cli("optimizer.lr=1.05", *QUIET, cwd=tmp_path, expect=3)
+    assert "warning: optimizer.lr=1.05 is above lr_critical = 1 (2/λmax)" in proc.stdout
+    (tmp_path / "m").mkdir()
+    run_cli("optimizer=momentum", "optimizer.lr=0.1", "trainer.max_steps=20", *QUIET, cwd=tmp_path / "m")
+    run = only_run(tmp_path / "m")
+    assert "theory/excess_loss" not in scalars(run) and "theory/lr_optimal" in scalars(run)
+    assert "contraction" not in metrics(run)["theory"] and metrics(run)["theory"]["lr_critical"] == pytest.approx(1.0)
+
+
+def test_eigen_runs_with_its_power_method_baseline(tmp_path):
+    run_cli("task=eigen", "trainer.max_steps=300", "trainer.log_every_n_steps=10", *QUIET, cwd=tmp_path)
+    run = only_run(tmp_path)
+    series = scalars(run)
+    for prefix in ("ref", "baseline"):
+        errors = series[f"{prefix}/eigenvalue_rel_error"]
+        assert errors[0] > 1e-2 and errors[max(errors)] < 1e-6, prefix
+    assert set(series["baseline/angle_deg"]) == set(series["ref/angle_deg"])  # the same step counts
+    assert metrics(run)["metrics"]["ref/eigenvalue_rel_error"] < 1e-6
+
+
+def test_a_learning_rate_sweep_of_a_quadratic_task_states_the_theory(tmp_path):
+    run_cli("-m", "optimizer.lr=0.5,0.9", "trainer.max_steps=30", *QUIET, cwd=tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    summary = (sweep / "summary.md").read_text()
+    assert "inverse: lr_critical = 1 (2/λmax" in summary and "lr_optimal = 0.9412" in summary
