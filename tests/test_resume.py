@@ -155,3 +155,15 @@ def test_mlp_killed_mid_epoch_under_ddp_cpu_resumes_to_the_same_weights(tmp_path
     got = torch.load(resumed / "solution.pt", weights_only=True)
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
+
+
+def test_eigen_killed_then_resumed_logs_the_same_curves_and_baseline(tmp_path):
+    # the power-method baseline restarts from v's seeded start and must land on the same steps
+    run = ["task=eigen", f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=500", "callbacks.checkpoint.every_n_train_steps=100",
+           "callbacks.checkpoint.min_interval_s=0", "optimizer.lr=0.001", *QUIET]
+    folder, straight, killed_at = kill_and_resume(tmp_path, run, after_step=300)
+    assert killed_at < STEPS
+    assert torch.equal(torch.load(folder / "solution.pt", weights_only=True)["v"], torch.load(straight / "solution.pt", weights_only=True)["v"])
+    resumed, expected = scalars(folder), scalars(straight)
+    for tag in ("baseline/angle_deg", "ref/angle_deg", "train/loss"):
+        assert resumed[tag] == pytest.approx(expected[tag], rel=1e-6), tag
