@@ -142,8 +142,9 @@ def run(cfg: DictConfig) -> float:
 def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | None:
     from descend.build import build_task, build_trainer, validate
     from descend.callbacks import Diverged
+    from descend.dashboard import log_to_tensorboard, write_layout
     from descend.distributed import close_process_group
-    from descend.results import final_metrics, log_to_tensorboard, report, stage_metrics, write_metrics, write_solution
+    from descend.results import final_metrics, report, stage_metrics, write_metrics, write_solution
 
     started = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
@@ -157,6 +158,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         task = build_task(cfg)
         trainer = build_trainer(cfg)
+        write_layout(trainer)
         trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
         lightning_metrics.update(stage_metrics(trainer))
         if is_overridden("test_step", task):
