@@ -18,6 +18,11 @@ from omegaconf import DictConfig
 
 from descend.errors import UserError, exit_with_error
 from descend.resume import resume_overrides
+from descend.sweep import register_resolvers
+
+# at import: a launcher's worker process imports this module to run a job, before Hydra resolves
+# the job's folder name (hydra.sweep.subdir) there
+register_resolvers()
 
 
 def config_dir() -> Path:
