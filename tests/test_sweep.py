@@ -118,6 +118,18 @@ def test_tensorboard_serves_every_job_and_its_loss_curve(lr_sweep):
             hparams = json.loads(response.read())
         lr_info = [h for h in hparams["hparamInfos"] if h["name"] == "optimizer.lr"]
         assert lr_info and {m["name"]["tag"] for m in hparams["metricInfos"]} >= {"final/loss", "final/diverged"}
+        # its table: each run's final metrics, taken at the run's last step
+        body = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+                "colParams": [{"metric": {"tag": "final/loss", "group": ""}, "order": "ORDER_ASC"}], "startIndex": 0, "sliceSize": 100}
+        request = urllib.request.Request(f"{base}/data/plugin/hparams/session_groups", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            groups = json.loads(response.read())["sessionGroups"]
+        assert sorted(g["name"] for g in groups) == expected
+        for group in groups:
+            final = {m["name"]["tag"]: m for m in group["metricValues"]}
+            assert final["final/diverged"]["trainingStep"] == metrics(sweep / group["name"])["steps"], group["name"]
+            assert final["final/diverged"]["value"] == float(group["name"].startswith("03_")), group["name"]
     finally:
         server.terminate()
         server.wait(timeout=30)

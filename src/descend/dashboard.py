@@ -55,9 +55,7 @@ def log_to_tensorboard(trainer: Any, cfg: DictConfig, record: dict[str, Any]) ->
         metrics = {f"final/{k}": (v if v is not None else float("nan")) for k, v in record["metrics"].items()}
         metrics["final/diverged"] = float(record["status"] == "diverged")
         write_scalars(logger, metrics, record["steps"])
-        params = hyperparameters(cfg)
-        logger.hparams.update(params)
-        for summary in hparams(params, metrics):  # the experiment, the session's start and its end
+        for summary in hparams(hyperparameters(cfg), metrics):  # the experiment, the session's start and its end
             writer._get_file_writer().add_summary(summary)
         logger.finalize("success" if record["status"] == "completed" else "failed")
 

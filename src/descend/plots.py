@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
-
 
 # Matrices up to this many rows and columns show their values in the cells
 CELL_VALUES_UP_TO = 8
@@ -46,31 +49,29 @@ def scaled_picture(panels: list[np.ndarray], low: float, high: float, colormap: 
     """Matrices as coloured blocks from `low` to `high`, side by side, and a colour bar with
     its values at the right. Drawn with numpy and Pillow's text: a tenth of what a matplotlib
     figure with a colour bar costs, which matters at a picture every hundred steps."""
-    from matplotlib import colormaps
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw  # TensorBoard's add_image imports PIL anyway
 
-    colour = colormaps[colormap]
+    colour = _colour_map(colormap)
     font = _font()
     top = 16 if caption else 4
     blocks = [_blocks(values, low, high, colour, size) for values in panels]
     height = max(b.shape[0] for b in blocks)
-    label_width = max(_text_size(font, _number(v))[0] for v in (low, high, (low + high) / 2))
+    ticks = ((0, "la", high), (height // 2, "lm", (low + high) / 2), (height, "ld", low))  # value at the top, middle, bottom
+    label_width = int(max(font.getlength(_number(value)) for _, _, value in ticks)) + 1
     width = 4 + sum(b.shape[1] + GAP for b in blocks) + BAR_WIDTH + 4 + label_width + 4
     canvas = np.full((top + height + 6, width, 3), 255, dtype=np.uint8)
     x = 4
     for block in blocks:
         canvas[top : top + block.shape[0], x : x + block.shape[1]] = block
         x += block.shape[1] + GAP
-    ramp = colour(np.linspace(1.0, 0.0, height))[:, :3]  # high at the top
+    ramp = colour(np.linspace(1.0, 0.0, height))  # high at the top
     canvas[top : top + height, x : x + BAR_WIDTH] = (ramp[:, None, :] * 255).astype(np.uint8)
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
     if caption:
         draw.text((4, 2), caption, fill=(0, 0, 0), font=font)
-    for fraction, value in ((0.0, high), (0.5, (low + high) / 2), (1.0, low)):
-        _, text_height = _text_size(font, _number(value))
-        y = top + fraction * (height - text_height)
-        draw.text((x + BAR_WIDTH + 4, y), _number(value), fill=(0, 0, 0), font=font)
+    for y, anchor, value in ticks:
+        draw.text((x + BAR_WIDTH + 4, top + y), _number(value), fill=(0, 0, 0), font=font, anchor=anchor)
     x = 4
     for values, block in zip(panels, blocks):
         if max(values.shape) <= CELL_VALUES_UP_TO:
@@ -79,10 +80,10 @@ def scaled_picture(panels: list[np.ndarray], low: float, high: float, colormap: 
     return np.asarray(image)
 
 
-def _blocks(values: np.ndarray, low: float, high: float, colour: object, size: int) -> np.ndarray:
+def _blocks(values: np.ndarray, low: float, high: float, colour: Callable[[Any], np.ndarray], size: int) -> np.ndarray:
     """The matrix's colours, each entry a square block: `size` pixels on the longer side, and
     at least CELL_PIXELS a cell where the values are written in."""
-    rgb = (colour((values - low) / (high - low))[..., :3] * 255).astype(np.uint8)
+    rgb = (colour((values - low) / (high - low)) * 255).astype(np.uint8)
     factor = max(1, size // max(values.shape))
     if max(values.shape) <= CELL_VALUES_UP_TO:
         factor = max(factor, CELL_PIXELS)
@@ -90,16 +91,24 @@ def _blocks(values: np.ndarray, low: float, high: float, colour: object, size: i
 
 
 def _write_cells(draw: object, font: object, values: np.ndarray, origin: tuple[int, int], cell: int,
-                 scale: tuple[float, float], colour: object) -> None:
+                 scale: tuple[float, float], colour: Callable[[Any], np.ndarray]) -> None:
     low, high = scale
     for (row, col), value in np.ndenumerate(values):
-        text = _number(value, digits=2)
-        width, height = _text_size(font, text)
-        red, green, blue, _ = colour((value - low) / (high - low))
-        ink = (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else (255, 255, 255)
-        x = origin[0] + col * cell + (cell - width) / 2
-        y = origin[1] + row * cell + (cell - height) / 2
-        draw.text((x, y), text, fill=ink, font=font)
+        red, green, blue = colour((value - low) / (high - low))
+        ink = (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else (255, 255, 255)  # by luminance
+        centre = (origin[0] + (col + 0.5) * cell, origin[1] + (row + 0.5) * cell)
+        draw.text(centre, _number(value, digits=2), fill=ink, font=font, anchor="mm")
+
+
+def _colour_map(name: str) -> Callable[[Any], np.ndarray]:
+    """Fractions in [0, 1] to RGB in [0, 1]. Gray without matplotlib: importing it would cost a
+    lowrank run's first picture a third of a second."""
+    if name == "gray":
+        return lambda fraction: np.repeat(np.clip(np.asarray(fraction, dtype=np.float64), 0, 1)[..., None], 3, axis=-1)
+    from matplotlib import colormaps
+
+    colormap = colormaps[name]
+    return lambda fraction: np.asarray(colormap(fraction))[..., :3]
 
 
 def _number(value: float, digits: int = 3) -> str:
@@ -107,22 +116,12 @@ def _number(value: float, digits: int = 3) -> str:
     return "0" if text in ("-0", "0") else text
 
 
-def _text_size(font: object, text: str) -> tuple[int, int]:
-    left, top, right, bottom = font.getbbox(text)
-    return right - left, bottom
-
-
-_FONT = None
-
-
+@functools.cache
 def _font() -> object:
-    """Pillow's own font (no font file to find): FreeType's where Pillow has it."""
-    global _FONT
-    if _FONT is None:
-        from PIL import ImageFont
+    """Pillow's own font, no font file to find (a FreeType font: anchored text needs one)."""
+    from PIL import ImageFont
 
-        _FONT = ImageFont.load_default(size=10)
-    return _FONT
+    return ImageFont.load_default(size=10)
 
 
 def curve(x: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor, title: str = "") -> np.ndarray:
