@@ -93,15 +93,17 @@ def _blocks(values: np.ndarray, low: float, high: float, colour: Callable[[Any],
 def _write_cells(draw: object, font: object, values: np.ndarray, origin: tuple[int, int], cell: int,
                  scale: tuple[float, float], colour: Callable[[Any], np.ndarray]) -> None:
     low, high = scale
+    light = colour((values - low) / (high - low)) @ np.array([0.299, 0.587, 0.114]) > 0.5  # luminance
     for (row, col), value in np.ndenumerate(values):
-        red, green, blue = colour((value - low) / (high - low))
-        ink = (0, 0, 0) if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else (255, 255, 255)  # by luminance
         centre = (origin[0] + (col + 0.5) * cell, origin[1] + (row + 0.5) * cell)
+        ink = (0, 0, 0) if light[row, col] else (255, 255, 255)
         draw.text(centre, _number(value, digits=2), fill=ink, font=font, anchor="mm")
 
 
+@functools.cache
 def _colour_map(name: str) -> Callable[[Any], np.ndarray]:
-    """Fractions in [0, 1] to RGB in [0, 1]. Gray without matplotlib: importing it would cost a
+    """Fractions in [0, 1] to RGB in [0, 1], built once (matplotlib's registry hands out a copy
+    that builds its lookup table again). Gray without matplotlib: importing it would cost a
     lowrank run's first picture a third of a second."""
     if name == "gray":
         return lambda fraction: np.repeat(np.clip(np.asarray(fraction, dtype=np.float64), 0, 1)[..., None], 3, axis=-1)
