@@ -41,7 +41,7 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar series of a run, read back with TensorBoard's own reader: {tag: {step: value}}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
@@ -49,7 +49,7 @@ def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 def tensorboard_events(run_dir: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     events.Reload()
     return events
 

@@ -35,7 +35,8 @@ def test_run_folder_holds_the_contract(seed_inverse):
     run, proc = seed_inverse
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.json", "solution.pt", "solution.npz", "checkpoints/last.ckpt", "train.log"):
         assert (run / name).is_file(), name
-    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert list(run.glob("events.out.tfevents.*"))  # straight in the run folder: TensorBoard names the run by it
+    assert not (run / "hparams.yaml").exists()  # the config is in .hydra/
     # the solution loads with plain torch and plain numpy and is close to inv(M)
     inverse = np.diag([1, 1 / 2, 1 / 3, 1 / 4])
     w_torch = torch.load(run / "solution.pt", weights_only=True)["W"].numpy()
@@ -65,7 +66,33 @@ def test_tensorboard_has_curves_images_config_and_real_hparams(seed_inverse):
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     names = {m.name.tag for m in experiment.metric_infos}
     assert "final/loss" in names and "hp_metric" not in names
-    assert series["final/loss"][0] == pytest.approx(metrics(run)["metrics"]["loss"], rel=1e-5)
+    # the final metrics sit at the run's last step, where the curves they summarise end
+    last = metrics(run)["steps"]
+    assert series["final/loss"] == {last: pytest.approx(metrics(run)["metrics"]["loss"], rel=1e-5)}
+    assert series["final/diverged"] == {last: 0.0}
+
+
+def test_decaying_curves_have_log10_companions_and_a_custom_scalars_page(seed_inverse):
+    import math
+
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    run, _ = seed_inverse
+    series = scalars(run)
+    for tag, companion in (("train/loss", "train/log10_loss"), ("ref/rel_error", "ref/log10_rel_error"),
+                           ("ref/excess_loss", "ref/log10_excess_loss"), ("train/grad_norm", "train/log10_grad_norm")):
+        linear, logs = series[tag], series[companion]
+        positive = {step: value for step, value in linear.items() if value > 0}
+        assert logs.keys() == positive.keys(), tag  # the same logging steps
+        assert all(logs[step] == pytest.approx(math.log10(value), abs=1e-6) for step, value in positive.items()), tag
+    assert series["train/log10_loss"][80] == pytest.approx(math.log10(SEED_LOSSES[80]), abs=1e-3)
+    # the custom-scalars page: loss, distance to the optimum and learning rate, by tag pattern
+    events = tensorboard_events(run)
+    (config,) = events.Tensors("custom_scalars__config__")
+    layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
+    (category,) = layout.category
+    patterns = [chart.multiline.tag for chart in category.chart]
+    assert patterns == [["^train/log10_loss$"], ["^ref/log10_"], ["^lr-"]]
 
 
 def test_seed_linreg_reproduces_notebook_003(tmp_path):

@@ -84,7 +84,7 @@ def test_a_sweep_ends_saying_where_to_look_and_fails_when_a_job_failed(tmp_path)
     proc = run_cli("-m", "optimizer.lr=0.1,0.46,-1", "trainer.max_steps=20", *QUIET, cwd=tmp_path, expect=1)
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     tail = proc.stdout.split("descend: sweep of 3 jobs: 2 completed, 1 failed\n")[1]
-    assert "  best: 1_optimizer.lr=0.46" in tail
+    assert "  best: 01_optimizer.lr=0.46" in tail
     assert f"  summary: {sweep / 'summary.md'}" in tail and f"tensorboard --logdir {sweep}" in tail
 
 

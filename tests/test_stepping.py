@@ -111,3 +111,24 @@ def test_divergence_inside_a_batch_is_reported_at_its_exact_step(tmp_path):
 )
 def test_group_sizes_end_on_every_event(start, end, intervals, most, expected):
     assert group_sizes(start, end, intervals, most) == expected
+
+
+def test_buffered_rows_get_log10_companions_where_a_logarithm_exists():
+    from descend.stepping import MetricBuffer
+
+    class Recorder:  # any Lightning logger but TensorBoard gets log_metrics
+        def __init__(self):
+            self.rows = {}
+
+        def log_metrics(self, row, step):
+            self.rows[step] = row
+
+    buffer, recorder = MetricBuffer(), Recorder()
+    buffer.add(0, {"train/loss": torch.tensor(100.0), "ref/excess_loss": torch.tensor(-1e-9, dtype=torch.float64), "lr-SGD": 0.1})
+    buffer.add(10, {"train/loss": torch.tensor(0.0), "ref/rel_error": torch.tensor(1e-3)})
+    buffer.add(20, {"train/loss": torch.tensor(math.inf)})
+    buffer.flush([recorder])
+    assert recorder.rows[0] == {"train/loss": 100.0, "train/log10_loss": 2.0, "ref/excess_loss": -1e-9, "lr-SGD": 0.1}
+    # an exact zero has no logarithm: no point, rather than a floor that would squash the axis
+    assert recorder.rows[10] == {"train/loss": 0.0, "ref/rel_error": pytest.approx(1e-3), "ref/log10_rel_error": pytest.approx(-3.0)}
+    assert recorder.rows[20] == {"train/loss": math.inf, "train/log10_loss": math.inf}

@@ -32,12 +32,14 @@ def jobs(sweep: Path) -> list[Path]:
 def test_each_job_is_a_complete_run_and_the_diverging_one_does_not_stop_the_sweep(lr_sweep):
     sweep, proc = lr_sweep
     found = jobs(sweep)
-    assert [p.name.split(",")[0] for p in found] == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1", "2_optimizer.lr=0.46", "3_optimizer.lr=2.0"]
-    statuses = {p.name[0]: metrics(p)["status"] for p in found}
-    assert statuses == {"0": "completed", "1": "completed", "2": "completed", "3": "diverged"}
+    # numbered in job order, and named by what tells the jobs apart (not task=inverse, max_steps=60)
+    assert [p.name for p in found] == ["00_optimizer.lr=0.01", "01_optimizer.lr=0.1", "02_optimizer.lr=0.46", "03_optimizer.lr=2.0"]
+    statuses = {p.name[:2]: metrics(p)["status"] for p in found}
+    assert statuses == {"00": "completed", "01": "completed", "02": "completed", "03": "diverged"}
     for job in found:
-        for name in (".hydra/config.yaml", "solution.pt", "tensorboard"):
+        for name in (".hydra/config.yaml", "solution.pt"):
             assert (job / name).exists(), (job.name, name)
+        assert list(job.glob("events.out.tfevents.*")), job.name
         assert (job / "checkpoints" / "last.ckpt").exists() == (metrics(job)["status"] == "completed")
     assert metrics(found[3])["steps"] < 60  # stopped early
 
@@ -91,17 +93,24 @@ def test_tensorboard_serves_every_job_and_its_loss_curve(lr_sweep):
     sweep, _ = lr_sweep
     server, base = _tensorboard(sweep)
     try:
-        expected = {f"{job.name}/tensorboard" for job in jobs(sweep)}
+        # the run names are the job folders: no suffix, and sorted by name they are in job order
+        expected = ["00_optimizer.lr=0.01", "01_optimizer.lr=0.1", "02_optimizer.lr=0.46", "03_optimizer.lr=2.0"]
         deadline = time.time() + 60
-        while set(_get(base, "/data/runs")) < expected and time.time() < deadline:
+        while set(_get(base, "/data/runs")) < set(expected) and time.time() < deadline:
             time.sleep(0.5)
-        assert expected <= set(_get(base, "/data/runs"))
+        assert sorted(_get(base, "/data/runs")) == expected
         tags = _get(base, "/data/plugin/scalars/tags")
         for run in expected:
-            assert {"train/loss", "ref/rel_error", "final/loss"} <= set(tags[run]), run
+            assert {"train/loss", "train/log10_loss", "ref/rel_error", "ref/log10_rel_error", "final/loss"} <= set(tags[run]), run
             series = _get(base, "/data/plugin/scalars/scalars", run=run, tag="train/loss")
-            local = scalars(sweep / run.split("/")[0])["train/loss"]
+            local = scalars(sweep / run)["train/loss"]
             assert [step for _, step, _ in series] == sorted(local) and len(series) >= 1
+            final = _get(base, "/data/plugin/scalars/scalars", run=run, tag="final/loss")
+            assert [step for _, step, _ in final] == [metrics(sweep / run)["steps"]]  # at the run's last step
+        # the custom-scalars page: the four runs' layouts merged into one page of three charts
+        layout = _get(base, "/data/plugin/custom_scalars/layout")
+        (category,) = layout["category"]
+        assert [chart["multiline"]["tag"] for chart in category["chart"]] == [["^train/log10_loss$"], ["^ref/log10_"], ["^lr-"]]
         # the HPARAMS tab compares the swept learning rates
         request = urllib.request.Request(f"{base}/data/plugin/hparams/experiment", data=b'{"experimentName": ""}',
                                          headers={"Content-Type": "application/json"})
@@ -109,6 +118,18 @@ def test_tensorboard_serves_every_job_and_its_loss_curve(lr_sweep):
             hparams = json.loads(response.read())
         lr_info = [h for h in hparams["hparamInfos"] if h["name"] == "optimizer.lr"]
         assert lr_info and {m["name"]["tag"] for m in hparams["metricInfos"]} >= {"final/loss", "final/diverged"}
+        # its table: each run's final metrics, taken at the run's last step
+        body = {"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+                "colParams": [{"metric": {"tag": "final/loss", "group": ""}, "order": "ORDER_ASC"}], "startIndex": 0, "sliceSize": 100}
+        request = urllib.request.Request(f"{base}/data/plugin/hparams/session_groups", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            groups = json.loads(response.read())["sessionGroups"]
+        assert sorted(g["name"] for g in groups) == expected
+        for group in groups:
+            final = {m["name"]["tag"]: m for m in group["metricValues"]}
+            assert final["final/diverged"]["trainingStep"] == metrics(sweep / group["name"])["steps"], group["name"]
+            assert final["final/diverged"]["value"] == float(group["name"].startswith("03_")), group["name"]
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -122,16 +143,54 @@ def test_optuna_search_returns_the_final_loss(tmp_path):
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     found = jobs(sweep)
     assert len(found) == 3
+    # two digits for 3 trials; the sampled learning rate names each, not the fixed trainer.max_steps
+    assert [j.name.split("_")[0] for j in found] == ["00", "01", "02"]
+    assert all(re.fullmatch(r"\d\d_optimizer\.lr=[0-9.e-]+", j.name) for j in found), [j.name for j in found]
     losses = [metrics(j)["metrics"]["loss"] if metrics(j)["status"] == "completed" else float("inf") for j in found]
     assert results["best_value"] == pytest.approx(min(losses))
     assert (sweep / "summary.csv").exists()
 
 
-def test_parallel_launcher_runs_jobs_in_processes(tmp_path):
-    run_cli("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "optimizer.lr=0.1,0.46", "trainer.max_steps=20", *QUIET, cwd=tmp_path)
-    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
-    assert [metrics(j)["status"] for j in jobs(sweep)] == ["completed", "completed"]
-    assert (sweep / "summary.md").exists()
+def test_parallel_launcher_runs_jobs_in_processes_into_the_same_folders(tmp_path):
+    sweep = ["optimizer.lr=0.1,0.46", "trainer.max_steps=20", *QUIET]
+    folders = {}
+    for launcher in ("basic", "parallel"):
+        cwd = tmp_path / launcher
+        cwd.mkdir()
+        processes = ["hydra.launcher.n_jobs=2"] if launcher == "parallel" else []
+        run_cli("-m", f"hydra/launcher={launcher}", *processes, *sweep, cwd=cwd)
+        (folder,) = (cwd / "outputs" / "multirun").glob("*/*")
+        assert [metrics(j)["status"] for j in jobs(folder)] == ["completed", "completed"]
+        assert (folder / "summary.md").exists()
+        folders[launcher] = [j.name for j in jobs(folder)]
+    # a job's folder is the same whichever launcher ran it
+    assert folders["basic"] == folders["parallel"] == ["00_optimizer.lr=0.1", "01_optimizer.lr=0.46"]
+
+
+def test_job_numbers_are_padded_to_the_sweep_size_and_names_drop_the_constants(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from descend.sweep import JOB_COUNT, constant_keys, job_count, job_number, sweep_overrides
+
+    basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None, "params": None}
+    config = OmegaConf.create({"hydra": {"sweeper": basic, "overrides": {"task": [
+        "task=inverse", "optimizer.lr=0.01,0.1,0.46", "seed=range(0,40)", "trainer.max_steps=60"]}}})
+    overrides = sweep_overrides(config)
+    assert job_count(config, overrides) == 120
+    assert constant_keys(config, overrides) == ["task", "trainer.max_steps"]
+    monkeypatch.setenv(JOB_COUNT, "120")
+    assert [job_number(n) for n in (0, 7, 99, 119)] == ["000", "007", "099", "119"]
+    monkeypatch.setenv(JOB_COUNT, "100")  # jobs 0 … 99
+    assert job_number(7) == "07"
+    monkeypatch.delenv(JOB_COUNT)  # a sweeper that does not say how many jobs it runs
+    assert job_number(7) == "07"
+    # Optuna says it up front; nothing swept on the command line: the names keep their overrides
+    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+                                                     "n_trials": 250}, "overrides": {"task": ["trainer.max_steps=30"]}}})
+    assert job_count(optuna, sweep_overrides(optuna)) == 250
+    assert constant_keys(optuna, sweep_overrides(optuna)) == ["trainer.max_steps"]
+    single = OmegaConf.create({"hydra": {"sweeper": basic, "overrides": {"task": ["task=inverse"]}}})
+    assert job_count(single, sweep_overrides(single)) == 1 and constant_keys(single, sweep_overrides(single)) == []
 
 
 def test_slurm_launcher_preset_composes_against_the_plugin_schema():

@@ -18,6 +18,11 @@ from omegaconf import DictConfig
 
 from descend.errors import UserError, exit_with_error
 from descend.resume import resume_overrides
+from descend.sweep import register_resolvers
+
+# at import: a launcher's worker process imports this module to run a job, before Hydra resolves
+# the job's folder name (hydra.sweep.subdir) there
+register_resolvers()
 
 
 def config_dir() -> Path:
@@ -234,8 +239,9 @@ def run(cfg: DictConfig) -> float:
 def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | None:
     from descend.build import build_task, build_trainer, checkpoint_step, validate
     from descend.callbacks import Diverged
+    from descend.dashboard import log_to_tensorboard, write_layout
     from descend.distributed import close_process_group, launched_rank
-    from descend.results import final_metrics, log_to_tensorboard, report, say, stage_metrics, write_metrics, write_solution
+    from descend.results import final_metrics, report, say, stage_metrics, write_metrics, write_solution
 
     started = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
@@ -249,6 +255,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         task = build_task(cfg)
         trainer = build_trainer(cfg)
+        write_layout(trainer)
         if cfg.get("ckpt_path"):
             say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
                  "position in the epoch and random state come from the checkpoint, so the run continues exactly"])

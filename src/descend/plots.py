@@ -1,15 +1,18 @@
-"""Pictures for TensorBoard, as HxWx3 uint8 arrays (matplotlib is imported only when one is drawn)."""
+"""Pictures for TensorBoard, as HxWx3 uint8 arrays (matplotlib and Pillow are imported only when one is drawn)."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-
-def _upscale(image: np.ndarray, size: int) -> np.ndarray:
-    """Nearest-neighbour upscaling, so a 4x4 matrix shows as sharp blocks rather than a blur."""
-    factor = max(1, size // max(image.shape[:2]))
-    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+# Matrices up to this many rows and columns show their values in the cells
+CELL_VALUES_UP_TO = 8
+CELL_PIXELS = 36  # wide enough for a value such as -0.012
+BAR_WIDTH, GAP = 12, 8
 
 
 def display_size(matrix: torch.Tensor, largest: int = 160) -> np.ndarray:
@@ -25,24 +28,102 @@ def display_size(matrix: torch.Tensor, largest: int = 160) -> np.ndarray:
 
 
 def heatmap(matrix: torch.Tensor, size: int = 128) -> np.ndarray:
-    """A diverging red/blue picture of a matrix, white at zero, symmetric around it."""
+    """A diverging red/blue picture of a matrix, white at zero and symmetric around it, with
+    its colour bar (and the values in the cells of a matrix up to 8×8)."""
+    values = display_size(matrix, max(size, 160))
+    limit = float(np.abs(values).max()) or 1.0
+    return scaled_picture([values], -limit, limit, "RdBu_r", size)
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor, names: tuple[str, str] = ("A", "U·V^T"), size: int = 128) -> np.ndarray:
+    """Two matrices in grayscale on one shared scale, which their one colour bar and the
+    caption above them say, so that the right one's contrast is the left one's."""
+    a, b = (display_size(m, max(size, 160)) for m in (left, right))
+    low, high = float(min(a.min(), b.min())), float(max(a.max(), b.max()))
+    if high == low:
+        low, high = low - 1.0, high + 1.0
+    return scaled_picture([a, b], low, high, "gray", size, caption=f"{names[0]} | {names[1]}, one colour scale")
+
+
+def scaled_picture(panels: list[np.ndarray], low: float, high: float, colormap: str, size: int, caption: str = "") -> np.ndarray:
+    """Matrices as coloured blocks from `low` to `high`, side by side, and a colour bar with
+    its values at the right. Drawn with numpy and Pillow's text: a tenth of what a matplotlib
+    figure with a colour bar costs, which matters at a picture every hundred steps."""
+    from PIL import Image, ImageDraw  # TensorBoard's add_image imports PIL anyway
+
+    colour = _colour_map(colormap)
+    font = _font()
+    top = 16 if caption else 4
+    blocks = [_blocks(values, low, high, colour, size) for values in panels]
+    height = max(b.shape[0] for b in blocks)
+    ticks = ((0, "la", high), (height // 2, "lm", (low + high) / 2), (height, "ld", low))  # value at the top, middle, bottom
+    label_width = int(max(font.getlength(_number(value)) for _, _, value in ticks)) + 1
+    width = 4 + sum(b.shape[1] + GAP for b in blocks) + BAR_WIDTH + 4 + label_width + 4
+    canvas = np.full((top + height + 6, width, 3), 255, dtype=np.uint8)
+    x = 4
+    for block in blocks:
+        canvas[top : top + block.shape[0], x : x + block.shape[1]] = block
+        x += block.shape[1] + GAP
+    ramp = colour(np.linspace(1.0, 0.0, height))  # high at the top
+    canvas[top : top + height, x : x + BAR_WIDTH] = (ramp[:, None, :] * 255).astype(np.uint8)
+    image = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(image)
+    if caption:
+        draw.text((4, 2), caption, fill=(0, 0, 0), font=font)
+    for y, anchor, value in ticks:
+        draw.text((x + BAR_WIDTH + 4, top + y), _number(value), fill=(0, 0, 0), font=font, anchor=anchor)
+    x = 4
+    for values, block in zip(panels, blocks):
+        if max(values.shape) <= CELL_VALUES_UP_TO:
+            _write_cells(draw, font, values, (x, top), block.shape[0] // values.shape[0], (low, high), colour)
+        x += block.shape[1] + GAP
+    return np.asarray(image)
+
+
+def _blocks(values: np.ndarray, low: float, high: float, colour: Callable[[Any], np.ndarray], size: int) -> np.ndarray:
+    """The matrix's colours, each entry a square block: `size` pixels on the longer side, and
+    at least CELL_PIXELS a cell where the values are written in."""
+    rgb = (colour((values - low) / (high - low)) * 255).astype(np.uint8)
+    factor = max(1, size // max(values.shape))
+    if max(values.shape) <= CELL_VALUES_UP_TO:
+        factor = max(factor, CELL_PIXELS)
+    return rgb.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _write_cells(draw: object, font: object, values: np.ndarray, origin: tuple[int, int], cell: int,
+                 scale: tuple[float, float], colour: Callable[[Any], np.ndarray]) -> None:
+    low, high = scale
+    light = colour((values - low) / (high - low)) @ np.array([0.299, 0.587, 0.114]) > 0.5  # luminance
+    for (row, col), value in np.ndenumerate(values):
+        centre = (origin[0] + (col + 0.5) * cell, origin[1] + (row + 0.5) * cell)
+        ink = (0, 0, 0) if light[row, col] else (255, 255, 255)
+        draw.text(centre, _number(value, digits=2), fill=ink, font=font, anchor="mm")
+
+
+@functools.cache
+def _colour_map(name: str) -> Callable[[Any], np.ndarray]:
+    """Fractions in [0, 1] to RGB in [0, 1], built once (matplotlib's registry hands out a copy
+    that builds its lookup table again). Gray without matplotlib: importing it would cost a
+    lowrank run's first picture a third of a second."""
+    if name == "gray":
+        return lambda fraction: np.repeat(np.clip(np.asarray(fraction, dtype=np.float64), 0, 1)[..., None], 3, axis=-1)
     from matplotlib import colormaps
 
-    values = display_size(matrix, max(size, 160))
-    limit = np.abs(values).max() or 1.0
-    rgba = colormaps["RdBu_r"]((values / limit + 1) / 2)
-    return _upscale((rgba[..., :3] * 255).astype(np.uint8), size)
+    colormap = colormaps[name]
+    return lambda fraction: np.asarray(colormap(fraction))[..., :3]
 
 
-def side_by_side(left: torch.Tensor, right: torch.Tensor, size: int = 128) -> np.ndarray:
-    """Two matrices as grayscale pictures on one shared scale, with a gap between them."""
-    a, b = (display_size(m, max(size, 160)) for m in (left, right))
-    low, high = min(a.min(), b.min()), max(a.max(), b.max())
-    scale = (high - low) or 1.0
-    gap = np.ones((a.shape[0], max(1, a.shape[1] // 20)))
-    gray = np.concatenate([(a - low) / scale, gap, (b - low) / scale], axis=1)
-    image = (np.stack([gray] * 3, axis=-1) * 255).astype(np.uint8)
-    return _upscale(image, size)
+def _number(value: float, digits: int = 3) -> str:
+    text = f"{value:.{digits}g}"
+    return "0" if text in ("-0", "0") else text
+
+
+@functools.cache
+def _font() -> object:
+    """Pillow's own font, no font file to find (a FreeType font: anchored text needs one)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=10)
 
 
 def curve(x: torch.Tensor, truth: torch.Tensor, prediction: torch.Tensor, title: str = "") -> np.ndarray:

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from omegaconf import DictConfig, OmegaConf
-
 STATUSES = ("completed", "diverged", "failed")
 
 
@@ -71,38 +69,6 @@ def final_metrics(task: Any) -> dict[str, float]:
         return task.final_metrics()
     except Exception:  # a failed run may have no usable parameters; its status already says so
         return {}
-
-
-def log_to_tensorboard(trainer: Any, cfg: DictConfig, record: dict[str, Any]) -> None:
-    """The resolved config as text, and the hyper-parameters with the final metrics (the HPARAMS tab)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    for logger in trainer.loggers:
-        if not isinstance(logger, TensorBoardLogger):
-            continue
-        logger.experiment.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
-        metrics = {f"final/{k}": (v if v is not None else float("nan")) for k, v in record["metrics"].items()}
-        metrics["final/diverged"] = float(record["status"] == "diverged")
-        logger.log_hyperparams(hyperparameters(cfg), metrics)
-        logger.finalize("success" if record["status"] == "completed" else "failed")
-
-
-def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """The run's choices, flattened: task, optimizer, scheduler, seed and the trainer's step budget."""
-    chosen = {k: cfg[k] for k in ("task", "optimizer", "scheduler") if cfg.get(k)}
-    flat: dict[str, Any] = {"seed": cfg.seed, "trainer.max_steps": cfg.trainer.get("max_steps")}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key not in ("_target_", "_partial_"):
-                    walk(f"{prefix}.{key}", value)
-        else:
-            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    for group, node in chosen.items():
-        walk(group, OmegaConf.to_container(node, resolve=True))
-    return flat
 
 
 def report(record: dict[str, Any], run_dir: Path) -> None:

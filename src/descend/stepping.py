@@ -15,6 +15,7 @@ precision plugin), gradient clipping, the learning-rate schedulers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,9 +131,28 @@ class MetricBuffer:
         tensors = [v for _, m in kept for v in m.values() if isinstance(v, torch.Tensor)]
         values = iter(torch.stack([t.detach().double().reshape(()) for t in tensors]).tolist()) if tensors else iter(())
         for step, metrics in kept:
-            row = {k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}
+            row = with_log10({k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()})
             for logger in loggers:
                 write_scalars(logger, row, step)
+
+
+# Quantities that fall across many decades. TensorBoard's default linear axis shows them as a line
+# on zero after the first steps, so each also gets a log10 companion: train/loss → train/log10_loss.
+DECAYING = ("train/loss", "train/grad_norm", "ref/rel_error", "ref/excess_loss")
+
+
+def log10_tag(tag: str) -> str:
+    group, _, name = tag.rpartition("/")
+    return f"{group}/log10_{name}" if group else f"log10_{name}"
+
+
+def with_log10(row: dict[str, float]) -> dict[str, float]:
+    """The row plus the log10 companions of its decaying quantities, from host floats (once per
+    logged step, when the buffer is written). A value ≤ 0 (an exact zero loss; an excess loss a
+    rounding error below the optimum) has no logarithm and gets no point, as on a log axis; an
+    infinite one stays infinite, so a diverged run's companion ends where its linear curve does."""
+    companions = {log10_tag(tag): math.log10(row[tag]) for tag in DECAYING if tag in row and row[tag] > 0}
+    return {**row, **companions} if companions else row
 
 
 def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:

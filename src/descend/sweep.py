@@ -1,4 +1,5 @@
-"""What runs at the end of a multirun: the summary of all jobs at the sweep's root.
+"""What runs around a multirun: job folders that sort in job order, and at the end the summary
+of all jobs at the sweep's root.
 
     summary.csv / summary.md   one row per job: overrides, status, final loss, distances to the
                                closed form, steps, wall time; sorted by final loss (failures last)
@@ -11,15 +12,82 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 
 from descend.results import read_metrics
 
 OBJECTIVE = "loss"
+
+# The sweep's job count, from the sweep's start to its jobs (in this process, joblib's worker
+# processes and SLURM jobs, which inherit the environment), for the width of the job numbers
+JOB_COUNT = "DESCEND_SWEEP_JOBS"
+
+
+def sweep_overrides(config: DictConfig) -> list[Any] | None:
+    """The sweep's overrides as Hydra parses them: the command line's, and for the basic sweeper
+    its `params`; None for a sweep descend cannot read (a glob() needs Hydra's config loader)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.sweeper
+    params = sweeper.get("params") if is_basic_sweeper(config) else None
+    arguments = [f"{k}={v}" for k, v in (params or {}).items()] + list(config.hydra.overrides.task)
+    try:
+        return OverridesParser.create().parse_overrides(arguments)
+    except Exception:
+        return None
+
+
+def is_basic_sweeper(config: DictConfig) -> bool:
+    return str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")
+
+
+def job_count(config: DictConfig, overrides: list[Any] | None) -> int | None:
+    """How many jobs the sweep runs: an Optuna search's n_trials, or the combinations of the
+    swept values, counted by Hydra's BasicSweeper itself; None for any other sweeper."""
+    if "n_trials" in config.hydra.sweeper:
+        return int(config.hydra.sweeper.n_trials)
+    if overrides is None or not is_basic_sweeper(config):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    try:
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    except Exception:  # a sweep type BasicSweeper refuses: it reports that itself
+        return None
+
+
+def constant_keys(config: DictConfig, overrides: list[Any] | None) -> list[str]:
+    """The keys every job sets alike (task=inverse in `-m task=inverse optimizer.lr=0.1,0.5`):
+    left out of the job folders' names, which then say what tells the jobs apart. Kept when
+    nothing is swept, so that a one-job sweep's folder still names its overrides."""
+    if overrides is None or not (is_basic_sweeper(config) or "n_trials" in config.hydra.sweeper):
+        return []
+    swept = [o for o in overrides if o.is_sweep_override()]
+    if not swept and is_basic_sweeper(config):
+        return []
+    return sorted({o.key_or_group for o in overrides if not o.is_sweep_override()})
+
+
+def job_number(num: int) -> str:
+    """A job's number zero-padded to the digits of the sweep's last job, at least two
+    (00, 01, … 15; 000 … 120), so that job folders, TensorBoard's run list and its HPARAMS
+    table sort in job order. An unknown count (another sweeper) gets two digits."""
+    count = os.environ.get(JOB_COUNT)
+    width = max(2, len(str(int(count) - 1))) if count else 2
+    return str(num).zfill(width)
+
+
+def register_resolvers() -> None:
+    """${descend.job_number:${hydra.job.num}} in conf/hydra/default.yaml's sweep.subdir."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("descend.job_number"):
+        OmegaConf.register_new_resolver("descend.job_number", job_number)
 
 
 # the rows of the sweep that ended last in this process: the command's exit status comes from them
@@ -27,6 +95,23 @@ finished_sweep: list[dict[str, Any]] = []
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Before the first job: the job count, for the width of the job numbers, and the keys
+        every job sets alike, added to override_dirname's exclude_keys as a hydra override,
+        which every job composes with (Hydra's load_sweep_config), whichever launcher runs it."""
+        overrides = sweep_overrides(config)
+        count = job_count(config, overrides)
+        if count is None:
+            os.environ.pop(JOB_COUNT, None)
+        else:
+            os.environ[JOB_COUNT] = str(count)
+        excluded = list(config.hydra.job.config.override_dirname.exclude_keys)
+        added = [k for k in constant_keys(config, overrides) if k not in excluded]
+        if added:
+            keys = ",".join(repr(k) for k in excluded + added)
+            with read_write(config.hydra.overrides):
+                config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{keys}]")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir():

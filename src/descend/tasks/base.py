@@ -185,7 +185,7 @@ class Task(pl.LightningModule):
         """Write scalars straight to the loggers at this step (default: the current one): the
         public logger API costs a fraction of self.log, whose bookkeeping these do not need."""
         step = self.global_step if step is None else step
-        values = {k: float(v) for k, v in metrics.items()}
+        values = stepping.with_log10({k: float(v) for k, v in metrics.items()})
         self.step_state.last_logged = (step, values)
         if self.trainer.is_global_zero:
             for logger in self.loggers:

@@ -1,0 +1,78 @@
+"""What TensorBoard shows of a run beyond its curves and pictures: the logger writing into the run
+folder, the custom-scalars page, and, at the end, the final metrics, the config and the HPARAMS entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from descend.stepping import write_scalars
+
+# The CUSTOM SCALARS tab: one page, its charts side by side, each plotting every run that has a
+# matching tag (regular expressions, so every task and optimiser matches: lr-SGD, lr-Adam/pg2)
+LAYOUT = {
+    "descend: loss, distance to the optimum, learning rate": {
+        "log10 loss": ["Multiline", [r"^train/log10_loss$"]],
+        "log10 distance to the optimum (relative error, excess loss)": ["Multiline", [r"^ref/log10_"]],
+        "learning rate": ["Multiline", [r"^lr-"]],
+    }
+}
+
+
+class TensorBoardLogger(LightningTensorBoardLogger):
+    """Lightning's TensorBoard logger, leaving out the hparams.yaml Lightning writes at the first
+    checkpoint: descend logs the hyper-parameters at the end, so that file would be empty, and
+    the run's config is already in .hydra/. With `name: ""` and `version: ""` the event files go
+    straight into the run folder, which TensorBoard then names the run by."""
+
+    def save(self) -> None:
+        super(LightningTensorBoardLogger, self).save()  # Fabric's: flush the events
+
+
+def tensorboard_loggers(trainer: Any) -> list[LightningTensorBoardLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, LightningTensorBoardLogger)]
+
+
+def write_layout(trainer: Any) -> None:
+    """The custom-scalars page, written when the run starts so that a running sweep shows it.
+    TensorBoard merges the runs' identical layouts into one page. On data-parallel ranks other
+    than 0, Lightning's `experiment` is a stand-in that writes nothing."""
+    for logger in tensorboard_loggers(trainer):
+        logger.experiment.add_custom_scalars(LAYOUT)
+
+
+def log_to_tensorboard(trainer: Any, cfg: DictConfig, record: dict[str, Any]) -> None:
+    """The resolved config as text; the final metrics as scalars at the run's last step, where
+    the curves they summarise end; and the HPARAMS entry: the hyper-parameters with those
+    metrics, which the HPARAMS tab reads from the final/* scalars."""
+    from torch.utils.tensorboard.summary import hparams
+
+    for logger in tensorboard_loggers(trainer):
+        writer = logger.experiment
+        writer.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
+        metrics = {f"final/{k}": (v if v is not None else float("nan")) for k, v in record["metrics"].items()}
+        metrics["final/diverged"] = float(record["status"] == "diverged")
+        write_scalars(logger, metrics, record["steps"])
+        for summary in hparams(hyperparameters(cfg), metrics):  # the experiment, the session's start and its end
+            writer._get_file_writer().add_summary(summary)
+        logger.finalize("success" if record["status"] == "completed" else "failed")
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The run's choices, flattened: task, optimizer, scheduler, seed and the trainer's step budget."""
+    chosen = {k: cfg[k] for k in ("task", "optimizer", "scheduler") if cfg.get(k)}
+    flat: dict[str, Any] = {"seed": cfg.seed, "trainer.max_steps": cfg.trainer.get("max_steps")}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key not in ("_target_", "_partial_"):
+                    walk(f"{prefix}.{key}", value)
+        else:
+            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    for group, node in chosen.items():
+        walk(group, OmegaConf.to_container(node, resolve=True))
+    return flat
