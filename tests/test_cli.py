@@ -92,7 +92,7 @@ def test_decaying_curves_have_log10_companions_and_a_custom_scalars_page(seed_in
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     (category,) = layout.category
     patterns = [chart.multiline.tag for chart in category.chart]
-    assert patterns == [["^train/log10_loss$"], ["^ref/log10_"], ["^lr-"]]
+    assert patterns == [["^train/log10_loss$"], ["^ref/log10_", "^theory/log10_", "^baseline/log10_"], ["^lr-"]]
 
 
 def test_seed_linreg_reproduces_notebook_003(tmp_path):

@@ -125,6 +125,7 @@ def test_theory_curve_agrees_with_the_measured_one(tmp_path, task):
     assert len(compared) > 10
     for step in compared:
         assert predicted[step] == pytest.approx(measured[step], rel=1e-4), step
+    assert set(series["theory/log10_excess_loss"]) == set(predicted)  # beside ref/log10_excess_loss
     theory = metrics(run)["theory"]
     assert theory["lr_critical"] == pytest.approx(series["theory/lr_critical"][0], rel=1e-6) and theory["contraction"] < 1
 

@@ -15,7 +15,8 @@ from descend.stepping import write_scalars
 LAYOUT = {
     "descend: loss, distance to the optimum, learning rate": {
         "log10 loss": ["Multiline", [r"^train/log10_loss$"]],
-        "log10 distance to the optimum (relative error, excess loss)": ["Multiline", [r"^ref/log10_"]],
+        # theory's prediction (quadratic tasks) and the power method (eigen) beside the measured distances
+        "log10 distance to the optimum (relative error, excess loss)": ["Multiline", [r"^ref/log10_", r"^theory/log10_", r"^baseline/log10_"]],
         "learning rate": ["Multiline", [r"^lr-"]],
     }
 }

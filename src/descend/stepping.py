@@ -138,7 +138,8 @@ class MetricBuffer:
 
 # Quantities that fall across many decades. TensorBoard's default linear axis shows them as a line
 # on zero after the first steps, so each also gets a log10 companion: train/loss → train/log10_loss.
-DECAYING = ("train/loss", "train/grad_norm", "ref/rel_error", "ref/excess_loss")
+DECAYING = ("train/loss", "train/grad_norm", "ref/rel_error", "ref/excess_loss", "theory/excess_loss",
+            "ref/eigenvalue_rel_error", "baseline/eigenvalue_rel_error")
 
 
 def log10_tag(tag: str) -> str:
