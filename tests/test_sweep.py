@@ -110,7 +110,7 @@ def test_tensorboard_serves_every_job_and_its_loss_curve(lr_sweep):
         # the custom-scalars page: the four runs' layouts merged into one page of three charts
         layout = _get(base, "/data/plugin/custom_scalars/layout")
         (category,) = layout["category"]
-        assert [chart["multiline"]["tag"] for chart in category["chart"]] == [["^train/log10_loss$"], ["^ref/log10_"], ["^lr-"]]
+        assert [chart["multiline"]["tag"] for chart in category["chart"]] == [["^train/log10_loss$"], ["^ref/log10_", "^theory/log10_", "^baseline/log10_"], ["^lr-"]]
         # the HPARAMS tab compares the swept learning rates
         request = urllib.request.Request(f"{base}/data/plugin/hparams/experiment", data=b'{"experimentName": ""}',
                                          headers={"Content-Type": "application/json"})
