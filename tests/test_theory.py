@@ -133,6 +133,7 @@ def test_theory_curve_agrees_with_the_measured_one(tmp_path, task):
 def test_an_lr_above_lr_critical_is_warned_and_momentum_gets_no_curve(tmp_path):
     proc = run_cli("optimizer.lr=1.05", *QUIET, cwd=tmp_path, expect=3)
     assert "warning: optimizer.lr=1.05 is above lr_critical = 1 (2/λmax)" in proc.stdout
+    assert "lower it below lr_critical = 1 (fastest: 0.9412)" in one_line_error(proc)
     (tmp_path / "m").mkdir()
     run_cli("optimizer=momentum", "optimizer.lr=0.1", "trainer.max_steps=20", *QUIET, cwd=tmp_path / "m")
     run = only_run(tmp_path / "m")

@@ -62,9 +62,14 @@ class DivergenceGuard(pl.Callback):
         lr = ",".join(f"{v:g}" for v in lrs)
         what = f"loss = {loss_value:g}" + (f", over {self.max_growth:g}x its starting size" if exploded else "")
         what += f", non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
+        theory = pl_module.theory_summary() if hasattr(pl_module, "theory_summary") else {}
+        if theory:  # a quadratic task knows its largest stable step size
+            fix = f"lower it below lr_critical = {theory['lr_critical']:.4g} (fastest: {theory['lr_optimal']:.4g})"
+        else:
+            fix = f"lower it (e.g. optimizer.lr={lrs[0] / 4:g}) or add a scheduler"
         raise Diverged(
             f"training diverged at step {step} ({what}); the learning rate optimizer.lr={lr} is likely too large "
-            f"for this task: lower it (e.g. optimizer.lr={lrs[0] / 4:g}) or add a scheduler",
+            f"for this task: {fix}",
             step=step,
             loss=loss_value,
         )
