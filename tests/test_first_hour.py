@@ -23,6 +23,7 @@ def no_outputs(cwd) -> bool:
         (["optimizer.lrr=0.1,0.2"], "optimizer.lrr=0.1,0.2: optimizer.lrr is not a key of this config; did you mean optimizer.lr?"),
         (["scheduler=step,cosine", "scheduler.gamma=0.1"], "scheduler.gamma=0.1: scheduler.gamma is not a key of this config with scheduler=cosine"),
         (["task=nope,inverse"], "task=nope is unknown"),
+        (["hparams_search=inverse_lr", "optimizer.lrr=0.1"], "optimizer.lrr=0.1: optimizer.lrr is not a key of this config"),
         (["task.matrix.values=[1,2"], "cannot parse this override"),
     ],
 )

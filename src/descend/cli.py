@@ -108,10 +108,11 @@ def check_overrides(argv: list[str], conf: Path) -> None:
 
     A sweep is checked job by job where jobs differ in a group's option (`scheduler=step,cosine`
     with `scheduler.gamma=0.1` composes for step, not for cosine), with its other swept values at
-    their first. Flags (--help, --cfg …), hydra.* keys and Optuna's search spaces are Hydra's."""
+    their first; an Optuna search once, with its fixed overrides. Flags (--help, --cfg …), hydra.* keys
+    and search spaces (interval(), glob()) are Hydra's."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
     argv = [a for a in argv if a not in ("-m", "--multirun")]
-    if any(a.startswith("-") or a.startswith(("hparams_search=", "hydra.searchpath=")) for a in argv):
+    if any(a.startswith("-") or a.startswith("hydra.searchpath=") for a in argv):
         return
     overrides = [a for a in argv if not a.startswith("hydra.") and not a.startswith("hydra/")]
     from hydra.core.override_parser.overrides_parser import OverridesParser
