@@ -64,7 +64,7 @@ def test_predicted_curve_is_plain_gradient_descent():
     optimum = float(task.cached_reference()["loss"])
     optimizer = torch.optim.SGD(task.parameters(), lr=0.7)
     for step in range(30):
-        measured = float(task.loss(task.full_batch())) - optimum
+        measured = task.loss(task.full_batch()).item() - optimum
         assert spectrum.excess_loss(0.7, step) == pytest.approx(measured, rel=1e-9, abs=1e-14)
         optimizer.zero_grad()
         task.loss(task.full_batch()).backward()
