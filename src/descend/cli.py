@@ -240,9 +240,9 @@ def run(cfg: DictConfig) -> float:
 def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | None:
     from descend.build import build_task, build_trainer, checkpoint_step, validate
     from descend.callbacks import Diverged
-    from descend.dashboard import log_to_tensorboard, write_layout
+    from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
-    from descend.results import final_metrics, report, say, stage_metrics, write_metrics, write_solution
+    from descend.results import report, say, stage_metrics, write_results
 
     started = time.perf_counter()
     record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
@@ -256,7 +256,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         task = build_task(cfg)
         trainer = build_trainer(cfg)
-        write_layout(trainer)
+        write_layout(trainer.loggers)
         if cfg.get("ckpt_path"):
             say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
                  "position in the epoch and random state come from the checkpoint, so the run continues exactly"])
@@ -293,16 +293,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         record["steps"] = diverged.step if diverged else trainer.global_step
     # before its first step a run has nothing worth saving: no solution of untrained values, no curves
     trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
-    if trained:
-        record["metrics"] = {**lightning_metrics, **final_metrics(task)}
-        if task.theory_summary():  # a quadratic task: what its Hessian predicts (theory.py)
-            record["theory"] = task.theory_summary()
-        if diverged:  # the loss the error message names, not the one after the blow-up
-            record["metrics"]["loss"] = diverged.loss
-        write_solution(run_dir, task.solution())
-    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
-    if trained:
-        log_to_tensorboard(trainer, cfg, record)
+    write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged)
     if record.get("interrupted"):
         report(record, run_dir)
         sys.exit(130)  # as for SIGINT; in a sweep, Ctrl-C ends the sweep

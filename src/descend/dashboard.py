@@ -32,25 +32,25 @@ class TensorBoardLogger(LightningTensorBoardLogger):
         super(LightningTensorBoardLogger, self).save()  # Fabric's: flush the events
 
 
-def tensorboard_loggers(trainer: Any) -> list[LightningTensorBoardLogger]:
-    return [logger for logger in trainer.loggers if isinstance(logger, LightningTensorBoardLogger)]
+def tensorboard_loggers(loggers: list[Any]) -> list[LightningTensorBoardLogger]:
+    return [logger for logger in loggers if isinstance(logger, LightningTensorBoardLogger)]
 
 
-def write_layout(trainer: Any) -> None:
+def write_layout(loggers: list[Any]) -> None:
     """The custom-scalars page, written when the run starts so that a running sweep shows it.
     TensorBoard merges the runs' identical layouts into one page. On data-parallel ranks other
     than 0, Lightning's `experiment` is a stand-in that writes nothing."""
-    for logger in tensorboard_loggers(trainer):
+    for logger in tensorboard_loggers(loggers):
         logger.experiment.add_custom_scalars(LAYOUT)
 
 
-def log_to_tensorboard(trainer: Any, cfg: DictConfig, record: dict[str, Any]) -> None:
+def log_to_tensorboard(loggers: list[Any], cfg: DictConfig, record: dict[str, Any]) -> None:
     """The resolved config as text; the final metrics as scalars at the run's last step, where
     the curves they summarise end; and the HPARAMS entry: the hyper-parameters with those
     metrics, which the HPARAMS tab reads from the final/* scalars."""
     from torch.utils.tensorboard.summary import hparams
 
-    for logger in tensorboard_loggers(trainer):
+    for logger in tensorboard_loggers(loggers):
         writer = logger.experiment
         writer.add_text("config", "    " + OmegaConf.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
         metrics = {f"final/{k}": (v if v is not None else float("nan")) for k, v in record["metrics"].items()}

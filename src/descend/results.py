@@ -44,7 +44,8 @@ def write_solution(run_dir: Path, tensors: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    cpu = {name: t.detach().cpu() for name, t in tensors.items()}
+    # a copy: a view (a population member's rows) would save its whole storage
+    cpu = {name: t.detach().cpu().clone() for name, t in tensors.items()}
     replace_atomically(run_dir / "solution.pt", lambda handle: torch.save(cpu, handle))
     arrays = {name: t.double().numpy() for name, t in cpu.items()}
     replace_atomically(run_dir / "solution.npz", lambda handle: np.savez(handle, **arrays))
@@ -69,6 +70,25 @@ def final_metrics(task: Any) -> dict[str, float]:
         return task.final_metrics()
     except Exception:  # a failed run may have no usable parameters; its status already says so
         return {}
+
+
+def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
+                  stage: dict[str, float], diverged: Any | None) -> None:
+    """What a finished run leaves: metrics.json always; for a run that trained (`task` given) the
+    final metrics (after `stage`'s val/test ones), theory's numbers, the solution, and TensorBoard's
+    final/* scalars and HPARAMS entry. A diverged run's loss is the one its error names."""
+    from descend.dashboard import log_to_tensorboard
+
+    if task is not None:
+        record["metrics"] = {**stage, **final_metrics(task)}
+        if task.theory_summary():  # a quadratic task: what its Hessian predicts (theory.py)
+            record["theory"] = task.theory_summary()
+        if diverged:  # the loss the error message names, not the one after the blow-up
+            record["metrics"]["loss"] = diverged.loss
+        write_solution(run_dir, task.solution())
+    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
+    if task is not None:
+        log_to_tensorboard(loggers, cfg, record)
 
 
 def report(record: dict[str, Any], run_dir: Path) -> None:

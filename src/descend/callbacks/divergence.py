@@ -36,42 +36,56 @@ class DivergenceGuard(pl.Callback):
         self.max_growth = max_growth
         self.first_loss: float | None = None
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.every_n_steps < 1 or not isinstance(outputs, dict) or "losses" not in outputs:
-            return
-        losses, first_step = outputs["losses"], outputs["first_step"]
+    def find(self, losses: torch.Tensor, first_step: int) -> tuple[int, float, bool] | None:
+        """The first bad step of a group of losses, its loss and whether it exploded (rather
+        than overflowed); None when all are healthy. Remembers the first loss it sees."""
         if self.first_loss is None:
             self.first_loss = abs(float(losses[0]))
         # scaled by at least 1: a loss that starts at (or can pass through) zero is no explosion
         limit = None if self.max_growth is None else self.max_growth * max(self.first_loss, 1.0)
         step = first_bad_step(losses, limit, self.every_n_steps, first_step)
-        # Data-parallel ranks decide together, or one would stop while the others wait for it.
-        if not trainer.strategy.reduce_boolean_decision(step is not None, all=False):
+        if step is None:
+            return None
+        loss = float(losses[step - first_step])
+        return step, loss, limit is not None and math.isfinite(loss) and abs(loss) > limit
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every_n_steps < 1 or not isinstance(outputs, dict) or "losses" not in outputs:
             return
-        step = step if step is not None else first_step + len(losses) - 1
-        loss_value = float(losses[step - first_step])
+        losses, first_step = outputs["losses"], outputs["first_step"]
+        found = self.find(losses, first_step)
+        # Data-parallel ranks decide together, or one would stop while the others wait for it.
+        if not trainer.strategy.reduce_boolean_decision(found is not None, all=False):
+            return
+        if found is None:  # another rank's loss went bad: stop at this group's end
+            last = first_step + len(losses) - 1
+            found = (last, float(losses[-1]), False)
+        step, loss, exploded = found
         # the logging steps before the blow-up, then its loss as the curve's last point
-        pl_module.metric_buffer.flush(trainer.loggers if trainer.is_global_zero else [], through_step=step - 1)
-        pl_module.log_to_loggers({"train/loss": torch.tensor(loss_value)}, step=step)
-        exploded = limit is not None and math.isfinite(loss_value) and abs(loss_value) > limit
+        pl_module.metric_buffer.flush(pl_module.writing_loggers(), through_step=step - 1)
+        pl_module.log_to_loggers({"train/loss": torch.tensor(loss)}, step=step)
         # the parameters show that step's update only when it was the batch's last: the steps
         # after it in the batch ran on, and would be blamed for what they did
         last_of_batch = step == first_step + len(losses) - 1
-        bad_params = [name for name, p in pl_module.named_parameters() if last_of_batch and not torch.isfinite(p).all()]
-        lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
+        raise self.error(step, loss, exploded, pl_module, trainer.optimizers, check_parameters=last_of_batch)
+
+    def error(self, step: int, loss: float, exploded: bool, task: Any, optimizers: list[Any], check_parameters: bool) -> Diverged:
+        """The one-line error of a diverged run: where, how, and the learning rate to change."""
+        bad_params = [name for name, p in task.named_parameters() if check_parameters and not torch.isfinite(p).all()]
+        lrs = sorted({group["lr"] for opt in optimizers for group in opt.param_groups})
         lr = ",".join(f"{v:g}" for v in lrs)
-        what = f"loss = {loss_value:g}" + (f", over {self.max_growth:g}x its starting size" if exploded else "")
+        what = f"loss = {loss:g}" + (f", over {self.max_growth:g}x its starting size" if exploded else "")
         what += f", non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
-        theory = pl_module.theory_summary() if hasattr(pl_module, "theory_summary") else {}
+        theory = task.theory_summary() if hasattr(task, "theory_summary") else {}
         if theory:  # a quadratic task knows its largest stable step size
             fix = f"lower it below lr_critical = {theory['lr_critical']:.4g} (fastest: {theory['lr_optimal']:.4g})"
         else:
             fix = f"lower it (e.g. optimizer.lr={lrs[0] / 4:g}) or add a scheduler"
-        raise Diverged(
+        return Diverged(
             f"training diverged at step {step} ({what}); the learning rate optimizer.lr={lr} is likely too large "
             f"for this task: {fix}",
             step=step,
-            loss=loss_value,
+            loss=loss,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class Task(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks: the divergence guard writes only the steps before a blow-up
-        self.metric_buffer.flush(self.loggers if self.trainer.is_global_zero else [])
+        self.metric_buffer.flush(self.writing_loggers())
 
     def on_train_epoch_end(self) -> None:
         # for EarlyStopping and other monitors of train/loss (self.log costs milliseconds: only then)
@@ -135,28 +135,27 @@ class Task(pl.LightningModule):
         relog, self.step_state.relog = self.step_state.relog, None
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])
-        self.start_theory()
+        self.start_theory(self.optimizers(use_pl_optimizer=False), self.writing_loggers())
 
     # ---- what theory predicts (quadratic tasks) ----
     @torch.no_grad()
-    def start_theory(self) -> None:
+    def start_theory(self, optimizer: torch.optim.Optimizer, loggers: list[Any]) -> None:
         """The Hessian's spectrum and the initial error, once, when training starts (or resumes)."""
         form = self.quadratic_form()
         if form is None:
             return
         spectrum = theory.Spectrum.of(*form)
-        lr = theory.plain_sgd_lr(self.optimizers(use_pl_optimizer=False), bool(self.scheduler_config), self.step_settings.clip_val)
+        lr = theory.plain_sgd_lr(optimizer, bool(self.scheduler_config), self.step_settings.clip_val)
         self.theory = (spectrum, lr, self.global_step)
         summary = self.theory_summary()
         log.info(theory.describe(summary, lr))
         if lr is not None and lr > spectrum.lr_critical:
             log.warning(f"warning: optimizer.lr={lr:g} is above lr_critical = {spectrum.lr_critical:.4g} (2/λmax): "
                         f"plain gradient descent diverges on this task; take an lr below it (fastest: {spectrum.lr_optimal:.4g})")
-        self.log_to_loggers({f"theory/{k}": v for k, v in summary.items()})
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                if hasattr(logger.experiment, "add_text"):
-                    logger.experiment.add_text("theory", theory.describe(summary, lr), self.global_step)
+        self.log_to_loggers({f"theory/{k}": v for k, v in summary.items()}, loggers=loggers)
+        for logger in loggers:
+            if hasattr(logger.experiment, "add_text"):
+                logger.experiment.add_text("theory", theory.describe(summary, lr), self.global_step)
 
     def theory_summary(self) -> dict[str, float]:
         """The theory's numbers for metrics.json and the sweep summary ({} for other tasks)."""
@@ -181,15 +180,19 @@ class Task(pl.LightningModule):
             raise ConfigError(f"scheduler.monitor={key!r} is never logged; monitor train/loss or a val/ metric")
         return self.trainer.callback_metrics[key]
 
-    def log_to_loggers(self, metrics: dict[str, torch.Tensor], step: int | None = None) -> None:
-        """Write scalars straight to the loggers at this step (default: the current one): the
-        public logger API costs a fraction of self.log, whose bookkeeping these do not need."""
+    def writing_loggers(self) -> list[Any]:
+        """The trainer's loggers on the process that writes (data-parallel rank 0), else none."""
+        return list(self.loggers) if self.trainer.is_global_zero else []
+
+    def log_to_loggers(self, metrics: dict[str, torch.Tensor], step: int | None = None, loggers: list[Any] | None = None) -> None:
+        """Write scalars straight to the loggers (default: the trainer's) at this step (default: the
+        current one): the public logger API costs a fraction of self.log, whose bookkeeping these
+        do not need. A member of a population (population/) names its own loggers."""
         step = self.global_step if step is None else step
         values = stepping.with_log10({k: float(v) for k, v in metrics.items()})
         self.step_state.last_logged = (step, values)
-        if self.trainer.is_global_zero:
-            for logger in self.loggers:
-                logger.log_metrics(values, step=step)
+        for logger in self.writing_loggers() if loggers is None else loggers:
+            logger.log_metrics(values, step=step)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

@@ -1,0 +1,1 @@
+"""Population sweeps: many jobs of a sweep trained as one vectorised run (README, "Population sweeps")."""

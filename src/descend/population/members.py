@@ -1,0 +1,252 @@
+"""A member of a population: one job of the sweep, built as its own run would be, with its own
+folder, loggers, optimiser, scheduler, divergence guard and results.
+
+`train_population` is `cli.train` for many jobs at once: it builds the population's Trainer,
+fits, and leaves in every job's folder what that job run alone leaves (results.write_results).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from descend.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# the file format of Hydra's job log (conf/hydra/default.yaml), for a member's train.log
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
+
+
+class Member:
+    def __init__(self, cfg: DictConfig, run_dir: Path, task_name: str) -> None:
+        self.cfg = cfg  # resolved: ${hydra:...} interpolations need the job's Hydra config
+        self.run_dir = run_dir
+        self.record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
+        self.task: Any = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: Any = None
+        self.loggers: list[Any] = []
+        self.callbacks: list[Any] = []  # its own, for the state they hold in its checkpoints
+        self.rng: torch.Tensor | None = None
+        self.running = False
+        self.diverged: Any = None
+        self.return_value = float("inf")  # what the job returns to Hydra (finish)
+
+    # ---- building: what cli.train does before Trainer.fit ----
+    def build(self) -> None:
+        """The job's task with its initial values (its seed), optimiser, scheduler, loggers and
+        callbacks. A bad config is this member's failure, in one line, as for a single run."""
+        import lightning.pytorch as pl
+
+        from descend.build import build_task, instantiate, validate
+
+        with self.logging():
+            try:
+                validate(self.cfg)
+                pl.seed_everything(self.cfg.seed, workers=True, verbose=False)
+                self.task = build_task(self.cfg)
+                self.rng = torch.get_rng_state()  # as its own run holds it when training starts
+                config = self.task.configure_optimizers()
+                if isinstance(config, dict):
+                    self.optimizer, self.scheduler = config["optimizer"], config["lr_scheduler"]
+                else:
+                    self.optimizer = config
+                self.callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (self.cfg.get("callbacks") or {}).items() if node]
+                self.loggers = [instantiate(node, f"logger.{name}") for name, node in (self.cfg.get("logger") or {}).items() if node]
+                self.running = True
+            except UserError as error:
+                self.record.update(error=str(error), user_error=True)
+            except Exception as error:
+                self.record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+
+    def guard(self) -> Any:
+        from descend.callbacks import DivergenceGuard
+
+        return next((c for c in self.callbacks if isinstance(c, DivergenceGuard)), None)
+
+    def schedulers(self, interval: str) -> list[tuple[Any, int, str | None]]:
+        """Its scheduler, when it steps every `interval` (step or epoch), with frequency and monitor."""
+        settings = self.task.scheduler_settings
+        if self.scheduler is None or settings.get("interval", "epoch") != interval:
+            return []
+        return [(self.scheduler, int(settings.get("frequency", 1)), settings.get("monitor"))]
+
+    def stop_diverged(self, error: Any) -> None:
+        self.record.update(status="diverged", error=str(error))
+        self.diverged = error
+        self.running = False
+
+    # ---- its checkpoint: a single run's, so that resume=<its folder> continues it alone ----
+    def save_checkpoint(self, base: dict[str, Any], optimizer: torch.optim.Optimizer, step: int) -> None:
+        """`base` is the population trainer's checkpoint (loops, epoch, step: the same for every
+        member); the model, optimiser, scheduler, callbacks, hyper-parameters and random state
+        are this member's, copied so that the file holds this member alone."""
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        from descend.results import replace_atomically
+
+        path = self.run_dir / "checkpoints" / "last.ckpt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for callback in self.callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                callback.last_model_path = str(path)
+                callback._last_global_step_saved = step
+        checkpoint = dict(base)
+        checkpoint["state_dict"] = {k: v.detach().clone() for k, v in self.task.state_dict().items()}
+        checkpoint["optimizer_states"] = [optimizer.state_dict()]
+        checkpoint["lr_schedulers"] = [self.scheduler.state_dict()] if self.scheduler is not None else []
+        checkpoint["callbacks"] = {c.state_key: c.state_dict() for c in self.callbacks if c.state_dict()}
+        if hasattr(self.task, "_hparams_name"):
+            checkpoint["hparams_name"] = self.task._hparams_name
+        checkpoint["hyper_parameters"] = dict(self.task.hparams)
+        checkpoint["descend_rng"] = {"cpu": self.rng.unsqueeze(0)}
+        replace_atomically(path, lambda handle: torch.save(checkpoint, handle))
+
+    # ---- its log ----
+    @contextlib.contextmanager
+    def logging(self) -> Iterator[None]:
+        with log_to([self.run_dir])():
+            yield
+
+    def finish(self, trainer: Any, wall_time_s: float) -> float:
+        """metrics.json, the solution, TensorBoard's final entries and the console report, as
+        cli.train writes them; returns what the job returns to Hydra (its final loss, inf unless
+        completed)."""
+        from descend.results import report, write_results
+
+        record = self.record
+        record["wall_time_s"] = wall_time_s
+        if trainer is not None and self.task is not None:
+            record["steps"] = self.diverged.step if self.diverged else trainer.global_step
+        trained = trainer is not None and self.task is not None and (trainer.global_step > 0 or record["status"] == "completed")
+        with self.logging():
+            write_results(self.run_dir, self.cfg, record, self.task if trained else None, self.loggers if trained else [], {}, self.diverged)
+            report(record, self.run_dir)
+        loss = record["metrics"].get("loss")
+        return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
+
+
+def log_to(folders: list[Path]) -> Any:
+    """A context in which the log (root logger and descend's console record) goes to the
+    train.log of each folder given, beside the console: Hydra's job logging, for many jobs."""
+
+    @contextlib.contextmanager
+    def context() -> Iterator[None]:
+        root, console = logging.getLogger(), logging.getLogger("descend.console")
+        saved = root.handlers[:], console.handlers[:]
+        files = [logging.FileHandler(folder / "train.log") for folder in folders]
+        for handler in files:
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.handlers = [h for h in saved[0] if not isinstance(h, logging.FileHandler)] + files
+        console.handlers = list(files)
+        try:
+            yield
+        finally:
+            root.handlers, console.handlers = saved
+            for handler in files:
+                handler.close()
+
+    return context
+
+
+def share_data(tasks: list[Any]) -> None:
+    """The first task's buffers (the data) in every other task that holds equal ones: one copy."""
+    template = dict(tasks[0].named_buffers())
+    for task in tasks[1:]:
+        for name, buffer in list(task.named_buffers()):
+            shared = template.get(name)
+            if shared is None or buffer is shared:
+                continue
+            if shared.shape == buffer.shape and shared.dtype == buffer.dtype and torch.equal(shared.to(buffer.device), buffer):
+                module_name, _, leaf = name.rpartition(".")
+                task.get_submodule(module_name)._buffers[leaf] = shared
+
+
+def same_data(a: Any, b: Any) -> bool:
+    """Whether two tasks hold equal buffers (data, and anything else a task keeps beside it)."""
+    first, second = dict(a.named_buffers()), dict(b.named_buffers())
+    return first.keys() == second.keys() and all(
+        first[k].shape == second[k].shape and first[k].dtype == second[k].dtype and torch.equal(first[k], second[k]) for k in first
+    )
+
+
+def by_data(members: list[Member]) -> list[list[Member]]:
+    """Members split into populations that share their data (a seed may draw the data too)."""
+    groups: list[list[Member]] = []
+    for member in members:
+        home = next((g for g in groups if same_data(g[0].task, member.task)), None)
+        if home is None:
+            groups.append([member])
+        else:
+            home.append(member)
+    return groups
+
+
+def population_trainer(cfg: DictConfig) -> Any:
+    """The population's Trainer: the members' trainer settings, descend's callbacks in their
+    population form (events.py), no logger of its own (every member has its own)."""
+    from descend.build import STEP_TRAINER_KEYS, instantiate
+    from descend.population.events import POPULATION_FORMS
+
+    callbacks = []
+    for name, node in (cfg.get("callbacks") or {}).items():
+        if not node:
+            continue
+        arguments = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
+        callbacks.append(instantiate({"_target_": POPULATION_FORMS[node["_target_"]], **arguments}, f"callbacks.{name}"))
+    if cfg.trainer.get("enable_progress_bar") is False:
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # else none: not Lightning's default
+    no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=False, enable_checkpointing=checkpointing, **no_clipping)
+
+
+def train_population(members: list[Member]) -> bool:
+    """Train the members as one population and write every member's results. Returns whether
+    the run was interrupted (Ctrl-C): every member is then recorded as failed, with its
+    resume command, and the sweep ends as a single run's Ctrl-C ends it."""
+    from descend.dashboard import write_layout
+    from descend.population.module import Population
+
+    started = time.perf_counter()
+    trainer = None
+    interrupted = False
+    try:
+        population = Population(members)
+        trainer = population_trainer(members[0].cfg)
+        for member in members:
+            write_layout(member.loggers)
+        with log_to([m.run_dir for m in members])():
+            trainer.fit(population)
+        for member in members:
+            if member.running:
+                member.record["status"] = "completed"
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        step = trainer.global_step if trainer is not None else 0
+        for member in members:
+            if member.running:
+                member.record.update(error=f"interrupted at step {step}; continue with: python -m train resume={member.run_dir}")
+    except Exception as error:  # a bug: every member still running fails with it
+        for member in members:
+            if member.running:
+                member.record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+    for member in members:
+        member.running = False
+    wall_time_s = round(time.perf_counter() - started, 4)
+    for member in members:
+        member.return_value = member.finish(trainer, wall_time_s)
+    return interrupted

@@ -1,0 +1,184 @@
+"""One LightningModule training a whole population of members: one vectorised loss and backward
+over the shared data, one optimiser update for every member (optimizers.py), one `Trainer.fit`.
+
+Each member is the task its own job would build (same seed, same initial values), kept outside
+this module's children: its parameters are views into rows of this module's stacked parameters,
+so everything a task does with its parameters (distances to the closed form, pictures, the
+solution, theory, checkpoints) works on the member unchanged and sees the current values.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from descend import stepping
+from descend.population.optimizers import VectorisedOptimizer
+
+if TYPE_CHECKING:
+    from descend.population.members import Member
+
+
+class Objective(nn.Module):
+    """A task's loss as a module's forward, for torch.func.functional_call."""
+
+    def __init__(self, task: nn.Module) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.task.loss(batch)
+
+
+class Population(pl.LightningModule):
+    def __init__(self, members: list[Member]) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.members = members  # a plain list: the members are not this module's children
+        template = members[0].task
+        self.names = [name for name, _ in template.named_parameters()]
+        self.stacked = nn.ParameterList(
+            nn.Parameter(torch.stack([m.task.get_parameter(name).detach() for m in members])) for name in self.names
+        )
+        self.objective = [Objective(template)]  # in a list: not a child either
+        self.step_settings = template.step_settings
+        self.step_state = stepping.StepState()  # the progress bar shows the best member's loss
+        self.updater: VectorisedOptimizer | None = None
+        self._stopped_values: dict[int, list[torch.Tensor]] = {}
+
+    # ---- the members' parameters as views of ours ----
+    def bind_members(self) -> None:
+        """After Lightning moved and converted this module (device, 64-true), give each member its
+        rows of the stacked parameters, and its data the same device and precision. Members
+        share one copy of the data (members.share_data)."""
+        dtype = self.stacked[0].dtype
+        for index, member in enumerate(self.members):
+            member.task.to(device=self.device, dtype=dtype if dtype == torch.float64 else None)
+            for name, stacked in zip(self.names, self.stacked):
+                member.task.get_parameter(name).data = stacked.data[index]
+        from descend.population.members import share_data
+
+        share_data([m.task for m in self.members])
+
+    @property
+    def active(self) -> list[int]:
+        return [i for i, m in enumerate(self.members) if m.running]
+
+    # ---- Lightning's hooks ----
+    def train_dataloader(self) -> Any:
+        # the first member's loader: members share the data and (from the config) the batch order
+        return self.members[0].task.train_dataloader()
+
+    def step_plan(self) -> stepping.StepPlan:
+        return stepping.StepPlan(self.trainer, self.step_settings.most)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # never stepped: the LightningOptimizer around it counts the global step, and the members'
+        # own optimisers (holders) keep their hyper-parameters and schedulers
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def on_fit_start(self) -> None:
+        self.bind_members()
+        for member in self.members:
+            member.task.trainer = self.trainer  # the global step, the epoch and the device
+        self.updater = VectorisedOptimizer([m.optimizer for m in self.members], list(self.stacked))
+
+    def on_train_start(self) -> None:
+        for member in self.members:
+            with member.logging():
+                member.task.start_theory(member.optimizer, member.loggers)
+
+    def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:
+        optimizer = self.optimizers()  # the LightningOptimizer: it counts trainer.global_step
+        every = self.trainer.log_every_n_steps
+        first_step = step = self.global_step
+        losses = []
+        for batch in group.batches:
+            loss = self.member_losses(batch)
+            grads = list(torch.autograd.grad(loss.sum(), list(self.stacked)))
+            loss = loss.detach()
+            if every > 0 and step % every == 0:
+                self.record_metrics(step, loss, grads)
+            grads = self.clipped(grads)
+            optimizer._on_before_step()
+            self.updater.step(grads)
+            optimizer._on_after_step()
+            self.hold_stopped_members()
+            losses.append(loss)
+            step += 1
+            self.step_schedulers(step, "step")
+        stacked = torch.stack(losses)  # [steps, members]
+        self.step_state.loss = stacked[-1][self.active].min() if self.active else stacked[-1, 0]
+        return {"losses": stacked, "first_step": first_step}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # after the callbacks (checkpoints, the divergence guard), as for a single run
+        for member in self.members:
+            member.task.metric_buffer.flush(member.loggers)
+
+    def on_train_epoch_end(self) -> None:
+        for index in self.active:
+            member = self.members[index]
+            for scheduler, frequency, monitor in member.schedulers("epoch"):
+                if (self.current_epoch + 1) % frequency == 0:
+                    stepping.step_scheduler(member.task, scheduler, monitor)
+        self.updater.refresh()
+
+    # ---- one vectorised step ----
+    def member_losses(self, batch: Any) -> torch.Tensor:
+        """Every member's loss at its own parameters on the shared batch: [members]."""
+        from torch.func import functional_call, vmap
+
+        objective = self.objective[0]
+
+        def one(params: tuple[torch.Tensor, ...], batch: Any) -> torch.Tensor:
+            return functional_call(objective, {f"task.{n}": p for n, p in zip(self.names, params)}, (batch,))
+
+        return vmap(one, in_dims=(0, None))(tuple(self.stacked), batch)
+
+    def record_metrics(self, step: int, loss: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        """A logging step: what a single run logs (stepping.after_backward), member by member."""
+        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+        for index in self.active:
+            member = self.members[index]
+            task, state = member.task, member.task.step_state
+            state.loss = state.logged_loss = loss[index]
+            metrics = {"train/loss": loss[index], **task.distances(loss[index]), **task.predicted(step),
+                       **stepping.learning_rates(member.optimizer), "train/grad_norm": norms[index]}
+            task.metric_buffer.add(step, metrics)
+
+    def clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+        """trainer.gradient_clip_val per member, as torch.nn.utils.clip_grad_norm_/value_ would."""
+        settings = self.step_settings
+        if not settings.clip_val:
+            return grads
+        if settings.clip_algorithm == "value":
+            return [g.clamp(-settings.clip_val, settings.clip_val) for g in grads]
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+        coefficient = torch.clamp(settings.clip_val / (total + 1e-6), max=1.0)
+        return [g * coefficient.reshape(-1, *([1] * (g.dim() - 1))) for g in grads]
+
+    def step_schedulers(self, step: int, interval: str) -> None:
+        changed = False
+        for index in self.active:
+            member = self.members[index]
+            for scheduler, frequency, monitor in member.schedulers(interval):
+                if step % frequency == 0:
+                    stepping.step_scheduler(member.task, scheduler, monitor)
+                    changed = True
+        if changed:
+            self.updater.refresh()
+
+    # ---- members that stopped (diverged) keep their parameters ----
+    def stop(self, index: int) -> None:
+        self._stopped_values[index] = [p.detach()[index].clone() for p in self.stacked]
+
+    def hold_stopped_members(self) -> None:
+        with torch.no_grad():
+            for index, values in self._stopped_values.items():
+                for stacked, value in zip(self.stacked, values):
+                    stacked[index] = value
+

@@ -1,0 +1,174 @@
+"""Every member's optimiser as one update of the stacked parameters.
+
+A member's parameters are rows of tensors shaped [members, ...]; its hyper-parameters are rows of
+tensors shaped [members, 1, ...]. The update rules are torch's own single-tensor ones
+(torch/optim/sgd.py, adam.py, rmsprop.py, torch 2.x), in the same order of operations, so that a
+member ends where its own torch optimiser would (to float rounding: a fused multiply-add in one
+kernel and not in the other moves the last bit). Running N torch optimisers instead costs N
+Python loops per step, which is what a population exists to avoid.
+
+The members' own torch optimisers (`holders`) stay the source of truth for hyper-parameters:
+schedulers change their learning rates, `refresh()` reads them back, and `load_into(i)` writes
+member i's slice of the state into its holder, whose state_dict is then exactly a single run's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+# the torch optimisers a population can run, and the hyper-parameters that may differ per member
+VECTORISED = {
+    torch.optim.SGD: ("lr", "momentum", "dampening", "weight_decay"),
+    torch.optim.Adam: ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    torch.optim.AdamW: ("lr", "beta1", "beta2", "eps", "weight_decay"),
+    torch.optim.RMSprop: ("lr", "alpha", "eps", "weight_decay", "momentum"),
+}
+# options that change the algorithm itself: equal across a population (else: separate populations)
+SWITCHES = ("nesterov", "amsgrad", "centered", "maximize", "foreach", "fused", "capturable", "differentiable")
+
+
+def why_not_vectorised(optimizer: torch.optim.Optimizer) -> str | None:
+    """None when the population can run this optimiser, else why not (one phrase)."""
+    if type(optimizer) not in VECTORISED:
+        return f"{type(optimizer).__name__} is not vectorised (SGD, Adam, AdamW and RMSprop are)"
+    if len(optimizer.param_groups) != 1:
+        return "an optimiser with several parameter groups is not vectorised"
+    group = optimizer.param_groups[0]
+    if any(group.get(k) for k in ("maximize", "capturable", "differentiable", "fused")):
+        return "maximize, capturable, differentiable and fused optimisers are not vectorised"
+    return None
+
+
+def hyper(group: dict, name: str) -> float:
+    if name in ("beta1", "beta2"):
+        return float(group["betas"][name == "beta2"])
+    return float(group[name])
+
+
+class VectorisedOptimizer:
+    def __init__(self, holders: Sequence[torch.optim.Optimizer], params: Sequence[torch.Tensor]) -> None:
+        self.holders = list(holders)
+        self.kind = type(holders[0])
+        self.params = list(params)  # stacked: [members, ...] each
+        group = holders[0].param_groups[0]
+        self.switches = {k: bool(group.get(k, False)) for k in SWITCHES}
+        self.steps = 0  # updates taken (torch keeps it per parameter; a population's are in step)
+        self.state: dict[str, list[torch.Tensor]] = {}
+        self.h: dict[str, torch.Tensor] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the members' hyper-parameters (after a scheduler changed a learning rate)."""
+        p = self.params[0]
+        for name in VECTORISED[self.kind]:
+            values = [hyper(h.param_groups[0], name) for h in self.holders]
+            self.h[name] = torch.tensor(values, dtype=torch.float64, device=p.device)
+
+    def _per_member(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """[members] → [members, 1, …] in the parameter's dtype: torch casts a Python scalar
+        hyper-parameter to the tensor's dtype the same way."""
+        return values.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[torch.Tensor]) -> None:
+        self.steps += 1
+        update = {torch.optim.SGD: self._sgd, torch.optim.Adam: self._adam, torch.optim.AdamW: self._adam,
+                  torch.optim.RMSprop: self._rmsprop}[self.kind]
+        for index, (param, grad) in enumerate(zip(self.params, grads)):
+            update(index, param, grad)
+
+    def _buffer(self, name: str, index: int, like: torch.Tensor) -> torch.Tensor:
+        buffers = self.state.setdefault(name, [None] * len(self.params))  # type: ignore[list-item]
+        if buffers[index] is None:
+            buffers[index] = torch.zeros_like(like)
+        return buffers[index]
+
+    def _weight_decay(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        decay = self.h["weight_decay"]
+        if not bool((decay != 0).any()):
+            return grad
+        return grad + self._per_member(decay, param) * param
+
+    def _sgd(self, index: int, param: torch.Tensor, grad: torch.Tensor) -> None:
+        grad = self._weight_decay(param, grad)
+        momentum = self.h["momentum"]
+        if bool((momentum != 0).any()):
+            m = self._per_member(momentum, param)
+            buffers = self.state.setdefault("momentum_buffer", [None] * len(self.params))  # type: ignore[list-item]
+            if buffers[index] is None:  # torch's first step: the buffer is the gradient itself
+                buffers[index] = grad.detach().clone()
+            else:
+                buffers[index].mul_(m).add_(grad * self._per_member(1 - self.h["dampening"], param))
+            buf = buffers[index]
+            direction = grad + buf * m if self.switches["nesterov"] else buf
+            # members without momentum take the plain gradient, as torch does for them
+            grad = torch.where(m != 0, direction, grad) if bool((momentum == 0).any()) else direction
+        param.addcmul_(grad, self._per_member(-self.h["lr"], param))
+
+    def _adam(self, index: int, param: torch.Tensor, grad: torch.Tensor) -> None:
+        lr, decay = self.h["lr"], self.h["weight_decay"]
+        if self.kind is torch.optim.AdamW:
+            if bool((decay != 0).any()):
+                param.mul_(self._per_member(1 - lr * decay, param))
+        else:
+            grad = self._weight_decay(param, grad)
+        beta1, beta2 = self.h["beta1"], self.h["beta2"]
+        exp_avg = self._buffer("exp_avg", index, param)
+        exp_avg_sq = self._buffer("exp_avg_sq", index, param)
+        exp_avg.lerp_(grad, self._per_member(1 - beta1, param))
+        exp_avg_sq.mul_(self._per_member(beta2, param)).addcmul_(grad * self._per_member(1 - beta2, param), grad)
+        bias_correction1 = 1 - beta1**self.steps
+        bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
+        if self.switches["amsgrad"]:
+            most = self._buffer("max_exp_avg_sq", index, param)
+            torch.maximum(most, exp_avg_sq, out=most)
+            second = most
+        else:
+            second = exp_avg_sq
+        denom = (second.sqrt() / self._per_member(bias_correction2_sqrt, param)).add_(self._per_member(self.h["eps"], param))
+        param.addcmul_(exp_avg / denom, self._per_member(-(lr / bias_correction1), param))
+
+    def _rmsprop(self, index: int, param: torch.Tensor, grad: torch.Tensor) -> None:
+        grad = self._weight_decay(param, grad)
+        alpha = self.h["alpha"]
+        square_avg = self._buffer("square_avg", index, param)
+        square_avg.mul_(self._per_member(alpha, param)).addcmul_(grad * self._per_member(1 - alpha, param), grad)
+        if self.switches["centered"]:
+            grad_avg = self._buffer("grad_avg", index, param)
+            grad_avg.lerp_(grad, self._per_member(1 - alpha, param))
+            avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+        else:
+            avg = square_avg.sqrt()
+        avg = avg.add_(self._per_member(self.h["eps"], param))
+        momentum = self.h["momentum"]
+        neg_lr = self._per_member(-self.h["lr"], param)
+        if bool((momentum > 0).any()):
+            buf = self._buffer("momentum_buffer", index, param)
+            buf.mul_(self._per_member(momentum, param)).addcdiv_(grad, avg)
+            moved = torch.where(self._per_member(momentum, param) > 0, buf, grad / avg)
+            param.addcmul_(moved, neg_lr)
+        else:
+            param.addcmul_(grad / avg, neg_lr)
+
+    # ---- a member's state as its own torch optimiser holds it ----
+    def load_into(self, member: int) -> torch.optim.Optimizer:
+        """Member `member`'s slice of the state written into its holder (copies, so that its
+        state_dict saves that member alone); returns the holder."""
+        holder = self.holders[member]
+        group = holder.param_groups[0]
+        if self.steps == 0:  # torch creates its state at the first step
+            return holder
+        for index, param in enumerate(group["params"]):
+            state = {}
+            if self.kind in (torch.optim.Adam, torch.optim.AdamW, torch.optim.RMSprop):
+                state["step"] = torch.tensor(float(self.steps), dtype=torch.float64 if param.dtype == torch.float64 else torch.float32)
+            for name, buffers in self.state.items():
+                if name == "momentum_buffer" and hyper(group, "momentum") == 0:
+                    continue  # torch keeps no buffer for a member without momentum
+                if buffers[index] is not None:
+                    state[name] = buffers[index][member].clone()
+            if state:
+                holder.state[param] = state
+        return holder

@@ -1,0 +1,1 @@
+"""descend's population launcher, a Hydra plugin: `hydra/launcher=population` (see README)."""

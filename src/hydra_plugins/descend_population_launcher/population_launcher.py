@@ -1,0 +1,165 @@
+"""`hydra/launcher=population`: the jobs of a sweep that differ only in per-member numbers (the
+optimiser's and scheduler's hyper-parameters, the seed) train together as one vectorised run
+(descend.population); every job still gets its own folder, exactly as the basic launcher writes it.
+
+Laid out as Hydra's own launcher plugins are: a config registered under hydra/launcher and a
+Launcher found in the hydra_plugins namespace package. The sweepers hand it batches of jobs
+(Optuna: hydra.sweeper.n_jobs at a time), and each batch trains as populations.
+"""
+
+
+import copy
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _save_config, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PopulationLauncherConf:
+    _target_: str = "hydra_plugins.descend_population_launcher.population_launcher.PopulationLauncher"
+    # the most members trained together; larger sweeps train as several populations in turn
+    max_members: int = 1024
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf, provider="descend")
+
+
+class PopulationLauncher(Launcher):
+    def __init__(self, max_members: int = 1024) -> None:
+        self.max_members = max_members
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from descend.population.grouping import plan
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        configs = []
+        for offset, overrides in enumerate(job_overrides):
+            number = initial_job_idx + offset
+            log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = config.hydra.job.num = number
+            configs.append(config)
+        returns: list[JobReturn | None] = [None] * len(configs)
+        without_hydra = [job_config(c) for c in configs]
+        for jobs, reason in plan(without_hydra):
+            for start in range(0, len(jobs), self.max_members):
+                chunk = jobs[start : start + self.max_members]
+                if len(chunk) == 1:
+                    if reason:
+                        print(f"population: job {configs[chunk[0]].hydra.job.num} runs alone: {reason}")
+                    returns[chunk[0]] = self.run_alone(configs[chunk[0]])
+                else:
+                    for index, ret in zip(chunk, self.run_population([configs[i] for i in chunk])):
+                        returns[index] = ret
+        return returns  # type: ignore[return-value]
+
+    def run_alone(self, config: DictConfig) -> JobReturn:
+        """As Hydra's basic launcher runs a job."""
+        assert self.hydra_context is not None and self.task_function is not None
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return ret
+
+    def run_population(self, configs: list[DictConfig]) -> list[JobReturn]:
+        from descend.cli import quiet_lightning
+        from descend.population.members import by_data, train_population
+
+        quiet_lightning()
+        jobs = [self.start_job(config) for config in configs]
+        members = [member for _, member in jobs]
+        for member in members:
+            member.build()
+        built = [m for m in members if m.running]
+        for member in members:
+            if not member.running:  # a bad config: this job's one-line error, the others train
+                member.return_value = member.finish(None, 0.0)
+        interrupted = False
+        for population in by_data(built):
+            numbers = [int(m.cfg_number) for m in population]
+            print(f"population: jobs {describe(numbers)} train together ({len(population)} members)")
+            interrupted = train_population(population)
+            if interrupted:
+                break
+        returns = [self.end_job(config, ret, member) for config, (ret, member) in zip(configs, jobs)]
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        if interrupted:
+            sys.exit(130)  # as for SIGINT; Ctrl-C ends the sweep, as it ends a basic launcher's
+        return returns
+
+    def start_job(self, config: DictConfig) -> tuple[JobReturn, Any]:
+        """Hydra's run_job up to the task function: the job's folder, its .hydra/ files, the
+        callbacks' on_job_start; then the job's member, with its config resolved in its folder."""
+        from descend.population.members import Member
+
+        assert self.hydra_context is not None and self.task_function is not None
+        HydraConfig.instance().set_config(config)
+        output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = output_dir
+        HydraConfig.instance().set_config(config)
+        ret = JobReturn()
+        ret.cfg = job_config(config)
+        ret.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        ret.working_dir = os.getcwd()
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if config.hydra.output_subdir is not None:
+            saved = Path(output_dir) / str(config.hydra.output_subdir)
+            _save_config(ret.cfg, "config.yaml", saved)
+            _save_config(ret.hydra_cfg, "hydra.yaml", saved)
+            _save_config(config.hydra.overrides.task, "overrides.yaml", saved)
+        configure_log(config.hydra.job_logging, config.hydra.verbose)  # as run_job: the job's train.log
+        self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
+        resolved = copy.deepcopy(ret.cfg)
+        OmegaConf.resolve(resolved)  # ${hydra:runtime.output_dir} is this job's folder only now
+        member = Member(resolved, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"))
+        member.cfg_number = config.hydra.job.num
+        ret.task_name = JobRuntime.instance().get("name")
+        return ret, member
+
+    def end_job(self, config: DictConfig, ret: JobReturn, member: Any) -> JobReturn:
+        assert self.hydra_context is not None
+        HydraConfig.instance().set_config(config)
+        ret.return_value = member.return_value
+        ret.status = JobStatus.COMPLETED
+        self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
+        return ret
+
+
+def job_config(config: DictConfig) -> DictConfig:
+    """The job's config without Hydra's node: what the task function receives."""
+    task_cfg = copy.deepcopy(config)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    return task_cfg
+
+
+def describe(numbers: list[int]) -> str:
+    """0-15, or 0, 2, 5."""
+    if numbers == list(range(numbers[0], numbers[0] + len(numbers))) and len(numbers) > 2:
+        return f"{numbers[0]}-{numbers[-1]}"
+    return ", ".join(str(n) for n in numbers)
