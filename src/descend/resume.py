@@ -23,4 +23,9 @@ def resume_overrides(argv: list[str]) -> list[str]:
     original = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "ckpt_path="))]
     rest = [a for a in argv if not a.startswith("resume=")]
     folder = folder.resolve()
-    return [*original, *rest, f"hydra.run.dir={folder}", f"ckpt_path={checkpoint.resolve()}", f"resume={folder}"]
+    return [*original, *rest, f"hydra.run.dir={quoted(folder)}", f"ckpt_path={quoted(checkpoint.resolve())}", f"resume={quoted(folder)}"]
+
+
+def quoted(path: Path) -> str:
+    """A path as one Hydra override value: a sweep job's folder has '=' in its name (00_optimizer.lr=0.1)."""
+    return "'" + str(path).replace("'", "\\'") + "'"

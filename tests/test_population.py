@@ -1,0 +1,198 @@
+"""hydra/launcher=population: a sweep trained as one vectorised run writes what the basic launcher's
+sweep writes, job by job (folders, curves, results, checkpoints), to float rounding."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUIET, metrics, run_cli, scalars
+
+POPULATION = "hydra/launcher=population"
+
+
+def sweep_folder(cwd: Path) -> Path:
+    (folder,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return folder
+
+
+def jobs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[:2].isdigit())
+
+
+def both(tmp_path: Path, *sweep: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """The same sweep with the basic and the population launcher: their sweep folders, and the
+    population run's process (for its console lines)."""
+    folders = []
+    for launcher in ("basic", "population"):
+        cwd = tmp_path / launcher
+        cwd.mkdir()
+        proc = run_cli("-m", f"hydra/launcher={launcher}", *sweep, *QUIET, cwd=cwd)
+        folders.append(sweep_folder(cwd))
+    return folders[0], folders[1], proc
+
+
+def files(job: Path) -> set[str]:
+    """A job's files, TensorBoard's event files as one name (their names carry time and host)."""
+    return {"events" if p.name.startswith("events.out.tfevents") else str(p.relative_to(job)) for p in job.rglob("*") if p.is_file()}
+
+
+def assert_close(a: float | None, b: float | None, rel: float, what: str) -> None:
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        assert a == b or (a is not None and b is not None and math.isnan(a) and math.isnan(b)), what
+    else:
+        assert a == pytest.approx(b, rel=rel, abs=rel * 1e-3), what
+
+
+def assert_equivalent(sequential: Path, population: Path, rel: float) -> None:
+    """Each job as the basic launcher left it: same folder, files, status, steps, final metrics,
+    solution, every logged scalar at every step, and a checkpoint of the same shape."""
+    assert [j.name for j in jobs(population)] == [j.name for j in jobs(sequential)]
+    for alone, member in zip(jobs(sequential), jobs(population)):
+        assert files(member) == files(alone), alone.name
+        expected, got = metrics(alone), metrics(member)
+        for key in ("status", "steps", "error", "task"):
+            assert got[key] == expected[key], (alone.name, key)
+        # a distance that subtracts the optimum (excess loss) loses digits: scaled by the loss
+        scale = max(1.0, abs(expected["metrics"].get("loss") or 1.0))
+        for key, value in expected["metrics"].items():
+            assert_close(got["metrics"][key], value, rel * (1 if key == "loss" else scale), f"{alone.name} {key}")
+        for key, value in (expected.get("theory") or {}).items():
+            assert_close(got["theory"][key], value, rel, f"{alone.name} theory/{key}")
+        if (alone / "solution.pt").exists():
+            solution, reference = (torch.load(j / "solution.pt", weights_only=True) for j in (member, alone))
+            assert solution.keys() == reference.keys()
+            for name in reference:
+                assert torch.allclose(solution[name], reference[name], rtol=rel, atol=0, equal_nan=True), (alone.name, name)
+        curves, reference_curves = scalars(member), scalars(alone)
+        assert curves.keys() == reference_curves.keys(), alone.name
+        loss_curve = reference_curves["train/loss"]
+        for tag, points in reference_curves.items():
+            if "log10_" in tag:  # a companion of a linear curve compared here; a value that rounds
+                continue         # to ≤ 0 in one run and not the other has a point in one only
+            assert curves[tag].keys() == points.keys(), (alone.name, tag)
+            # TensorBoard keeps float32; an angle from arccos near 1 has an absolute error only;
+            # an excess loss (loss − optimum) keeps the loss's absolute rounding
+            scale = max([abs(v) for v in points.values() if math.isfinite(v)] or [1.0])
+            tolerance = max(rel, 1e-6)
+            for step, value in points.items():
+                floor = tolerance * (abs(loss_curve.get(step, scale)) if "excess" in tag else scale)
+                close = value == pytest.approx(curves[tag][step], rel=tolerance, abs=floor, nan_ok=True)
+                assert close, f"{alone.name} {tag} at {step}: {curves[tag][step]} != {value}"
+        if (alone / "checkpoints" / "last.ckpt").exists():
+            mine, theirs = (torch.load(j / "checkpoints" / "last.ckpt", weights_only=False) for j in (member, alone))
+            assert mine.keys() == theirs.keys(), alone.name
+            assert mine["optimizer_states"][0]["param_groups"] == theirs["optimizer_states"][0]["param_groups"]
+            assert [s.keys() for s in mine["optimizer_states"][0]["state"].values()] == [s.keys() for s in theirs["optimizer_states"][0]["state"].values()]
+            assert mine["lr_schedulers"] == theirs["lr_schedulers"]
+            assert mine["loops"] == theirs["loops"] and mine["global_step"] == theirs["global_step"]
+            assert mine["callbacks"].keys() == theirs["callbacks"].keys()
+
+
+EXACT = ["trainer.precision=64-true", "trainer.max_steps=150", "callbacks.checkpoint.every_n_train_steps=50",
+         "callbacks.checkpoint.min_interval_s=0"]
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        ["task=inverse", "optimizer=momentum", "optimizer.lr=0.05,0.2,0.5", "seed=1,2"],
+        ["task=linreg", "optimizer=adam", "optimizer.lr=0.01,0.1", "scheduler=step", "scheduler.gamma=0.5,0.9"],
+        ["task=lowrank", "optimizer=rmsprop", "optimizer.lr=0.001,0.01", "optimizer.momentum=0,0.5", "scheduler=exponential"],
+        ["task=quadratic", "optimizer=adamw", "optimizer.lr=0.01,0.1", "optimizer.weight_decay=0,0.1", "scheduler=cosine"],
+        ["task=eigen", "optimizer=sgd", "optimizer.lr=0.01,0.1,0.5", "optimizer.nesterov=true", "optimizer.momentum=0.5",
+         "trainer.gradient_clip_val=1.0"],
+    ],
+    ids=["inverse-momentum-seeds", "linreg-adam-step", "lowrank-rmsprop-exponential", "quadratic-adamw-cosine", "eigen-nesterov-clipped"],
+)
+def test_a_population_writes_what_the_sequential_sweep_writes(tmp_path, sweep):
+    sequential, population, proc = both(tmp_path, *sweep, *EXACT)
+    assert "population: jobs" in proc.stdout
+    assert_equivalent(sequential, population, rel=1e-12)
+
+
+def test_float32_members_end_within_1e_5_of_their_own_runs(tmp_path):
+    lrs = ",".join(f"{lr:g}" for lr in (0.01, 0.05, 0.1, 0.2, 0.46, 0.9, 1.0, 1.5))
+    sequential, population, _ = both(tmp_path, f"optimizer.lr={lrs}", "trainer.max_steps=200")
+    assert_equivalent(sequential, population, rel=1e-5)
+    statuses = [metrics(j)["status"] for j in jobs(population)]
+    assert statuses == ["completed"] * 7 + ["diverged"]  # 1.0 sits on lr_critical (oscillates, no growth); 1.5 beyond
+
+
+def test_a_diverging_member_stops_alone_and_leaves_the_others_untouched(tmp_path):
+    with_it, without = tmp_path / "with", tmp_path / "without"
+    for cwd, lrs in ((with_it, "0.1,2.0,0.46"), (without, "0.1,0.46")):
+        cwd.mkdir()
+        run_cli("-m", POPULATION, f"optimizer.lr={lrs}", "trainer.max_steps=100", "trainer.precision=64-true", *QUIET, cwd=cwd)
+    kept = [j for j in jobs(sweep_folder(with_it)) if "2.0" not in j.name]
+    (diverged,) = [j for j in jobs(sweep_folder(with_it)) if "2.0" in j.name]
+    assert metrics(diverged)["status"] == "diverged" and metrics(diverged)["steps"] < 20
+    assert "lr_critical" in metrics(diverged)["error"]
+    for member, alone in zip(kept, jobs(sweep_folder(without))):
+        assert metrics(member)["status"] == "completed"
+        assert metrics(member)["metrics"] == metrics(alone)["metrics"]
+        assert torch.equal(*(torch.load(j / "solution.pt", weights_only=True)["W"] for j in (member, alone)))
+
+
+def test_incompatible_jobs_form_separate_populations_and_lbfgs_runs_alone(tmp_path):
+    proc = run_cli("-m", POPULATION, "optimizer=sgd,adam,lbfgs", "optimizer.lr=0.05,0.1", "trainer.max_steps=20", *QUIET, cwd=tmp_path)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("population:")]
+    assert lines == [
+        "population: jobs 0, 1 train together (2 members)",
+        "population: jobs 2, 3 train together (2 members)",
+        "population: job 4 runs alone: optimizer LBFGS is not vectorised (SGD, Adam, AdamW and RMSprop are)",
+        "population: job 5 runs alone: optimizer LBFGS is not vectorised (SGD, Adam, AdamW and RMSprop are)",
+    ]
+    assert [metrics(j)["status"] for j in jobs(sweep_folder(tmp_path))] == ["completed"] * 6
+    assert (sweep_folder(tmp_path) / "summary.md").exists()
+
+
+def test_optuna_trials_train_in_populations_of_n_jobs(tmp_path):
+    proc = run_cli("hparams_search=inverse_lr", POPULATION, "hydra.sweeper.n_jobs=3", "hydra.sweeper.n_trials=6",
+                   "trainer.max_steps=30", *QUIET, cwd=tmp_path)
+    assert "population: jobs 0-2 train together (3 members)" in proc.stdout
+    assert "population: jobs 3-5 train together (3 members)" in proc.stdout
+    import yaml
+
+    sweep = sweep_folder(tmp_path)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    losses = [metrics(j)["metrics"]["loss"] if metrics(j)["status"] == "completed" else float("inf") for j in jobs(sweep)]
+    assert len(losses) == 6 and results["best_value"] == pytest.approx(min(losses))
+
+
+def test_ctrl_c_fails_every_member_and_one_resumes_alone_exactly(tmp_path):
+    run = ["optimizer=momentum", "optimizer.lr=0.1,0.2", "trainer.max_steps=20000", "trainer.precision=64-true",
+           "callbacks.checkpoint.every_n_train_steps=100", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    interrupted.mkdir(), straight.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "train", "-m", POPULATION, *run], cwd=interrupted,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if len(list(interrupted.glob("outputs/multirun/*/*/*/checkpoints/last.ckpt"))) == 2:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    members = jobs(sweep_folder(interrupted))
+    for member in members:
+        record = metrics(member)
+        assert record["status"] == "failed" and f"resume={member}" in record["error"]
+    # the second member, resumed alone, ends where its own uninterrupted run ends
+    second = members[1]
+    run_cli(f"resume={second}", cwd=tmp_path)
+    assert metrics(second)["status"] == "completed" and metrics(second)["steps"] == 20000
+    run_cli("optimizer=momentum", "optimizer.lr=0.2", "trainer.max_steps=20000", "trainer.precision=64-true", *QUIET, cwd=straight)
+    (alone,) = (straight / "outputs" / "runs").glob("*/*")
+    resumed, expected = (torch.load(j / "solution.pt", weights_only=True)["W"] for j in (second, alone))
+    assert torch.allclose(resumed, expected, rtol=1e-12, atol=1e-15)  # entries that converged to 0 sit in denormals
+    assert metrics(second)["metrics"]["loss"] == pytest.approx(metrics(alone)["metrics"]["loss"], rel=1e-9, abs=1e-30)
