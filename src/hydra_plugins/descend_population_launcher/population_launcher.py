@@ -46,6 +46,8 @@ class PopulationLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        self.hydra_config = HydraConfig.instance().cfg
+        remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from descend.population.grouping import plan
@@ -63,8 +65,8 @@ class PopulationLauncher(Launcher):
                 config.hydra.job.id = config.hydra.job.num = number
             configs.append(config)
         returns: list[JobReturn | None] = [None] * len(configs)
-        without_hydra = [job_config(c) for c in configs]
-        for jobs, reason in plan(without_hydra):
+        task_cfgs = [job_config(c) for c in configs]
+        for jobs, reason in plan(task_cfgs):
             for start in range(0, len(jobs), self.max_members):
                 chunk = jobs[start : start + self.max_members]
                 if len(chunk) == 1:
@@ -72,7 +74,7 @@ class PopulationLauncher(Launcher):
                         print(f"population: job {configs[chunk[0]].hydra.job.num} runs alone: {reason}")
                     returns[chunk[0]] = self.run_alone(configs[chunk[0]])
                 else:
-                    for index, ret in zip(chunk, self.run_population([configs[i] for i in chunk])):
+                    for index, ret in zip(chunk, self.run_population([configs[i] for i in chunk], [task_cfgs[i] for i in chunk])):
                         returns[index] = ret
         return returns  # type: ignore[return-value]
 
@@ -84,12 +86,12 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def run_population(self, configs: list[DictConfig]) -> list[JobReturn]:
+    def run_population(self, configs: list[DictConfig], task_cfgs: list[DictConfig]) -> list[JobReturn]:
         from descend.cli import quiet_lightning
         from descend.population.members import by_data, train_population
 
         quiet_lightning()
-        jobs = [self.start_job(config) for config in configs]
+        jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
         members = [member for _, member in jobs]
         for member in members:
             member.build()
@@ -105,49 +107,118 @@ class PopulationLauncher(Launcher):
             if interrupted:
                 break
         returns = [self.end_job(config, ret, member) for config, (ret, member) in zip(configs, jobs)]
+        HydraConfig.instance().cfg = self.hydra_config  # as run_job leaves it
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         if interrupted:
             sys.exit(130)  # as for SIGINT; Ctrl-C ends the sweep, as it ends a basic launcher's
         return returns
 
-    def start_job(self, config: DictConfig) -> tuple[JobReturn, Any]:
+    def start_job(self, config: DictConfig, task_cfg: DictConfig, first: bool) -> tuple[JobReturn, Any]:
         """Hydra's run_job up to the task function: the job's folder, its .hydra/ files, the
-        callbacks' on_job_start; then the job's member, with its config resolved in its folder."""
+        callbacks' on_job_start; then the job's member, with its config resolved in its folder.
+        `task_cfg` is the job's config without Hydra's node (job_config)."""
         from descend.population.members import Member
 
         assert self.hydra_context is not None and self.task_function is not None
-        HydraConfig.instance().set_config(config)
         output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
         with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
             config.hydra.runtime.output_dir = output_dir
         HydraConfig.instance().set_config(config)
         ret = JobReturn()
-        ret.cfg = job_config(config)
-        ret.hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        ret.cfg = task_cfg
+        ret.hydra_cfg = HydraConfig.instance().cfg  # its own copy: the next job's set_config replaces it
         ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
         ret.working_dir = os.getcwd()
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         if config.hydra.output_subdir is not None:
             saved = Path(output_dir) / str(config.hydra.output_subdir)
-            _save_config(ret.cfg, "config.yaml", saved)
+            _save_config(task_cfg, "config.yaml", saved)
             _save_config(ret.hydra_cfg, "hydra.yaml", saved)
             _save_config(config.hydra.overrides.task, "overrides.yaml", saved)
-        configure_log(config.hydra.job_logging, config.hydra.verbose)  # as run_job: the job's train.log
+        if first:  # the console as run_job sets it; each member's train.log is its own (members.log_to)
+            configure_log(config.hydra.job_logging, config.hydra.verbose)
         self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
-        resolved = copy.deepcopy(ret.cfg)
-        OmegaConf.resolve(resolved)  # ${hydra:runtime.output_dir} is this job's folder only now
-        member = Member(resolved, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"))
+        # after saving config.yaml, which keeps the interpolations as run_job writes it:
+        # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
+        OmegaConf.resolve(task_cfg)
+        member = Member(task_cfg, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"))
         member.cfg_number = config.hydra.job.num
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
 
     def end_job(self, config: DictConfig, ret: JobReturn, member: Any) -> JobReturn:
         assert self.hydra_context is not None
-        HydraConfig.instance().set_config(config)
         ret.return_value = member.return_value
         ret.status = JobStatus.COMPLETED
         self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         return ret
+
+
+def remember_sweep_configs(loader: Any) -> None:
+    """Composing a job's config costs more than a small job's training, and a sweep composes each
+    twice: the sweeper checks the batch (validate_batch_is_legal), then the launcher composes it
+    again. Here the loader keeps what it composed for the launcher's call, and composes a job
+    that differs from an earlier one only in plain values (optimizer.lr=0.1 → 0.2) by applying
+    them to that one's config, as Hydra applies them (derive_sweep_config)."""
+    if getattr(loader, "_descend_remembers", False):
+        return
+    compose = loader.load_sweep_config
+    kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+    templates: dict[tuple[Any, ...], DictConfig] = {}
+
+    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        key = (id(master_config), tuple(sweep_overrides))
+        if key in kept:  # the second call, the launcher's: that object, as nobody else holds it
+            return kept.pop(key)
+        signature = plain_signature(master_config, sweep_overrides)
+        template = templates.get((id(master_config), signature)) if signature else None
+        config = derive_sweep_config(template, sweep_overrides) if template is not None else compose(master_config, sweep_overrides)
+        if signature and template is None:
+            templates[(id(master_config), signature)] = copy.deepcopy(config)
+        kept[key] = config
+        return config
+
+    loader.load_sweep_config = load_sweep_config
+    loader._descend_remembers = True
+
+
+def plain_signature(master_config: DictConfig, overrides: list[str]) -> tuple[Any, ...] | None:
+    """What jobs must share for one's config to be derived from another's: the group choices and
+    the keys set. None where an override is not a plain `key=value` of the job's config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    groups = set(master_config.hydra.runtime.choices)
+    keys, choices = [], []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
+        if override.is_sweep_override() or override.package is not None or override.is_add() or override.is_delete() \
+                or override.is_force_add() or key.startswith("hydra") or "/" in key:
+            return None
+        if key in groups:
+            choices.append(override.input_line)
+        else:
+            keys.append(key)
+    return tuple(sorted(choices)), tuple(keys)
+
+
+def derive_sweep_config(template: DictConfig, overrides: list[str]) -> DictConfig:
+    """`template`'s config with `overrides` (the same keys and group choices, other values)
+    applied as Hydra's _load_configuration_impl applies them: the values, the job's task
+    overrides and its override_dirname (the job folder's name). tests/test_population.py checks
+    the result against Hydra's own composition."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config = copy.deepcopy(template)
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = set(config.hydra.runtime.choices)
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.key_or_group not in choices], config)
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.overrides.task = [o.input_line for o in parsed]
+        naming = config.hydra.job.config.override_dirname
+        config.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=parsed, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
+    return config
 
 
 def job_config(config: DictConfig) -> DictConfig:
