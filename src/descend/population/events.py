@@ -55,7 +55,7 @@ class PopulationGuard(pl.Callback):
             step, loss, exploded = found
             task = member.task
             task.metric_buffer.flush(member.loggers, through_step=step - 1)
-            task.log_to_loggers({"train/loss": torch.tensor(loss)}, step=step, loggers=member.loggers)
+            task.log_to_loggers({"train/loss": torch.tensor(loss)}, step=step)
             last_of_batch = step == first_step + len(losses) - 1
             member.stop_diverged(guard.error(step, loss, exploded, task, [member.optimizer], check_parameters=last_of_batch))
             pl_module.stop(index)

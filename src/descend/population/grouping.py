@@ -38,14 +38,6 @@ def why_alone(cfg: DictConfig) -> str | None:
     for name, node in (cfg.get("callbacks") or {}).items():
         if node and node.get("_target_") not in POPULATION_FORMS:
             return f"callbacks.{name} has no population form"
-    try:
-        task_class = get_class(cfg.task._target_)
-    except Exception:
-        return None
-    import lightning.pytorch as pl
-
-    if any(getattr(task_class, hook) is not getattr(pl.LightningModule, hook) for hook in ("validation_step", "test_step")):
-        return f"task {task_class.__name__} has validation and test splits, which populations do not run yet"
     if (cfg.task.get("model") or {}).get("dropout"):
         return "dropout draws random numbers per member"
     return None

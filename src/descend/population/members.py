@@ -62,6 +62,7 @@ class Member:
                     self.optimizer = config
                 self.callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (self.cfg.get("callbacks") or {}).items() if node]
                 self.loggers = [instantiate(node, f"logger.{name}") for name, node in (self.cfg.get("logger") or {}).items() if node]
+                self.task.own_loggers = self.loggers
                 self.running = True
             except UserError as error:
                 self.record.update(error=str(error), user_error=True)
@@ -101,6 +102,7 @@ class Member:
                 callback.last_model_path = str(path)
                 callback._last_global_step_saved = step
         checkpoint = dict(base)
+        self.task.on_save_checkpoint(checkpoint)  # what its own run adds (a validation logged at this step)
         checkpoint["state_dict"] = {k: v.detach().clone() for k, v in self.task.state_dict().items()}
         checkpoint["optimizer_states"] = [optimizer.state_dict()]
         checkpoint["lr_schedulers"] = [self.scheduler.state_dict()] if self.scheduler is not None else []
@@ -129,7 +131,8 @@ class Member:
             record["steps"] = self.diverged.step if self.diverged else trainer.global_step
         trained = trainer is not None and self.task is not None and (trainer.global_step > 0 or record["status"] == "completed")
         with self.logging():
-            write_results(self.run_dir, self.cfg, record, self.task if trained else None, self.loggers if trained else [], {}, self.diverged)
+            stage = self.task.stage_values if trained else {}
+            write_results(self.run_dir, self.cfg, record, self.task if trained else None, self.loggers if trained else [], stage, self.diverged)
             report(record, self.run_dir)
         loss = record["metrics"].get("loss")
         return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
@@ -219,18 +222,22 @@ def train_population(members: list[Member]) -> bool:
     the run was interrupted (Ctrl-C): every member is then recorded as failed, with its
     resume command, and the sweep ends as a single run's Ctrl-C ends it."""
     from descend.dashboard import write_layout
-    from descend.population.module import Population
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from descend.population.module import population_of
 
     started = time.perf_counter()
     trainer = None
     interrupted = False
     try:
-        population = Population(members)
+        population = population_of(members)
         trainer = population_trainer(members[0].cfg)
         for member in members:
             write_layout(member.loggers)
         with log_to([m.run_dir for m in members])():
             trainer.fit(population)
+            if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
+                trainer.test(population, verbose=False)
         for member in members:
             if member.running:
                 member.record["status"] = "completed"

@@ -51,17 +51,20 @@ class Population(pl.LightningModule):
 
     # ---- the members' parameters as views of ours ----
     def bind_members(self) -> None:
-        """After Lightning moved and converted this module (device, 64-true), give each member its
-        rows of the stacked parameters, and its data the same device and precision. Members
-        share one copy of the data (members.share_data)."""
-        dtype = self.stacked[0].dtype
-        for index, member in enumerate(self.members):
-            member.task.to(device=self.device, dtype=dtype if dtype == torch.float64 else None)
-            for name, stacked in zip(self.names, self.stacked):
-                member.task.get_parameter(name).data = stacked.data[index]
+        """After Lightning moved and converted this module (device, 64-true), convert each member
+        as Lightning converts a single run's module (its precision plugin: torchmetrics states,
+        for one, keep their dtype under .double()), then give it its rows of the stacked
+        parameters. Members share one copy of the data (members.share_data)."""
         from descend.population.members import share_data
 
-        share_data([m.task for m in self.members])
+        tasks = [m.task for m in self.members]
+        for index, task in enumerate(tasks):
+            if index:  # the first member's data, already converted: one copy, converted once
+                share_data([tasks[0], task])
+            self.trainer.precision_plugin.convert_module(task).to(self.device)
+            for name, stacked in zip(self.names, self.stacked):
+                task.get_parameter(name).data = stacked.data[index]
+        share_data(tasks)
 
     @property
     def active(self) -> list[int]:
@@ -89,7 +92,7 @@ class Population(pl.LightningModule):
     def on_train_start(self) -> None:
         for member in self.members:
             with member.logging():
-                member.task.start_theory(member.optimizer, member.loggers)
+                member.task.start_theory(member.optimizer)
 
     def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:
         optimizer = self.optimizers()  # the LightningOptimizer: it counts trainer.global_step
@@ -117,7 +120,7 @@ class Population(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks (checkpoints, the divergence guard), as for a single run
         for member in self.members:
-            member.task.metric_buffer.flush(member.loggers)
+            member.task.metric_buffer.flush(member.task.writing_loggers())
 
     def on_train_epoch_end(self) -> None:
         for index in self.active:
@@ -182,3 +185,42 @@ class Population(pl.LightningModule):
                 for stacked, value in zip(self.stacked, values):
                     stacked[index] = value
 
+
+
+class EvaluatedPopulation(Population):
+    """A population of a task with validation and test splits (mlp): every member evaluates the
+    shared batches with its own metrics, at the steps its own run would."""
+
+    def val_dataloader(self) -> Any:
+        return self.members[0].task.val_dataloader()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        for index in self.active:
+            self.members[index].task.validation_step(batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        for index in self.active:
+            self.members[index].task.on_validation_epoch_end()
+
+    def test_dataloader(self) -> Any:
+        return self.members[0].task.test_dataloader()
+
+    def on_test_epoch_start(self) -> None:
+        for index in self.active:
+            self.members[index].task.on_test_epoch_start()
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        for index in self.active:
+            self.members[index].task.test_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        for index in self.active:
+            self.members[index].task.on_test_epoch_end()
+
+
+def population_of(members: list[Member]) -> Population:
+    """The population module the members' task needs: with validation and test where it has them."""
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    evaluated = any(is_overridden(hook, members[0].task, pl.LightningModule) for hook in ("validation_step", "test_step"))
+    return (EvaluatedPopulation if evaluated else Population)(members)

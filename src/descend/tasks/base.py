@@ -62,6 +62,9 @@ class Task(pl.LightningModule):
         self.step_state = stepping.StepState()
         # theory.py's prediction for a quadratic task: (spectrum, plain-SGD lr or None, first step)
         self.theory: tuple[theory.Spectrum, float | None, int] | None = None
+        # a member of a population (population/) writes to loggers of its own, not the trainer's
+        self.own_loggers: list[Any] | None = None
+        self.stage_values: dict[str, float] = {}  # the last val/ and test/ metrics (log_stage_metrics)
 
     # ---- the task contract (overridden by subclasses) ----
     def full_batch(self) -> tuple[torch.Tensor, ...]:
@@ -135,11 +138,11 @@ class Task(pl.LightningModule):
         relog, self.step_state.relog = self.step_state.relog, None
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])
-        self.start_theory(self.optimizers(use_pl_optimizer=False), self.writing_loggers())
+        self.start_theory(self.optimizers(use_pl_optimizer=False))
 
     # ---- what theory predicts (quadratic tasks) ----
     @torch.no_grad()
-    def start_theory(self, optimizer: torch.optim.Optimizer, loggers: list[Any]) -> None:
+    def start_theory(self, optimizer: torch.optim.Optimizer) -> None:
         """The Hessian's spectrum and the initial error, once, when training starts (or resumes)."""
         form = self.quadratic_form()
         if form is None:
@@ -152,8 +155,8 @@ class Task(pl.LightningModule):
         if lr is not None and lr > spectrum.lr_critical:
             log.warning(f"warning: optimizer.lr={lr:g} is above lr_critical = {spectrum.lr_critical:.4g} (2/λmax): "
                         f"plain gradient descent diverges on this task; take an lr below it (fastest: {spectrum.lr_optimal:.4g})")
-        self.log_to_loggers({f"theory/{k}": v for k, v in summary.items()}, loggers=loggers)
-        for logger in loggers:
+        self.log_to_loggers({f"theory/{k}": v for k, v in summary.items()})
+        for logger in self.writing_loggers():
             if hasattr(logger.experiment, "add_text"):
                 logger.experiment.add_text("theory", theory.describe(summary, lr), self.global_step)
 
@@ -181,18 +184,30 @@ class Task(pl.LightningModule):
         return self.trainer.callback_metrics[key]
 
     def writing_loggers(self) -> list[Any]:
-        """The trainer's loggers on the process that writes (data-parallel rank 0), else none."""
+        """Where this task's scalars and pictures go: a population member's own loggers, else the
+        trainer's on the process that writes (data-parallel rank 0)."""
+        if self.own_loggers is not None:
+            return self.own_loggers
         return list(self.loggers) if self.trainer.is_global_zero else []
 
-    def log_to_loggers(self, metrics: dict[str, torch.Tensor], step: int | None = None, loggers: list[Any] | None = None) -> None:
-        """Write scalars straight to the loggers (default: the trainer's) at this step (default: the
-        current one): the public logger API costs a fraction of self.log, whose bookkeeping these
-        do not need. A member of a population (population/) names its own loggers."""
+    def log_to_loggers(self, metrics: dict[str, torch.Tensor], step: int | None = None) -> None:
+        """Write scalars straight to the loggers at this step (default: the current one): the
+        public logger API costs a fraction of self.log, whose bookkeeping these do not need."""
         step = self.global_step if step is None else step
         values = stepping.with_log10({k: float(v) for k, v in metrics.items()})
         self.step_state.last_logged = (step, values)
-        for logger in self.writing_loggers() if loggers is None else loggers:
+        for logger in self.writing_loggers():
             logger.log_metrics(values, step=step)
+
+    def log_stage_metrics(self, values: dict[str, Any]) -> None:
+        """Validation and test metrics: to the loggers at the optimiser step (Lightning's self.log
+        would count batches of steps), and to Lightning for monitors and the results. Every rank
+        evaluates the whole split, so the values agree; sync_dist says so to Lightning. A
+        population member keeps them itself (stage_values): its population is Lightning's module."""
+        if self.own_loggers is None:
+            self.log_dict(values, sync_dist=True, logger=False)
+        self.stage_values.update({k: float(v) for k, v in values.items()})
+        self.log_to_loggers(values)
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:

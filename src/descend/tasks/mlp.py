@@ -129,13 +129,6 @@ class MLPTask(Task):
         self.log_stage_metrics(self.val_metrics.compute())
         self.val_metrics.reset()
 
-    def log_stage_metrics(self, values: dict[str, Any]) -> None:
-        """To the loggers at the optimiser step (Lightning's self.log would count batches of steps),
-        and to Lightning for monitors and the results. Every rank evaluates the whole split, so
-        the values agree; sync_dist says so to Lightning."""
-        self.log_dict(values, sync_dist=True, logger=False)
-        self.log_to_loggers(values)
-
     def on_test_epoch_start(self) -> None:
         self._test_predictions = []
 
