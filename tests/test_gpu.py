@@ -42,3 +42,12 @@ def test_lbfgs_in_double_precision_on_the_gpu_is_exact(tmp_path):
 def test_ddp_on_two_gpus(tmp_path):
     run_cli("task=mlp", "trainer=ddp", "trainer.devices=2", "trainer.max_steps=30", *QUIET, cwd=tmp_path)
     assert metrics(only_run(tmp_path))["status"] == "completed"
+
+
+@pytest.mark.parametrize("task,sweep", [("inverse", ["optimizer=momentum", "optimizer.lr=0.05,0.2,0.5"]),
+                                        ("mlp", ["optimizer=adam", "optimizer.lr=0.001,0.01", "trainer.max_steps=100"])])
+def test_a_population_on_the_gpu_writes_what_the_sequential_sweep_writes(tmp_path, task, sweep):
+    from test_population import assert_equivalent, both
+
+    sequential, population, _ = both(tmp_path, f"task={task}", "trainer=gpu", "trainer.precision=64-true", *sweep)
+    assert_equivalent(sequential, population, rel=1e-9)
