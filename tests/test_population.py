@@ -133,6 +133,17 @@ def test_a_population_writes_what_the_sequential_sweep_writes(tmp_path, sweep):
     assert_equivalent(sequential, population, rel=1e-12)
 
 
+@pytest.mark.parametrize("task,lrs", [("inverse", "0.05,0.2"), ("linreg", "0.01,0.05"), ("lowrank", "0.001,0.01"),
+                                      ("quadratic", "0.01,0.05"), ("eigen", "0.01,0.05"), ("mlp", "0.001,0.01")])
+def test_every_task_with_momentum_and_adam_with_and_without_a_scheduler(tmp_path, task, lrs):
+    """Eight jobs, four populations of two: each task with SGD+momentum and Adam, with no
+    scheduler and with StepLR (which halves the learning rate at step 50)."""
+    sequential, population, proc = both(tmp_path, f"task={task}", "optimizer=momentum,adam", f"optimizer.lr={lrs}",
+                                        "scheduler=none,step", "trainer.precision=64-true", "trainer.max_steps=60")
+    assert proc.stdout.count("train together (2 members)") == 4
+    assert_equivalent(sequential, population, rel=1e-12)
+
+
 def test_float32_members_end_within_1e_5_of_their_own_runs(tmp_path):
     lrs = ",".join(f"{lr:g}" for lr in (0.01, 0.05, 0.1, 0.2, 0.46, 0.9, 1.0, 1.5))
     sequential, population, _ = both(tmp_path, f"optimizer.lr={lrs}", "trainer.max_steps=200")

@@ -27,7 +27,8 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
 
 
 class Member:
-    def __init__(self, cfg: DictConfig, run_dir: Path, task_name: str) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, task_name: str, number: int) -> None:
+        self.number = number  # the job's number in the sweep
         self.cfg = cfg  # resolved: ${hydra:...} interpolations need the job's Hydra config
         self.run_dir = run_dir
         self.record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
@@ -116,7 +117,7 @@ class Member:
     # ---- its log ----
     @contextlib.contextmanager
     def logging(self) -> Iterator[None]:
-        with log_to([self.run_dir])():
+        with log_to([self.run_dir]):
             yield
 
     def finish(self, trainer: Any, wall_time_s: float) -> float:
@@ -138,27 +139,23 @@ class Member:
         return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
 
 
-def log_to(folders: list[Path]) -> Any:
-    """A context in which the log (root logger and descend's console record) goes to the
-    train.log of each folder given, beside the console: Hydra's job logging, for many jobs."""
-
-    @contextlib.contextmanager
-    def context() -> Iterator[None]:
-        root, console = logging.getLogger(), logging.getLogger("descend.console")
-        saved = root.handlers[:], console.handlers[:]
-        files = [logging.FileHandler(folder / "train.log") for folder in folders]
+@contextlib.contextmanager
+def log_to(folders: list[Path]) -> Iterator[None]:
+    """The log (root logger and descend's console record) goes to the train.log of each folder
+    given, beside the console, while in this context: Hydra's job logging, for many jobs."""
+    root, console = logging.getLogger(), logging.getLogger("descend.console")
+    saved = root.handlers[:], console.handlers[:]
+    files = [logging.FileHandler(folder / "train.log") for folder in folders]
+    for handler in files:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.handlers = [h for h in saved[0] if not isinstance(h, logging.FileHandler)] + files
+    console.handlers = list(files)
+    try:
+        yield
+    finally:
+        root.handlers, console.handlers = saved
         for handler in files:
-            handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        root.handlers = [h for h in saved[0] if not isinstance(h, logging.FileHandler)] + files
-        console.handlers = list(files)
-        try:
-            yield
-        finally:
-            root.handlers, console.handlers = saved
-            for handler in files:
-                handler.close()
-
-    return context
+            handler.close()
 
 
 def share_data(tasks: list[Any]) -> None:
@@ -234,7 +231,7 @@ def train_population(members: list[Member]) -> bool:
         trainer = population_trainer(members[0].cfg)
         for member in members:
             write_layout(member.loggers)
-        with log_to([m.run_dir for m in members])():
+        with log_to([m.run_dir for m in members]):
             trainer.fit(population)
             if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
                 trainer.test(population, verbose=False)

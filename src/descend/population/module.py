@@ -54,13 +54,11 @@ class Population(pl.LightningModule):
         """After Lightning moved and converted this module (device, 64-true), convert each member
         as Lightning converts a single run's module (its precision plugin: torchmetrics states,
         for one, keep their dtype under .double()), then give it its rows of the stacked
-        parameters. Members share one copy of the data (members.share_data)."""
+        parameters. The members' converted data is shared again (members.share_data)."""
         from descend.population.members import share_data
 
         tasks = [m.task for m in self.members]
         for index, task in enumerate(tasks):
-            if index:  # the first member's data, already converted: one copy, converted once
-                share_data([tasks[0], task])
             self.trainer.precision_plugin.convert_module(task).to(self.device)
             for name, stacked in zip(self.names, self.stacked):
                 task.get_parameter(name).data = stacked.data[index]
@@ -144,7 +142,7 @@ class Population(pl.LightningModule):
 
     def record_metrics(self, step: int, loss: torch.Tensor, grads: list[torch.Tensor]) -> None:
         """A logging step: what a single run logs (stepping.after_backward), member by member."""
-        norms = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+        norms = member_norms(grads)
         for index in self.active:
             member = self.members[index]
             task, state = member.task, member.task.step_state
@@ -160,7 +158,7 @@ class Population(pl.LightningModule):
             return grads
         if settings.clip_algorithm == "value":
             return [g.clamp(-settings.clip_val, settings.clip_val) for g in grads]
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+        total = member_norms(grads)
         coefficient = torch.clamp(settings.clip_val / (total + 1e-6), max=1.0)
         return [g * coefficient.reshape(-1, *([1] * (g.dim() - 1))) for g in grads]
 
@@ -187,35 +185,40 @@ class Population(pl.LightningModule):
 
 
 
+def member_norms(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Each member's total gradient norm, [members]: torch's get_total_norm of its rows."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]), dim=0)
+
+
 class EvaluatedPopulation(Population):
     """A population of a task with validation and test splits (mlp): every member evaluates the
     shared batches with its own metrics, at the steps its own run would."""
 
+    def each(self, hook: str, *args: Any) -> None:
+        """Call a task hook on every running member."""
+        for index in self.active:
+            getattr(self.members[index].task, hook)(*args)
+
     def val_dataloader(self) -> Any:
         return self.members[0].task.val_dataloader()
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        for index in self.active:
-            self.members[index].task.validation_step(batch, batch_idx)
-
-    def on_validation_epoch_end(self) -> None:
-        for index in self.active:
-            self.members[index].task.on_validation_epoch_end()
 
     def test_dataloader(self) -> Any:
         return self.members[0].task.test_dataloader()
 
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.each("validation_step", batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.each("on_validation_epoch_end")
+
     def on_test_epoch_start(self) -> None:
-        for index in self.active:
-            self.members[index].task.on_test_epoch_start()
+        self.each("on_test_epoch_start")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        for index in self.active:
-            self.members[index].task.test_step(batch, batch_idx)
+        self.each("test_step", batch, batch_idx)
 
     def on_test_epoch_end(self) -> None:
-        for index in self.active:
-            self.members[index].task.on_test_epoch_end()
+        self.each("on_test_epoch_end")
 
 
 def population_of(members: list[Member]) -> Population:

@@ -101,7 +101,7 @@ class PopulationLauncher(Launcher):
                 member.return_value = member.finish(None, 0.0)
         interrupted = False
         for population in by_data(built):
-            numbers = [int(m.cfg_number) for m in population]
+            numbers = [m.number for m in population]
             print(f"population: jobs {describe(numbers)} train together ({len(population)} members)")
             interrupted = train_population(population)
             if interrupted:
@@ -141,8 +141,7 @@ class PopulationLauncher(Launcher):
         # after saving config.yaml, which keeps the interpolations as run_job writes it:
         # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
         OmegaConf.resolve(task_cfg)
-        member = Member(task_cfg, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"))
-        member.cfg_number = config.hydra.job.num
+        member = Member(task_cfg, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"), number=config.hydra.job.num)
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
 
