@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,11 +29,30 @@ def _finite_or_none(value: float) -> float | None:
 
 
 def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file beside `path`, then rename it over `path`: a kill mid-write leaves the old file intact."""
+    """Write a file beside `path`, then rename it over `path`: a kill mid-write leaves the old file
+    intact, and a Ctrl-C waits until the file is whole (torch.save interrupted in the middle fails
+    with an error of its own instead of stopping)."""
     partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as handle:
-        write(handle)
-    os.replace(partial, path)
+    with ctrl_c_deferred():
+        with partial.open("wb") as handle:
+            write(handle)
+        os.replace(partial, path)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Hold SIGINT while in this context, then raise KeyboardInterrupt if one came."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def write_metrics(run_dir: Path, record: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ def resume_overrides(argv: list[str]) -> list[str]:
     resume = [a for a in argv if a.startswith("resume=")]
     if not resume:
         return argv
-    folder = Path(resume[-1].split("=", 1)[1]).expanduser()
+    folder = Path(unquoted(resume[-1].split("=", 1)[1])).expanduser()
     saved = folder / ".hydra" / "overrides.yaml"
     checkpoint = folder / "checkpoints" / "last.ckpt"
     for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
@@ -24,6 +24,13 @@ def resume_overrides(argv: list[str]) -> list[str]:
     rest = [a for a in argv if not a.startswith("resume=")]
     folder = folder.resolve()
     return [*original, *rest, f"hydra.run.dir={quoted(folder)}", f"ckpt_path={quoted(checkpoint.resolve())}", f"resume={quoted(folder)}"]
+
+
+def unquoted(value: str) -> str:
+    """A resume= value as given, or as quoted() wrote it (DDP ranks re-run the rewritten command)."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1].replace("\\'", "'")
+    return value
 
 
 def quoted(path: Path) -> str:
