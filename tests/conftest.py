@@ -77,9 +77,18 @@ def _names(code) -> set[str]:
     return set(code.co_names).union(*map(_names, inner))
 
 
-def _starts_a_process(function) -> bool:
+def _starts_a_process(function, seen: set | None = None) -> bool:
+    """Whether the function starts a process, itself or through a helper of its module."""
     code = getattr(function, "__code__", None)
-    return code is not None and bool(STARTS_A_PROCESS & _names(code))
+    seen = set() if seen is None else seen
+    if code is None or code in seen:
+        return False
+    seen.add(code)
+    names = _names(code)
+    if STARTS_A_PROCESS & names:
+        return True
+    helpers = [function.__globals__.get(name) for name in names]
+    return any(callable(h) and _starts_a_process(h, seen) for h in helpers if getattr(h, "__module__", None) == function.__module__)
 
 
 def pytest_collection_modifyitems(config, items):

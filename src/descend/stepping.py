@@ -129,11 +129,19 @@ class MetricBuffer:
         if not kept or not loggers:
             return
         tensors = [v for _, m in kept for v in m.values() if isinstance(v, torch.Tensor)]
-        values = iter(torch.stack([t.detach().double().reshape(()) for t in tensors]).tolist()) if tensors else iter(())
+        values = iter(host_floats(tensors))
         for step, metrics in kept:
             row = with_log10({k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()})
             for logger in loggers:
                 write_scalars(logger, row, step)
+
+
+def host_floats(tensors: list[torch.Tensor]) -> list[float]:
+    """One-element tensors as Python floats: read one by one on the CPU (cheapest there), and
+    with a single transfer from a GPU (one read each would wait for the device every time)."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return [t.item() for t in tensors]
+    return torch.stack([t.detach().double().reshape(()) for t in tensors]).tolist()
 
 
 # Quantities that fall across many decades. TensorBoard's default linear axis shows them as a line

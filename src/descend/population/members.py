@@ -22,6 +22,7 @@ from descend.errors import UserError
 
 log = logging.getLogger(__name__)
 
+STATEFUL_CALLBACKS = ("descend.callbacks.Checkpoint", "descend.callbacks.DivergenceGuard")
 # the file format of Hydra's job log (conf/hydra/default.yaml), for a member's train.log
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
 
@@ -61,7 +62,9 @@ class Member:
                     self.optimizer, self.scheduler = config["optimizer"], config["lr_scheduler"]
                 else:
                     self.optimizer = config
-                self.callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (self.cfg.get("callbacks") or {}).items() if node]
+                # the callbacks whose state a checkpoint of its own run holds (see save_checkpoint)
+                self.callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (self.cfg.get("callbacks") or {}).items()
+                                  if node and node.get("_target_") in STATEFUL_CALLBACKS]
                 self.loggers = [instantiate(node, f"logger.{name}") for name, node in (self.cfg.get("logger") or {}).items() if node]
                 self.task.own_loggers = self.loggers
                 self.running = True

@@ -62,9 +62,12 @@ class VectorisedOptimizer:
     def refresh(self) -> None:
         """Read the members' hyper-parameters (after a scheduler changed a learning rate)."""
         p = self.params[0]
+        self.nonzero: dict[str, tuple[bool, bool]] = {}  # (any member's value ≠ 0, every member's)
         for name in VECTORISED[self.kind]:
             values = [hyper(h.param_groups[0], name) for h in self.holders]
             self.h[name] = torch.tensor(values, dtype=torch.float64, device=p.device)
+            # decided here, on the host: a test of a device tensor at every step would wait for the GPU
+            self.nonzero[name] = (any(v != 0 for v in values), all(v != 0 for v in values))
 
     def _per_member(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """[members] → [members, 1, …] in the parameter's dtype: torch casts a Python scalar
@@ -86,16 +89,15 @@ class VectorisedOptimizer:
         return buffers[index]
 
     def _weight_decay(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        decay = self.h["weight_decay"]
-        if not bool((decay != 0).any()):
+        if not self.nonzero["weight_decay"][0]:
             return grad
-        return grad + self._per_member(decay, param) * param
+        return grad + self._per_member(self.h["weight_decay"], param) * param
 
     def _sgd(self, index: int, param: torch.Tensor, grad: torch.Tensor) -> None:
         grad = self._weight_decay(param, grad)
-        momentum = self.h["momentum"]
-        if bool((momentum != 0).any()):
-            m = self._per_member(momentum, param)
+        some, every = self.nonzero["momentum"]
+        if some:
+            m = self._per_member(self.h["momentum"], param)
             buffers = self.state.setdefault("momentum_buffer", [None] * len(self.params))  # type: ignore[list-item]
             if buffers[index] is None:  # torch's first step: the buffer is the gradient itself
                 buffers[index] = grad.detach().clone()
@@ -104,13 +106,13 @@ class VectorisedOptimizer:
             buf = buffers[index]
             direction = grad + buf * m if self.switches["nesterov"] else buf
             # members without momentum take the plain gradient, as torch does for them
-            grad = torch.where(m != 0, direction, grad) if bool((momentum == 0).any()) else direction
+            grad = direction if every else torch.where(m != 0, direction, grad)
         param.addcmul_(grad, self._per_member(-self.h["lr"], param))
 
     def _adam(self, index: int, param: torch.Tensor, grad: torch.Tensor) -> None:
         lr, decay = self.h["lr"], self.h["weight_decay"]
         if self.kind is torch.optim.AdamW:
-            if bool((decay != 0).any()):
+            if self.nonzero["weight_decay"][0]:
                 param.mul_(self._per_member(1 - lr * decay, param))
         else:
             grad = self._weight_decay(param, grad)
@@ -142,13 +144,13 @@ class VectorisedOptimizer:
         else:
             avg = square_avg.sqrt()
         avg = avg.add_(self._per_member(self.h["eps"], param))
-        momentum = self.h["momentum"]
         neg_lr = self._per_member(-self.h["lr"], param)
-        if bool((momentum > 0).any()):
+        some, every = self.nonzero["momentum"]
+        if some:
+            momentum = self._per_member(self.h["momentum"], param)
             buf = self._buffer("momentum_buffer", index, param)
-            buf.mul_(self._per_member(momentum, param)).addcdiv_(grad, avg)
-            moved = torch.where(self._per_member(momentum, param) > 0, buf, grad / avg)
-            param.addcmul_(moved, neg_lr)
+            buf.mul_(momentum).addcdiv_(grad, avg)
+            param.addcmul_(buf if every else torch.where(momentum > 0, buf, grad / avg), neg_lr)
         else:
             param.addcmul_(grad / avg, neg_lr)
 
