@@ -22,15 +22,16 @@ if TYPE_CHECKING:
     from descend.population.members import Member
 
 
-class Objective(nn.Module):
-    """A task's loss as a module's forward, for torch.func.functional_call."""
+class Method(nn.Module):
+    """A task's method (its loss, its distances) as a module's forward, for torch.func.functional_call."""
 
-    def __init__(self, task: nn.Module) -> None:
+    def __init__(self, task: nn.Module, name: str) -> None:
         super().__init__()
         self.task = task
+        self.name = name
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self.task.loss(batch)
+    def forward(self, *args: Any) -> Any:
+        return getattr(self.task, self.name)(*args)
 
 
 class Population(pl.LightningModule):
@@ -43,10 +44,18 @@ class Population(pl.LightningModule):
         self.stacked = nn.ParameterList(
             nn.Parameter(torch.stack([m.task.get_parameter(name).detach() for m in members])) for name in self.names
         )
-        self.objective = [Objective(template)]  # in a list: not a child either
+        # in lists: not children either
+        self.objective = [Method(template, "loss")]
+        # the distances to the closed form of every member at once, where the task keeps the base
+        # class's (a stateless function of the parameters); a task's own may keep state (eigen's
+        # power method), so those are measured member by member
+        from descend.tasks.base import Task
+
+        self.measure = [Method(template, "distances")] if type(template).distances is Task.distances else []
         self.step_settings = template.step_settings
         self.step_state = stepping.StepState()  # the progress bar shows the best member's loss
         self.updater: VectorisedOptimizer | None = None
+        self.scheduled: dict[str, bool] = {}  # whether any member has a scheduler of that interval
         self._stopped_values: dict[int, list[torch.Tensor]] = {}
 
     # ---- the members' parameters as views of ours ----
@@ -86,6 +95,7 @@ class Population(pl.LightningModule):
         for member in self.members:
             member.task.trainer = self.trainer  # the global step, the epoch and the device
         self.updater = VectorisedOptimizer([m.optimizer for m in self.members], list(self.stacked))
+        self.scheduled = {interval: any(m.schedulers(interval) for m in self.members) for interval in ("step", "epoch")}
 
     def on_train_start(self) -> None:
         for member in self.members:
@@ -116,17 +126,14 @@ class Population(pl.LightningModule):
         return {"losses": stacked, "first_step": first_step}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # after the callbacks (checkpoints, the divergence guard), as for a single run
-        for member in self.members:
-            member.task.metric_buffer.flush(member.task.writing_loggers())
+        # after the callbacks (checkpoints, the divergence guard), as for a single run; every
+        # member's rows read before any is written (MetricBuffer.take)
+        rows = [member.task.metric_buffer.take() for member in self.members]
+        for member, taken in zip(self.members, rows):
+            stepping.write_rows(taken, member.task.writing_loggers())
 
     def on_train_epoch_end(self) -> None:
-        for index in self.active:
-            member = self.members[index]
-            for scheduler, frequency, monitor in member.schedulers("epoch"):
-                if (self.current_epoch + 1) % frequency == 0:
-                    stepping.step_scheduler(member.task, scheduler, monitor)
-        self.updater.refresh()
+        self.step_schedulers(self.current_epoch + 1, "epoch")
 
     # ---- one vectorised step ----
     def member_losses(self, batch: Any) -> torch.Tensor:
@@ -140,14 +147,32 @@ class Population(pl.LightningModule):
 
         return vmap(one, in_dims=(0, None))(tuple(self.stacked), batch)
 
+    @torch.no_grad()
+    def member_distances(self, loss: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Every member's distances to the closed form at its own parameters, {name: [members]};
+        None where they are measured member by member."""
+        if not self.measure:
+            return None
+        from torch.func import functional_call, vmap
+
+        measure = self.measure[0]
+        measure.task.cached_reference()  # computed once, outside vmap: it depends on the data only
+
+        def one(params: tuple[torch.Tensor, ...], loss: torch.Tensor) -> dict[str, torch.Tensor]:
+            return functional_call(measure, {f"task.{n}": p for n, p in zip(self.names, params)}, (loss,))
+
+        return vmap(one)(tuple(p.detach() for p in self.stacked), loss)
+
     def record_metrics(self, step: int, loss: torch.Tensor, grads: list[torch.Tensor]) -> None:
         """A logging step: what a single run logs (stepping.after_backward), member by member."""
         norms = member_norms(grads)
+        together = self.member_distances(loss)
         for index in self.active:
             member = self.members[index]
             task, state = member.task, member.task.step_state
             state.loss = state.logged_loss = loss[index]
-            metrics = {"train/loss": loss[index], **task.distances(loss[index]), **task.predicted(step),
+            distances = task.distances(loss[index]) if together is None else {k: v[index] for k, v in together.items()}
+            metrics = {"train/loss": loss[index], **distances, **task.predicted(step),
                        **stepping.learning_rates(member.optimizer), "train/grad_norm": norms[index]}
             task.metric_buffer.add(step, metrics)
 
@@ -162,12 +187,16 @@ class Population(pl.LightningModule):
         coefficient = torch.clamp(settings.clip_val / (total + 1e-6), max=1.0)
         return [g * coefficient.reshape(-1, *([1] * (g.dim() - 1))) for g in grads]
 
-    def step_schedulers(self, step: int, interval: str) -> None:
+    def step_schedulers(self, count: int, interval: str) -> None:
+        """Each running member's scheduler of this interval, when `count` (steps or epochs done)
+        is a multiple of its frequency, as stepping.run_group does for a single run."""
+        if not self.scheduled[interval]:
+            return
         changed = False
         for index in self.active:
             member = self.members[index]
             for scheduler, frequency, monitor in member.schedulers(interval):
-                if step % frequency == 0:
+                if count % frequency == 0:
                     stepping.step_scheduler(member.task, scheduler, monitor)
                     changed = True
         if changed:

@@ -221,10 +221,10 @@ def derive_sweep_config(template: DictConfig, overrides: list[str]) -> DictConfi
 
 
 def job_config(config: DictConfig) -> DictConfig:
-    """The job's config without Hydra's node: what the task function receives."""
-    task_cfg = copy.deepcopy(config)
-    with read_write(task_cfg), open_dict(task_cfg):
-        del task_cfg["hydra"]
+    """The job's config without Hydra's node: what the task function receives (run_job deep-copies
+    the whole config and deletes the node; copying only the rest is the same config, for less)."""
+    task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+    OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(config))
     return task_cfg
 
 
