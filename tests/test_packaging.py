@@ -23,7 +23,8 @@ def test_a_built_wheel_carries_the_configs_and_trains_from_any_folder(tmp_path):
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("descend-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("train.py", "descend/cli.py", "descend/conf/train.yaml", "descend/conf/task/inverse.yaml", "descend/conf/hydra/default.yaml"):
+    for path in ("train.py", "descend/cli.py", "descend/conf/train.yaml", "descend/conf/task/inverse.yaml", "descend/conf/hydra/default.yaml",
+                 "hydra_plugins/descend_population_launcher/population_launcher.py"):
         assert path in names, path
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site), str(wheel)], check=True, timeout=600)
