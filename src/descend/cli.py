@@ -249,10 +249,10 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     from descend.callbacks import Diverged
     from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
-    from descend.results import report, say, stage_metrics, write_results
+    from descend.results import new_record, report, say, stage_metrics, write_results
 
     started = time.perf_counter()
-    record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
+    record = new_record(task_name)
     task = trainer = diverged = None
     lightning_metrics: dict[str, float] = {}  # val/ and test/ metrics, kept as each stage ends
     try:

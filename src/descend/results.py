@@ -94,6 +94,11 @@ def final_metrics(task: Any) -> dict[str, float]:
         return {}
 
 
+def new_record(task_name: str) -> dict[str, Any]:
+    """A run's record before it trains: failed until it says otherwise."""
+    return {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
+
+
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
                   stage: dict[str, float], diverged: Any | None) -> None:
     """What a finished run leaves: metrics.json always; for a run that trained (`task` given) the

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from descend.errors import UserError
+from descend.results import new_record
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Member:
         self.number = number  # the job's number in the sweep
         self.cfg = cfg  # resolved: ${hydra:...} interpolations need the job's Hydra config
         self.run_dir = run_dir
-        self.record: dict[str, Any] = {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
+        self.record = new_record(task_name)
         self.task: Any = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
