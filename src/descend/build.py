@@ -114,10 +114,6 @@ def scheduler_config(node: DictConfig | None) -> dict[str, Any] | None:
 
 def build_trainer(cfg: DictConfig) -> Any:
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
-    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a bar callback with the bar off
-        from lightning.pytorch.callbacks import ProgressBar
-
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     resumed_at = checkpoint_step(cfg.get("ckpt_path"))
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
@@ -128,8 +124,18 @@ def build_trainer(cfg: DictConfig) -> Any:
         tensorboard = str(node.get("_target_", "")).endswith("TensorBoardLogger")
         extra = {"purge_step": resumed_at} if resumed_at and tensorboard else {}
         loggers.append(instantiate(node, f"logger.{name}", **extra))
+    return trainer_with(cfg, callbacks, logger=loggers or False)
+
+
+def trainer_with(cfg: DictConfig, callbacks: list[Any], **arguments: Any) -> Any:
+    """The Trainer of `cfg.trainer` with these callbacks: without a progress bar where the bar is
+    off (Lightning refuses one then), and without the clipping keys descend's step applies."""
+    if cfg.trainer.get("enable_progress_bar") is False:
+        from lightning.pytorch.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
-    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False, **no_clipping)
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping)
 
 
 def checkpoint_step(path: str | None) -> int | None:

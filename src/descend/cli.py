@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +248,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     from descend.callbacks import Diverged
     from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
-    from descend.results import new_record, report, say, stage_metrics, write_results
+    from descend.results import new_record, record_failure, record_interrupt, report, say, stage_metrics, write_results
 
     started = time.perf_counter()
     record = new_record(task_name)
@@ -279,10 +278,10 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     except UserError as error:
         record.update(error=str(error), user_error=True)
     except Exception as error:  # a bug or an unforeseen failure: keep the traceback for the report
-        record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        record_failure(record, error)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Lightning shuts down, then exits
         step = trainer.global_step if trainer is not None else 0
-        record.update(error=f"interrupted at step {step}; continue with: python -m train resume={run_dir}", interrupted=True)
+        record_interrupt(record, step, run_dir)
     finally:
         close_process_group()
     record["wall_time_s"] = round(time.perf_counter() - started, 4)

@@ -99,6 +99,18 @@ def new_record(task_name: str) -> dict[str, Any]:
     return {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
 
 
+def record_failure(record: dict[str, Any], error: BaseException) -> None:
+    """A bug or an unforeseen failure: its one line, and its traceback for the report."""
+    import traceback
+
+    record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+
+
+def record_interrupt(record: dict[str, Any], step: int, run_dir: Path) -> None:
+    """Ctrl-C: where the run stopped and the command that continues it."""
+    record.update(error=f"interrupted at step {step}; continue with: python -m train resume={run_dir}", interrupted=True)
+
+
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
                   stage: dict[str, float], diverged: Any | None) -> None:
     """What a finished run leaves: metrics.json always; for a run that trained (`task` given) the

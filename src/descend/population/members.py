@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from descend.errors import UserError
-from descend.results import new_record
+from descend.results import new_record, record_failure, record_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class Member:
             except UserError as error:
                 self.record.update(error=str(error), user_error=True)
             except Exception as error:
-                self.record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+                record_failure(self.record, error)
 
     def guard(self) -> Any:
         from descend.callbacks import DivergenceGuard
@@ -170,7 +169,7 @@ def share_data(tasks: list[Any]) -> None:
             shared = template.get(name)
             if shared is None or buffer is shared:
                 continue
-            if shared.shape == buffer.shape and shared.dtype == buffer.dtype and torch.equal(shared.to(buffer.device), buffer):
+            if equal_tensors(shared, buffer):
                 module_name, _, leaf = name.rpartition(".")
                 task.get_submodule(module_name)._buffers[leaf] = shared
 
@@ -178,9 +177,11 @@ def share_data(tasks: list[Any]) -> None:
 def same_data(a: Any, b: Any) -> bool:
     """Whether two tasks hold equal buffers (data, and anything else a task keeps beside it)."""
     first, second = dict(a.named_buffers()), dict(b.named_buffers())
-    return first.keys() == second.keys() and all(
-        first[k].shape == second[k].shape and first[k].dtype == second[k].dtype and torch.equal(first[k], second[k]) for k in first
-    )
+    return first.keys() == second.keys() and all(equal_tensors(first[k], second[k]) for k in first)
+
+
+def equal_tensors(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
 def by_data(members: list[Member]) -> list[list[Member]]:
@@ -198,7 +199,9 @@ def by_data(members: list[Member]) -> list[list[Member]]:
 def population_trainer(cfg: DictConfig) -> Any:
     """The population's Trainer: the members' trainer settings, descend's callbacks in their
     population form (events.py), no logger of its own (every member has its own)."""
-    from descend.build import STEP_TRAINER_KEYS, instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from descend.build import instantiate, trainer_with
     from descend.population.events import POPULATION_FORMS
 
     callbacks = []
@@ -207,15 +210,8 @@ def population_trainer(cfg: DictConfig) -> Any:
             continue
         arguments = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
         callbacks.append(instantiate({"_target_": POPULATION_FORMS[node["_target_"]], **arguments}, f"callbacks.{name}"))
-    if cfg.trainer.get("enable_progress_bar") is False:
-        from lightning.pytorch.callbacks import ProgressBar
-
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # else none: not Lightning's default
-    no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
-    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=False, enable_checkpointing=checkpointing, **no_clipping)
+    return trainer_with(cfg, callbacks, logger=False, enable_checkpointing=checkpointing)
 
 
 def train_population(members: list[Member]) -> bool:
@@ -247,11 +243,11 @@ def train_population(members: list[Member]) -> bool:
         step = trainer.global_step if trainer is not None else 0
         for member in members:
             if member.running:
-                member.record.update(error=f"interrupted at step {step}; continue with: python -m train resume={member.run_dir}")
+                record_interrupt(member.record, step, member.run_dir)
     except Exception as error:  # a bug: every member still running fails with it
         for member in members:
             if member.running:
-                member.record.update(error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+                record_failure(member.record, error)
     for member in members:
         member.running = False
     wall_time_s = round(time.perf_counter() - started, 4)

@@ -82,9 +82,6 @@ class Population(pl.LightningModule):
         # the first member's loader: members share the data and (from the config) the batch order
         return self.members[0].task.train_dataloader()
 
-    def step_plan(self) -> stepping.StepPlan:
-        return stepping.StepPlan(self.trainer, self.step_settings.most)
-
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # never stepped: the LightningOptimizer around it counts the global step, and the members'
         # own optimisers (holders) keep their hyper-parameters and schedulers
@@ -136,16 +133,19 @@ class Population(pl.LightningModule):
         self.step_schedulers(self.current_epoch + 1, "epoch")
 
     # ---- one vectorised step ----
-    def member_losses(self, batch: Any) -> torch.Tensor:
-        """Every member's loss at its own parameters on the shared batch: [members]."""
+    def per_member(self, method: Method, *args: Any, shared: tuple[bool, ...]) -> Any:
+        """A task method called for every member at its own parameters, as one vmap: each
+        argument either shared by all (the batch) or one row per member (`shared` says which)."""
         from torch.func import functional_call, vmap
 
-        objective = self.objective[0]
+        def one(params: tuple[torch.Tensor, ...], *args: Any) -> Any:
+            return functional_call(method, {f"task.{n}": p for n, p in zip(self.names, params)}, args)
 
-        def one(params: tuple[torch.Tensor, ...], batch: Any) -> torch.Tensor:
-            return functional_call(objective, {f"task.{n}": p for n, p in zip(self.names, params)}, (batch,))
+        return vmap(one, in_dims=(0, *(None if s else 0 for s in shared)))(tuple(self.stacked), *args)
 
-        return vmap(one, in_dims=(0, None))(tuple(self.stacked), batch)
+    def member_losses(self, batch: Any) -> torch.Tensor:
+        """Every member's loss at its own parameters on the shared batch: [members]."""
+        return self.per_member(self.objective[0], batch, shared=(True,))
 
     @torch.no_grad()
     def member_distances(self, loss: torch.Tensor) -> dict[str, torch.Tensor] | None:
@@ -153,15 +153,8 @@ class Population(pl.LightningModule):
         None where they are measured member by member."""
         if not self.measure:
             return None
-        from torch.func import functional_call, vmap
-
-        measure = self.measure[0]
-        measure.task.cached_reference()  # computed once, outside vmap: it depends on the data only
-
-        def one(params: tuple[torch.Tensor, ...], loss: torch.Tensor) -> dict[str, torch.Tensor]:
-            return functional_call(measure, {f"task.{n}": p for n, p in zip(self.names, params)}, (loss,))
-
-        return vmap(one)(tuple(p.detach() for p in self.stacked), loss)
+        self.measure[0].task.cached_reference()  # computed once, outside vmap: it depends on the data only
+        return self.per_member(self.measure[0], loss, shared=(False,))
 
     def record_metrics(self, step: int, loss: torch.Tensor, grads: list[torch.Tensor]) -> None:
         """A logging step: what a single run logs (stepping.after_backward), member by member."""
@@ -211,7 +204,6 @@ class Population(pl.LightningModule):
             for index, values in self._stopped_values.items():
                 for stacked, value in zip(self.stacked, values):
                     stacked[index] = value
-
 
 
 def member_norms(grads: list[torch.Tensor]) -> torch.Tensor:
