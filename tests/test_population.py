@@ -335,16 +335,3 @@ def test_the_vectorised_update_is_each_members_torch_optimiser(kind, settings, d
             value = torch.as_tensor(value, dtype=dtype)
             scale = max(rel, 1e-6) * float(value.abs().max())
             assert torch.allclose(torch.as_tensor(mine["state"][0][key], dtype=dtype), value, rtol=max(rel, 1e-6), atol=scale), key
-
-
-def test_fast_event_checksums_are_tensorboards_own():
-    import random
-
-    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboards
-
-    from descend.dashboard import masked_crc32c
-
-    generator = random.Random(0)
-    for size in (0, 1, 8, 100, 517, 4096):
-        data = bytes(generator.randrange(256) for _ in range(size))
-        assert masked_crc32c(data) == tensorboards(data), size

@@ -1,0 +1,57 @@
+"""configtext.to_yaml writes exactly OmegaConf.to_yaml's text, however often entries come again."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra_plugins.descend_population_launcher.population_launcher import job_config
+from omegaconf import OmegaConf
+
+from descend import configtext
+from descend.cli import config_dir
+
+TRICKY = [
+    0, 1, -3, 1.0, 0.46, 1e-12, float("inf"), float("nan"), True, False, None, "", " ", "true", "1", "1.5", "no",
+    "a: b", "#x", "${hydra:runtime.output_dir}", "line\nbreak", "trailing ", "ünïcode ∑", "'quoted'", '"dq"',
+    "- dash", "x" * 150, " ".join(["word"] * 40), "Examples:\n  python -m train a=b\n" * 4, [], {}, [1, "a", None],
+    [{"a": 1}, {"b": [2, 3]}], {"nested": {"deep": {"deeper": "x" * 90}}},
+]
+
+
+def random_mapping(rng: random.Random, depth: int) -> dict:
+    keys = ["a", "lr", "optimizer", "x" * 60, "with space", "1", "true", "k:v", "ünï", "_target_"]
+    mapping = {}
+    for key in rng.sample(keys, rng.randint(1, 5)):
+        mapping[key] = random_mapping(rng, depth - 1) if depth and rng.random() < 0.4 else rng.choice(TRICKY)
+    return mapping
+
+
+def test_random_configs_match_omegaconf() -> None:
+    rng = random.Random(314)
+    for _ in range(300):
+        cfg = OmegaConf.create(random_mapping(rng, 4))
+        assert configtext.to_yaml(cfg) == OmegaConf.to_yaml(cfg)
+
+
+@pytest.mark.parametrize("overrides", [[], ["task=mlp", "optimizer=adam"], ["task=lowrank", "scheduler=cosine"]])
+def test_composed_configs_match_omegaconf_while_values_change(overrides: list[str]) -> None:
+    """A sweep's configs, hydra node included: the first renders every entry, the others reuse
+    the unchanged ones and render the changed ones."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        for lr in (0.01, 0.1, 0.46, 0.1):
+            cfg = compose("train", [*overrides, f"optimizer.lr={lr}", f"seed={int(lr * 100)}"], return_hydra_config=True)
+            cfg.hydra.job.num = int(lr * 100)
+            cfg.hydra.runtime.output_dir = f"/tmp/job{lr}"
+            HydraConfig.instance().set_config(cfg)  # for ${hydra:...} when resolving
+            for node in (cfg, cfg.hydra):
+                assert configtext.to_yaml(node) == OmegaConf.to_yaml(node)
+            job = job_config(cfg)  # what the task receives, as dashboard.log_to_tensorboard writes it
+            assert configtext.to_yaml(job, resolve=True) == OmegaConf.to_yaml(job, resolve=True)
+
+
+def test_lists_and_scalars_are_written_whole() -> None:
+    for data in (["optimizer.lr=0.1", "seed=2"], [], {}):
+        assert configtext.to_yaml(OmegaConf.create(data)) == OmegaConf.to_yaml(OmegaConf.create(data))

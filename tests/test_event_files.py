@@ -1,0 +1,76 @@
+"""descend's event-file writing (dashboard.py) writes what TensorBoard's own writer writes."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto.summary_pb2 import Summary
+
+import descend.dashboard  # noqa: F401 - swaps in the checksums and the in-place writer
+
+
+def test_fast_event_checksums_are_tensorboards_own():
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboards
+
+    from descend.dashboard import masked_crc32c
+
+    generator = random.Random(0)
+    for size in (0, 1, 8, 100, 517, 4096):
+        data = bytes(generator.randrange(256) for _ in range(size))
+        assert masked_crc32c(data) == tensorboards(data), size
+
+
+def events(step: int) -> event_pb2.Event:
+    summary = Summary(value=[Summary.Value(tag="train/loss", simple_value=1.0 / (step + 1)), Summary.Value(tag="lr-SGD", simple_value=0.46)])
+    return event_pb2.Event(wall_time=1000.0 + step, step=step, summary=summary)
+
+
+def records(path: Path) -> list[bytes]:
+    """The file's records (length, its checksum, data, its checksum), split by their lengths."""
+    data, found, offset = path.read_bytes(), [], 0
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 8], "little")
+        found.append(data[offset : offset + 16 + length])
+        offset += 16 + length
+    assert offset == len(data)
+    return found
+
+
+def test_summary_writers_write_in_place_the_bytes_tensorboards_thread_writes(tmp_path: Path):
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter as TensorBoards
+    from torch.utils.tensorboard import SummaryWriter
+
+    from descend.dashboard import RecordsInPlace
+
+    ours = SummaryWriter(str(tmp_path / "ours"))
+    in_place = ours.file_writer.event_writer._async_writer
+    assert isinstance(in_place, RecordsInPlace)  # no writer thread
+    theirs = TensorBoards(str(tmp_path / "theirs"))
+    for step in range(300):
+        ours.file_writer.event_writer.add_event(events(step))
+        theirs.add_event(events(step))
+    ours.flush()
+    theirs.flush()
+    [mine], [reference] = (tmp_path / "ours").iterdir(), (tmp_path / "theirs").iterdir()
+    # flushed, before closing: on disk. The first record is the file's header event, stamped at its creation
+    assert records(mine)[1:] == records(reference)[1:] and len(records(mine)) == 301
+    ours.close()
+    theirs.close()
+    assert records(mine)[1:] == records(reference)[1:]
+    with pytest.raises(OSError, match="closed"):
+        in_place.write(b"late")
+
+
+def test_tensorboards_reader_reads_what_the_in_place_writer_wrote(tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(tmp_path)) as writer:
+        for step in range(0, 50, 10):
+            writer.add_scalar("train/loss", 2.0**-step, step)
+    accumulator = EventAccumulator(str(tmp_path))
+    accumulator.Reload()
+    assert [(e.step, e.value) for e in accumulator.Scalars("train/loss")] == [(s, 2.0**-s) for s in range(0, 50, 10)]
