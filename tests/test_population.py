@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -240,6 +241,7 @@ def compose(*overrides: str):
 def test_a_derived_sweep_config_is_the_one_hydra_composes():
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
@@ -251,11 +253,12 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
         master = loader.load_configuration("train", ["optimizer=adam", "trainer.max_steps=50"], run_mode=RunMode.MULTIRUN)
         first = ["optimizer=adam", "optimizer.lr=0.1", "seed=1", "optimizer.betas=[0.9,0.99]"]
         second = ["optimizer=adam", "optimizer.lr=0.02", "seed=7", "optimizer.betas=[0.8,0.9]"]
-        assert plain_signature(master, first) == plain_signature(master, second) is not None
-        assert plain_signature(master, ["optimizer=sgd,adam"]) is None and plain_signature(master, ["+foo=1"]) is None
+        parse = OverridesParser.create().parse_overrides
+        assert plain_signature(master, parse(first)) == plain_signature(master, parse(second)) is not None
+        assert plain_signature(master, parse(["optimizer=sgd,adam"])) is None and plain_signature(master, parse(["+foo=1"])) is None
         template = loader.load_sweep_config(master, first)
         composed = loader.load_sweep_config(master, second)
-    derived = derive_sweep_config(template, second)
+    derived = derive_sweep_config(pickle.dumps(template), parse(second))
     assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(composed, resolve=False)
     assert derived.hydra.job.override_dirname == "optimizer.betas=[0.8,0.9],optimizer.lr=0.02,optimizer=adam,seed=7"
 

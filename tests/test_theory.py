@@ -3,6 +3,8 @@ the quadratic and eigen tasks."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -157,3 +159,18 @@ def test_a_learning_rate_sweep_of_a_quadratic_task_states_the_theory(tmp_path):
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
     summary = (sweep / "summary.md").read_text()
     assert "inverse: lr_critical = 1 (2/λmax" in summary and "lr_optimal = 0.9412" in summary
+
+
+def test_excess_loss_in_floats_is_the_torch_formula_and_overflows_to_inf():
+    """Spectrum.excess_loss sums in Python floats; the formula in float64 torch gives the same,
+    overflow included (an unstable lr: inf; an unstable direction the start has no energy in: nan)."""
+    spectra = [Spectrum.of(torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0])) / 8, torch.rand(4, 4, generator=torch.Generator().manual_seed(3))),
+               Spectrum(torch.tensor([0.1, 1.0], dtype=torch.float64), torch.tensor([1.0, 0.0], dtype=torch.float64))]
+    for spectrum in spectra:
+        for lr in (0.01, 0.46, 0.9412, 1.2, 5.0):
+            for steps in (0, 1, 10, 2000, 100_000):
+                factors = (1 - lr * spectrum.eigenvalues).square().pow(steps)
+                expected = float(0.5 * (spectrum.eigenvalues * factors * spectrum.energies).sum())
+                got = spectrum.excess_loss(lr, steps)
+                assert got == pytest.approx(expected, rel=1e-13, abs=0) or (math.isnan(got) and math.isnan(expected)), (lr, steps)
+    assert math.isinf(spectra[0].excess_loss(5.0, 2000)) and math.isnan(spectra[1].excess_loss(5.0, 2000))

@@ -16,6 +16,7 @@ nesterov, no scheduler, no gradient clipping.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,10 +61,14 @@ class Spectrum:
         active = self.eigenvalues[self.eigenvalues > 1e-12 * self.largest]
         return float((1 - lr * active).abs().max())
 
+    def __post_init__(self) -> None:
+        # as Python floats for excess_loss: it runs at every logged step of every run (and of
+        # every member of a population), and torch's per-op cost is most of it on a few numbers
+        self._terms = list(zip(self.eigenvalues.tolist(), self.energies.tolist()))
+
     def excess_loss(self, lr: float, steps: int) -> float:
         """The loss above the optimum after `steps` plain gradient-descent steps from the start."""
-        factors = (1 - lr * self.eigenvalues).square().pow(steps)
-        return float(0.5 * (self.eigenvalues * factors * self.energies).sum())
+        return 0.5 * sum(value * power((1 - lr * value) ** 2, steps) * energy for value, energy in self._terms)
 
     def summary(self, lr: float | None) -> dict[str, float]:
         """What metrics.json, the console and TensorBoard state; the contraction for plain SGD only."""
@@ -92,3 +97,11 @@ def describe(theory: dict[str, float], lr: float | None) -> str:
     if lr is not None:
         text += f"; plain SGD at lr {lr:.4g} shrinks the error by {theory['contraction']:.4g} per step"
     return text
+
+
+def power(base: float, exponent: int) -> float:
+    """base ** exponent, infinite where it overflows (as in torch), not an OverflowError."""
+    try:
+        return base**exponent
+    except OverflowError:
+        return math.inf
