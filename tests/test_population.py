@@ -4,7 +4,6 @@ sweep writes, job by job (folders, curves, results, checkpoints), to float round
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import signal
 import subprocess

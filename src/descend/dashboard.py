@@ -34,10 +34,10 @@ def masked_crc32c(data: bytes) -> int:
 
 def use_fast_checksums() -> None:
     """Without TensorFlow, TensorBoard's writer computes every event's checksum in pure Python:
-    about 45 µs for a row of scalars, on a writer thread that holds the GIL meanwhile. For one run
-    that is noise; a population sweep writes dozens of runs at once, and there it was most of the
-    cost of logging. The writer module looks the function up at each record, so replacing it there
-    is enough; the files are byte for byte the same (tests/test_population.py)."""
+    about 45 µs for a row of scalars. For one run that is noise; a population sweep writes dozens
+    of runs at once, and there it was most of the cost of logging. The writer module looks the
+    function up at each record, so replacing it there is enough; the files are byte for byte the
+    same (tests/test_event_files.py)."""
     from tensorboard.summary.writer import record_writer
 
     record_writer.masked_crc32c = masked_crc32c

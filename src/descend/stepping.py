@@ -124,26 +124,15 @@ class MetricBuffer:
 
     def flush(self, loggers: Sequence[Any], through_step: int | None = None) -> None:
         """Write every buffered step (up to `through_step`), then forget the buffer."""
-        write_rows(self.take(through_step) if loggers else self.forget(), loggers)
-
-    def take(self, through_step: int | None = None) -> list[tuple[int, dict[str, float]]]:
-        """The buffered steps (up to `through_step`) as rows of floats with their log10
-        companions, forgetting the buffer. Reading every row before writing any matters where
-        many writers run: a read waits for the GIL while a woken TensorBoard writer thread holds it."""
-        kept = [(s, m) for s, m in self.forget() if through_step is None or s <= through_step]
+        kept = [(s, m) for s, m in self.pending if through_step is None or s <= through_step]
+        self.pending = []
+        if not kept or not loggers:
+            return
         values = iter(host_floats([v for _, m in kept for v in m.values() if isinstance(v, torch.Tensor)]))
-        return [(step, with_log10({k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}))
-                for step, metrics in kept]
-
-    def forget(self) -> list[tuple[int, dict[str, Any]]]:
-        pending, self.pending = self.pending, []
-        return pending
-
-
-def write_rows(rows: list[tuple[int, dict[str, float]]], loggers: Sequence[Any]) -> None:
-    for step, row in rows:
-        for logger in loggers:
-            write_scalars(logger, row, step)
+        for step, metrics in kept:
+            row = with_log10({k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()})
+            for logger in loggers:
+                write_scalars(logger, row, step)
 
 
 def host_floats(tensors: list[torch.Tensor]) -> list[float]:

@@ -124,11 +124,10 @@ class Population(pl.LightningModule):
         return {"losses": stacked, "first_step": first_step}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # after the callbacks (checkpoints, the divergence guard), as for a single run; every
-        # member's rows read before any is written (MetricBuffer.take)
-        rows = [member.task.metric_buffer.take() for member in self.members]
-        for member, taken in zip(self.members, rows):
-            stepping.write_rows(taken, member.task.writing_loggers())
+        # after the callbacks (checkpoints, the divergence guard), as Task.on_train_batch_end
+        # writes a single run's rows
+        for member in self.members:
+            member.task.metric_buffer.flush(member.task.writing_loggers())
 
     def on_train_epoch_end(self) -> None:
         self.step_schedulers(self.current_epoch + 1, "epoch")
