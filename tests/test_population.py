@@ -272,6 +272,10 @@ def test_jobs_are_grouped_by_everything_but_per_member_numbers():
                              ([6], why_alone(configs[6])), ([7], why_alone(configs[7])), ([8], why_alone(configs[8]))]
     assert "LBFGS" in why_alone(configs[3]) and "dropout" in why_alone(configs[6])
     assert "data-parallel" in why_alone(configs[7]) and "16-mixed" in why_alone(configs[8])
+    # switches the vectorised update rules do not follow: a maximising member would descend
+    assert why_alone(compose("+optimizer.maximize=true")) == "optimizer.maximize=true is not vectorised"
+    assert why_alone(compose("optimizer=adam", "+optimizer.fused=true")) == "optimizer.fused=true is not vectorised"
+    assert why_alone(compose("+optimizer.maximize=false")) is None
 
 
 def test_members_hold_one_copy_of_their_data_and_split_where_it_differs():

@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 # the optimiser keys a member may set for itself (optimizers.VECTORISED): all numbers
 MEMBER_OPTIMIZER_KEYS = ("lr", "momentum", "dampening", "weight_decay", "betas", "eps", "alpha")
 PRECISIONS = ("32-true", "32", "64-true", "64")
+# torch optimiser switches the vectorised update rules do not follow (optimizers.py)
+UNVECTORISED_SWITCHES = ("maximize", "fused", "capturable", "differentiable")
 
 
 def why_alone(cfg: DictConfig) -> str | None:
@@ -28,6 +30,9 @@ def why_alone(cfg: DictConfig) -> str | None:
         return None  # an unknown optimiser: the job itself reports it, in one line
     if optimizer_class not in VECTORISED:
         return f"optimizer {optimizer_class.__name__} is not vectorised (SGD, Adam, AdamW and RMSprop are)"
+    unsupported = [key for key in UNVECTORISED_SWITCHES if optimizer.get(key)]
+    if unsupported:
+        return f"optimizer.{unsupported[0]}=true is not vectorised"
     trainer = cfg.trainer
     if "ddp" in str(trainer.get("strategy")) or str(trainer.get("devices")) not in ("1", "auto") or trainer.get("num_nodes", 1) != 1:
         return "data-parallel training runs one job at a time"

@@ -25,20 +25,9 @@ VECTORISED = {
     torch.optim.AdamW: ("lr", "beta1", "beta2", "eps", "weight_decay"),
     torch.optim.RMSprop: ("lr", "alpha", "eps", "weight_decay", "momentum"),
 }
-# options that change the algorithm itself: equal across a population (else: separate populations)
-SWITCHES = ("nesterov", "amsgrad", "centered", "maximize", "foreach", "fused", "capturable", "differentiable")
-
-
-def why_not_vectorised(optimizer: torch.optim.Optimizer) -> str | None:
-    """None when the population can run this optimiser, else why not (one phrase)."""
-    if type(optimizer) not in VECTORISED:
-        return f"{type(optimizer).__name__} is not vectorised (SGD, Adam, AdamW and RMSprop are)"
-    if len(optimizer.param_groups) != 1:
-        return "an optimiser with several parameter groups is not vectorised"
-    group = optimizer.param_groups[0]
-    if any(group.get(k) for k in ("maximize", "capturable", "differentiable", "fused")):
-        return "maximize, capturable, differentiable and fused optimisers are not vectorised"
-    return None
+# options that change the update rule, followed per population (jobs that differ in them train
+# apart: grouping.population_key); grouping.UNVECTORISED_SWITCHES keeps the others out
+SWITCHES = ("nesterov", "amsgrad", "centered")
 
 
 def hyper(group: dict, name: str) -> float:
