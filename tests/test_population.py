@@ -82,7 +82,7 @@ def assert_equivalent(sequential: Path, population: Path, rel: float) -> None:
             if "log10_" in tag:  # a companion of a linear curve compared here; a value that rounds
                 continue         # to ≤ 0 in one run and not the other has a point in one only
             assert curves[tag].keys() == points.keys(), (alone.name, tag)
-            # TensorBoard keeps float32; an angle from arccos near 1 has an absolute error only;
+            # TensorBoard keeps float32 (angles are computed well-conditioned: eigen.line_angle);
             # an excess loss (loss − optimum) keeps the loss's absolute rounding
             scale = max([abs(v) for v in points.values() if math.isfinite(v)] or [1.0])
             tolerance = max(rel, 1e-6)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import QUIET, metrics, one_line_error, only_run, run_cli, scalars
-from descend.tasks.eigen import EigenTask
+from descend.tasks.eigen import EigenTask, line_angle
 from descend.tasks.inverse import InverseTask
 from descend.tasks.linreg import LinRegTask
 from descend.tasks.quadratic import QuadraticTask
@@ -100,6 +100,16 @@ def test_eigen_task_reference_gradient_and_power_method():
     torch.testing.assert_close(task.v.grad, -2 * (task.a @ v - rayleigh * v) / (v @ v))
     errors = task.errors("baseline", task.power_iterate(200))
     assert float(errors["baseline/eigenvalue_rel_error"]) < 1e-8 and float(errors["baseline/angle_deg"]) < 1e-2
+
+
+@pytest.mark.parametrize("angle", [1e-15, 1e-11, 3e-8, 1e-4, 0.7, math.pi / 2 - 1e-12])
+def test_the_angle_to_an_eigenvector_keeps_its_digits_near_zero(angle):
+    # arccos of a cosine near 1 returns 0 or ~1.5e-8 for every angle below ~1e-8 rad
+    e = torch.tensor([0.0, 0.6, 0.8], dtype=torch.float64)
+    ortho = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
+    v = 5 * (math.cos(angle) * e + math.sin(angle) * ortho)
+    for sign in (1, -1):  # an eigenvector's sign is arbitrary: the angle is between lines
+        assert float(line_angle(sign * v, e)) == pytest.approx(angle, rel=1e-14)
 
 
 def test_matrices_that_are_not_spd_are_refused_in_one_line(tmp_path):
