@@ -23,6 +23,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
     require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
     check_gpu(cfg.trainer)
+    check_loss_scaling(cfg)
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
@@ -40,6 +41,20 @@ def check_gpu(trainer: DictConfig) -> None:
     data_parallel = "ddp" in str(trainer.get("strategy"))
     fix = "trainer=ddp_cpu (data-parallel CPU processes)" if data_parallel else "trainer.accelerator=cpu"
     raise ConfigError(f"trainer.accelerator={accelerator}: {GPU_MISSING}; use {fix}, or install a CUDA build of torch (see README)")
+
+
+def check_loss_scaling(cfg: DictConfig) -> None:
+    """16-mixed on a GPU scales the loss with torch's GradScaler, which cannot step LBFGS (it
+    evaluates the loss many times a step); Lightning refuses it at the first step with a traceback.
+    On the CPU, Lightning's 16-mixed uses no scaler, and LBFGS runs."""
+    import torch
+
+    precision = str(cfg.trainer.get("precision"))
+    on_gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda") or (
+        cfg.trainer.get("accelerator") in (None, "auto") and torch.cuda.is_available())
+    if precision in ("16-mixed", "16") and on_gpu and cfg.optimizer.get("_target_") == "torch.optim.LBFGS":
+        raise ConfigError(f"optimizer=lbfgs cannot run with trainer.precision={precision} on a GPU (loss scaling steps "
+                          "each evaluation, LBFGS takes many a step); use trainer.precision=bf16-mixed or 32-true, or another optimizer")
 
 
 GPU_MISSING = "a GPU was asked for but torch sees none (torch.cuda.is_available() is False)"

@@ -86,11 +86,19 @@ def stage_metrics(trainer: Any) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
 
 
-def final_metrics(task: Any) -> dict[str, float]:
-    """The task's loss and distances to the closed form at its final parameters."""
+def final_metrics(task: Any, record: dict[str, Any]) -> dict[str, float]:
+    """The task's loss and distances to the closed form at its final parameters.
+
+    A run that failed or diverged keeps its own error if these cannot be computed (it may have no
+    usable parameters). A completed run whose results cannot be computed is not completed: it
+    becomes `failed`, with this error and its traceback (a bug, such as a tensor left on another
+    device), rather than `completed` with no metrics."""
     try:
         return task.final_metrics()
-    except Exception:  # a failed run may have no usable parameters; its status already says so
+    except Exception as error:
+        if record["status"] == "completed":
+            record["status"] = "failed"
+            record_failure(record, error)
         return {}
 
 
@@ -119,7 +127,7 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
     from descend.dashboard import log_to_tensorboard
 
     if task is not None:
-        record["metrics"] = {**stage, **final_metrics(task)}
+        record["metrics"] = {**stage, **final_metrics(task, record)}
         if task.theory_summary():  # a quadratic task: what its Hessian predicts (theory.py)
             record["theory"] = task.theory_summary()
         if diverged:  # the loss the error message names, not the one after the blow-up

@@ -6,7 +6,8 @@ a step of descend's small problems. So a task runs with manual optimisation and 
 every one of them in `trainer.global_step`. K is planned so that every step-based event falls
 on a batch boundary: checkpoints, pictures, epoch ends, `max_steps` (see `StepPlan`). Logging
 happens inside a batch, at its exact step, from values buffered on the device and written once
-per batch (`MetricBuffer`), so nothing synchronises the host with the device on every step.
+per batch (`MetricBuffer`), so nothing synchronises the host with the device on every step
+(but 16-mixed: torch's GradScaler reads its overflow flag back at every step).
 
 Whatever automatic optimisation did is done here, per optimiser step: the closure (LBFGS
 evaluates it many times), mixed-precision scaling (through `manual_backward` and Lightning's
@@ -135,6 +136,16 @@ class MetricBuffer:
                 write_scalars(logger, row, step)
 
 
+def read_back(buffers: Sequence[MetricBuffer]) -> None:
+    """The pending device values of several buffers (a population's members) replaced by Python
+    floats with one transfer, so that their flushes need none: a transfer per member would make
+    the host wait for a GPU once per member per group."""
+    slots = [(metrics, key) for buffer in buffers for _, metrics in buffer.pending
+             for key, value in metrics.items() if isinstance(value, torch.Tensor)]
+    for (metrics, key), value in zip(slots, host_floats([metrics[key] for metrics, key in slots])):
+        metrics[key] = value
+
+
 def host_floats(tensors: list[torch.Tensor]) -> list[float]:
     """One-element tensors as Python floats: read one by one on the CPU (cheapest there), and
     with a single transfer from a GPU (one read each would wait for the device every time)."""
@@ -200,6 +211,7 @@ class StepState:
         self.logging = False
         self.last_logged: tuple[int, dict[str, float]] = (-1, {})  # by log_to_loggers (validation)
         self.relog: dict[str, Any] | None = None  # from a checkpoint, written again on resuming
+        self.device_rng: dict[str, torch.Tensor] | None = None  # from a checkpoint, restored on the device
 
 
 def lean_steps(trainer: Any, settings: StepSettings) -> bool:
@@ -334,10 +346,12 @@ def random_states(task: Any) -> dict[str, torch.Tensor]:
     return {k: v.unsqueeze(0) for k, v in states.items()}
 
 
-def restore_random_states(task: Any, states: dict[str, torch.Tensor]) -> None:
+def restore_random_states(task: Any, states: dict[str, torch.Tensor], kinds: Sequence[str] = ("cpu", "cuda")) -> None:
+    """This process's row of `states` (random_states) for the generators named in `kinds`; the
+    CUDA state only once the module is on its GPU (it is the state of that device's generator)."""
     rank = task.trainer.global_rank
     # a copy of the row: torch reads a generator state from the start of its storage
-    rows = {k: v[rank].clone() for k, v in states.items() if rank < len(v)}
+    rows = {k: v[rank].clone() for k, v in states.items() if rank < len(v) and k in kinds}
     if "cpu" in rows:
         torch.set_rng_state(rows["cpu"].cpu())
     if "cuda" in rows and task.device.type == "cuda":

@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from descend import stepping
 from descend.callbacks import Checkpoint, ImageLogger
 
 
@@ -19,6 +20,7 @@ class PopulationCheckpoint(Checkpoint):
     def _save(self, trainer: pl.Trainer) -> None:
         population = trainer.lightning_module
         base = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        stepping.read_back([population.members[index].task.metric_buffer for index in population.active])
         for index in population.active:
             member = population.members[index]
             # the curve up to this step on disk first (see Checkpoint._save)
@@ -43,7 +45,9 @@ class PopulationGuard(pl.Callback):
         self.settings = settings  # the members' guards carry them; kept for the config's sake
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        losses, first_step = outputs["losses"], outputs["first_step"]
+        # every member's losses of the group read back at once (one transfer from a GPU, where a
+        # read per member would wait for the device each time), then each member's guard reads its column
+        losses, first_step = outputs["losses"].detach().cpu(), outputs["first_step"]
         for index in pl_module.active:
             member = pl_module.members[index]
             guard = member.guard()

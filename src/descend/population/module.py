@@ -126,6 +126,7 @@ class Population(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks (checkpoints, the divergence guard), as Task.on_train_batch_end
         # writes a single run's rows
+        stepping.read_back([member.task.metric_buffer for member in self.members])
         for member in self.members:
             member.task.metric_buffer.flush(member.task.writing_loggers())
 

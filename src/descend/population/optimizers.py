@@ -50,13 +50,19 @@ class VectorisedOptimizer:
 
     def refresh(self) -> None:
         """Read the members' hyper-parameters (after a scheduler changed a learning rate)."""
-        p = self.params[0]
-        self.nonzero: dict[str, tuple[bool, bool]] = {}  # (any member's value ≠ 0, every member's)
-        for name in VECTORISED[self.kind]:
-            values = [hyper(h.param_groups[0], name) for h in self.holders]
-            self.h[name] = torch.tensor(values, dtype=torch.float64, device=p.device)
-            # decided here, on the host: a test of a device tensor at every step would wait for the GPU
-            self.nonzero[name] = (any(v != 0 for v in values), all(v != 0 for v in values))
+        names = VECTORISED[self.kind]
+        values = [[hyper(h.param_groups[0], name) for h in self.holders] for name in names]
+        if values == getattr(self, "_host_values", None):
+            return  # unchanged (a scheduler that left every lr as it was): nothing to copy
+        self._host_values = values
+        # decided here, on the host: a test of a device tensor at every step would wait for the GPU
+        self.nonzero: dict[str, tuple[bool, bool]] = {  # (any member's value ≠ 0, every member's)
+            name: (any(v != 0 for v in row), all(v != 0 for v in row)) for name, row in zip(names, values)}
+        # every hyper-parameter in one host-to-device copy, not waited for: a copy per name (with a
+        # scheduler, at every step) each made the GPU stream wait for the host. Safe without pinned
+        # memory: CUDA stages a pageable source before cudaMemcpyAsync returns.
+        rows = torch.tensor(values, dtype=torch.float64).to(self.params[0].device, non_blocking=True)
+        self.h = dict(zip(names, rows))
 
     def _per_member(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """[members] → [members, 1, …] in the parameter's dtype: torch casts a Python scalar

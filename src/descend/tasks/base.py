@@ -38,7 +38,34 @@ def initial(init: str, *shape: int) -> torch.Tensor:
     raise ConfigError(f"task.init={init!r} is unknown; use one of {', '.join(INITS)}")
 
 
+def follow(cached: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`cached` (a tensor, or a tuple, list or dict of them and other values) moved as `fn` moves a
+    module's tensors, keeping each tensor's dtype: fn may also convert dtypes (.half(), a
+    precision plugin), and a float64 reference must stay float64."""
+    if isinstance(cached, torch.Tensor):
+        moved = fn(cached)
+        return moved if moved.dtype == cached.dtype else cached.to(moved.device)
+    if isinstance(cached, dict):
+        return {k: follow(v, fn) for k, v in cached.items()}
+    if isinstance(cached, (tuple, list)):
+        return type(cached)(follow(v, fn) for v in cached)
+    return cached
+
+
 class Task(pl.LightningModule):
+    # Attributes holding tensors derived from the task's buffers (closed forms, caches). They are
+    # not buffers (a buffer would be converted to float16 under 16-true and saved in checkpoints),
+    # so _apply moves them with the module: Lightning's teardown moves a GPU run's module to the
+    # CPU before the final metrics are read. A subclass adds its own caches' names.
+    device_caches: tuple[str, ...] = ("_reference", "_reference_flat")
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Task:
+        super()._apply(fn, recurse)
+        for name in type(self).device_caches:
+            if name in self.__dict__:
+                self.__dict__[name] = follow(self.__dict__[name], fn)
+        return self
+
     def __init__(
         self,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
@@ -130,11 +157,17 @@ class Task(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "descend_rng" in checkpoint:
-            stepping.restore_random_states(self, checkpoint["descend_rng"])
+            # the CPU's state now; the GPU's in on_train_start: Lightning restores the module
+            # before it moves it to its device, so a CUDA state restored here would be skipped
+            stepping.restore_random_states(self, checkpoint["descend_rng"], kinds=("cpu",))
+            self.step_state.device_rng = checkpoint["descend_rng"]
         if "descend_logged_at_step" in checkpoint:
             self.step_state.relog = checkpoint["descend_logged_at_step"]
 
     def on_train_start(self) -> None:
+        device_rng, self.step_state.device_rng = self.step_state.device_rng, None
+        if device_rng is not None:
+            stepping.restore_random_states(self, device_rng, kinds=("cuda",))
         relog, self.step_state.relog = self.step_state.relog, None
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])

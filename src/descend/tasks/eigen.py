@@ -31,6 +31,8 @@ def line_angle(v: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 
 class EigenTask(Task):
+    device_caches = (*Task.device_caches, "_top", "_power")
+
     def __init__(self, matrix: dict[str, Any], init: str = "randn", **base: Any) -> None:
         super().__init__(**base)
         a = matrix_source(**matrix)
@@ -42,7 +44,8 @@ class EigenTask(Task):
 
             raise ConfigError("task.init=zeros gives v = 0, where the Rayleigh quotient is undefined; use randn or rand")
         self.register_buffer("v0", self.v.detach().clone(), persistent=False)  # where both methods start
-        self._power: tuple[int, torch.Tensor] = (0, self.v0.double())  # (iterations, vector)
+        # (iterations, vector), on v0's device: _apply moves it with the module (device_caches)
+        self._power: tuple[int, torch.Tensor] = (0, self.v0.double())
 
     def full_batch(self) -> tuple[torch.Tensor, ...]:
         return (self.a,)

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class LinRegTask(Task):
+    device_caches = (*Task.device_caches, "_least_squares")
+
     def __init__(
         self,
         data: dict[str, Any],

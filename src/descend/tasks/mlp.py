@@ -53,6 +53,8 @@ def split_rows(rows: int, fractions: list[float], seed: int) -> list[torch.Tenso
 
 
 class MLPTask(Task):
+    device_caches = (*Task.device_caches, "_test_predictions")  # with the solution, after teardown
+
     def __init__(
         self,
         data: dict[str, Any],
@@ -145,7 +147,8 @@ class MLPTask(Task):
         y = self.original_units(self.y_test)
         values["test/baseline_mse"] = torch.mean((y - self.y_mean) ** 2)
         if self.noise_floor is not None:
-            values["test/noise_floor"] = torch.tensor(float(self.noise_floor))
+            # on the module's device: NCCL cannot all-reduce a CPU tensor (sync_dist in log_stage_metrics)
+            values["test/noise_floor"] = torch.tensor(float(self.noise_floor), device=self.device)
         self.log_stage_metrics(values)
 
     def solution(self) -> dict[str, torch.Tensor]:
