@@ -92,7 +92,7 @@ def test_a_sweep_ends_saying_where_to_look_and_fails_when_a_job_failed(tmp_path)
 def test_sweep_summary_ranks_each_task_on_its_own_and_draws_zero_losses_at_a_floor():
     from matplotlib.figure import Figure
 
-    from descend.sweep import loss_axis
+    from descend.multirun import loss_axis
 
     rows = [{"status": "completed", "loss": 0.0}, {"status": "completed", "loss": 1e-3}, {"status": "completed", "loss": 2.0},
             {"status": "diverged", "loss": None}]
@@ -104,7 +104,7 @@ def test_sweep_summary_ranks_each_task_on_its_own_and_draws_zero_losses_at_a_flo
 def test_multi_task_sweep_is_ranked_task_by_task(tmp_path):
     run_cli("-m", "task=inverse,linreg", "optimizer=sgd,lbfgs", "trainer.max_steps=20", *QUIET, cwd=tmp_path)
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
-    from descend.sweep import job_rows
+    from descend.multirun import job_rows
 
     rows = job_rows(sweep)
     tasks = [row["task"] for row in rows]

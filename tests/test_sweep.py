@@ -60,7 +60,7 @@ def test_summary_files_rank_the_jobs(lr_sweep):
 
 
 def test_summary_png_plots_the_loss_against_the_swept_key(lr_sweep):
-    from descend.sweep import job_rows, swept_numbers
+    from descend.multirun import job_rows, swept_numbers
 
     rows = job_rows(lr_sweep[0])
     assert swept_numbers(rows) == {"optimizer.lr": [0.46, 0.1, 0.01, 2.0]}
@@ -170,7 +170,7 @@ def test_parallel_launcher_runs_jobs_in_processes_into_the_same_folders(tmp_path
 def test_job_numbers_are_padded_to_the_sweep_size_and_names_drop_the_constants(monkeypatch):
     from omegaconf import OmegaConf
 
-    from descend.sweep import JOB_COUNT, constant_keys, job_count, job_number, sweep_overrides
+    from descend.multirun import JOB_COUNT, constant_keys, job_count, job_number, sweep_overrides
 
     basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None, "params": None}
     config = OmegaConf.create({"hydra": {"sweeper": basic, "overrides": {"task": [

@@ -16,9 +16,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from descend.errors import UserError, exit_with_error
+from descend.errors import RefusedCommand, UserError, exit_with_error
 from descend.resume import resume_overrides
-from descend.sweep import register_resolvers
+from descend.multirun import register_resolvers
 
 # at import: a launcher's worker process imports this module to run a job, before Hydra resolves
 # the job's folder name (hydra.sweep.subdir) there
@@ -36,11 +36,11 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 
 def main() -> None:
     try:
-        sys.argv[1:] = resume_overrides(sys.argv[1:])
-        check_group_choices(sys.argv[1:], config_dir())
-        check_launcher(sys.argv[1:])
-        check_overrides(sys.argv[1:], config_dir())
-        sys.argv[1:] = keys_of_swept_groups(sys.argv[1:], config_dir())
+        try:
+            sys.argv[1:] = checked_argv(sys.argv[1:])
+        except RefusedCommand as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
         sys.exit(sweep_exit_code())
     finally:
@@ -50,9 +50,19 @@ def main() -> None:
         gc.freeze()
 
 
+def checked_argv(argv: list[str]) -> list[str]:
+    """The command's overrides checked before Hydra makes any folder, and rewritten where descend
+    adds to Hydra (resume=, keys of swept groups); raises RefusedCommand with the one line."""
+    argv = resume_overrides(argv)
+    check_group_choices(argv, config_dir())
+    check_launcher(argv)
+    check_overrides(argv, config_dir())
+    return keys_of_swept_groups(argv, config_dir())
+
+
 def sweep_exit_code() -> int:
     """After a multirun: 1 when a job failed, else 0 (a diverged job is a result, in the summary)."""
-    from descend.sweep import finished_sweep
+    from descend.multirun import finished_sweep
 
     return 1 if any(row["status"] == "failed" for row in finished_sweep) else 0
 

@@ -1,5 +1,7 @@
 """User-facing errors: one line that names the culprit and the fix."""
 
+from typing import NoReturn
+
 
 class UserError(Exception):
     """Bad input from the user (config, file, hardware); printed as one line, no traceback."""
@@ -13,12 +15,15 @@ class DataError(UserError):
     """A data file that is missing, empty, malformed or not numeric."""
 
 
-def exit_with_error(message: str, code: int = 2) -> None:
-    """Print `error: <message>` on stderr and exit; for bad input found before a run starts."""
-    import sys
+class RefusedCommand(UserError):
+    """Bad input found before a run starts: nothing is written. `python -m train` prints it as
+    `error: <message>` and exits 2 (cli.main); descend.train raises it as a DescendError."""
 
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+
+def exit_with_error(message: str) -> NoReturn:
+    """Refuse the command: raise RefusedCommand(message), which the CLI turns into its one line
+    and exit status 2 (the name is the CLI's view of it)."""
+    raise RefusedCommand(message)
 
 
 def require_int(value: object, key: str, low: int = 1, high: int | None = None, why: str = "") -> int:

@@ -92,6 +92,8 @@ def register_resolvers() -> None:
 
 # the rows of the sweep that ended last in this process: the command's exit status comes from them
 finished_sweep: list[dict[str, Any]] = []
+# the folder of the sweep started last in this process (descend.sweep lists its jobs from it)
+started_sweep: list[Path] = []
 
 
 class SweepSummary(Callback):
@@ -99,6 +101,7 @@ class SweepSummary(Callback):
         """Before the first job: the job count, for the width of the job numbers, and the keys
         every job sets alike, added to override_dirname's exclude_keys as a hydra override,
         which every job composes with (Hydra's load_sweep_config), whichever launcher runs it."""
+        started_sweep[:] = [Path(config.hydra.sweep.dir)]
         overrides = sweep_overrides(config)
         count = job_count(config, overrides)
         if count is None:
