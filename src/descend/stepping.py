@@ -166,8 +166,9 @@ def with_log10(row: dict[str, float]) -> dict[str, float]:
 
 
 def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
-    """One step's scalars through a Lightning logger. TensorBoard gets them as one event: its
-    writer costs about as much per event as a small step, and log_metrics writes one per scalar."""
+    """One step's scalars through a Lightning logger. TensorBoard gets them as one event, each
+    under its group's tag (tags.py): its writer costs about as much per event as a small step,
+    and log_metrics writes one per scalar."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     if not isinstance(logger, TensorBoardLogger):
@@ -175,8 +176,25 @@ def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in row.items()])
+    from descend.tags import tensorboard_tag
+
+    summary = Summary(value=[Summary.Value(tag=tensorboard_tag(tag), simple_value=value) for tag, value in row.items()])
     logger.experiment._get_file_writer().add_summary(summary, step)
+
+
+def log_last_step(task: Any, optimizer: torch.optim.Optimizer) -> None:
+    """The curves' point at the run's last step, at its final parameters: a logging step's row is
+    taken before that step's update, so without it the curves ended a logging interval before
+    final/* (90 against 100). The loss, the distances, theory's prediction and the learning rate;
+    no gradient norm, which only a step that follows would take."""
+    loggers = task.writing_loggers()
+    step = task.global_step
+    if task.trainer.log_every_n_steps <= 0 or not loggers or step == task.step_state.logged_step:
+        return
+    with torch.no_grad():
+        loss = task.loss(task.full_batch())
+    task.metric_buffer.add(step, {"train/loss": loss, **task.distances(loss), **task.predicted(step), **learning_rates(optimizer)})
+    task.metric_buffer.flush(loggers)
 
 
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
