@@ -110,7 +110,7 @@ def summaries(values: dict[str, Any], metrics: list[str], differing: set[str], c
     status = api_pb2.STATUS_SUCCESS if completed else api_pb2.STATUS_FAILURE
     end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
     return [summary(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
-            hparams_pb(values),
+            hparams_pb(values, trial_id=""),  # no group name: a session is its own row, named by its run
             summary(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_end_info=end))]
 
 
