@@ -185,15 +185,22 @@ def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
 def log_last_step(task: Any, optimizer: torch.optim.Optimizer) -> None:
     """The curves' point at the run's last step, at its final parameters: a logging step's row is
     taken before that step's update, so without it the curves ended a logging interval before
-    final/* (90 against 100). The loss, the distances, theory's prediction and the learning rate;
-    no gradient norm, which only a step that follows would take."""
+    final/* (90 against 100). What a logging step logs: the loss, the distances, theory's
+    prediction, the learning rate and the gradient norm (taken with autograd.grad, which leaves
+    the parameters' .grad as the last step left them)."""
     loggers = task.writing_loggers()
     step = task.global_step
     if task.trainer.log_every_n_steps <= 0 or not loggers or step == task.step_state.logged_step:
         return
-    with torch.no_grad():
+    parameters = [p for p in task.parameters() if p.requires_grad]
+    with torch.enable_grad():
         loss = task.loss(task.full_batch())
-    task.metric_buffer.add(step, {"train/loss": loss, **task.distances(loss), **task.predicted(step), **learning_rates(optimizer)})
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True) if loss.requires_grad else []
+    loss = loss.detach()
+    metrics = {"train/loss": loss, **task.distances(loss), **task.predicted(step), **learning_rates(optimizer)}
+    if any(g is not None for g in grads):
+        metrics["train/grad_norm"] = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+    task.metric_buffer.add(step, metrics)
     task.metric_buffer.flush(loggers)
 
 
