@@ -153,3 +153,36 @@ def test_a_picture_run_shows_its_file_by_absolute_path_and_its_readable_name(out
     # the tensorboard command names the run by its folder, not "."
     assert f"tensorboard --logdir {run.parent}" in console and run.name in console
     assert scalars(run)["final/loss"]
+
+
+def test_tags_file_the_curves_first_and_leave_other_names_as_they_are():
+    from descend.tags import tensorboard_tag
+
+    assert [tensorboard_tag(n) for n in ("train/loss", "ref/log10_rel_error", "theory/excess_loss", "baseline/angle_deg",
+                                         "reconstruction_rel_error", "val/mse")] == [
+        "descent/train/loss", "distance/ref/log10_rel_error", "distance/theory/excess_loss", "distance/baseline/angle_deg",
+        "distance/reconstruction_rel_error", "evaluation/val/mse"]
+    for name in ("final/loss", "theory/lr_critical", "lr-SGD", "test/mse"):
+        assert tensorboard_tag(name) == name
+    assert groups(["final/loss", "images/W·M", "lr-SGD", "theory/lr_critical", "descent/train/loss", "distance/ref/rel_error"])[:2] == [
+        "descent", "distance"]
+
+
+def test_a_run_layout_has_a_chart_for_each_curve_it_logs_and_no_other():
+    from descend.dashboard import PAGE, layout
+
+    mlp = layout(["train/loss", "train/log10_loss", "train/grad_norm", "lr-Adam"])[PAGE]
+    assert list(mlp) == ["log10 loss", "learning rate"]
+    inverse = layout(["train/log10_loss", "ref/log10_rel_error", "ref/log10_excess_loss", "theory/log10_excess_loss", "lr-SGD"])[PAGE]
+    assert all(len(patterns) == 1 for _, patterns in inverse.values()) and len(inverse) == 5
+
+
+def test_final_loss_leads_the_hparams_metrics():
+    from descend.hparams import ordered_metrics
+
+    record = {"status": "completed", "metrics": {"val/mae": 0.2, "val/mse": 0.1, "test/mse": 0.1, "test/r2": 0.8, "loss": 0.2}}
+    assert list(ordered_metrics(record))[:4] == ["final/loss", "final/val/mse", "final/test/mse", "final/diverged"]
+    record = {"status": "diverged", "metrics": {"loss": None, "ref/excess_loss": 1.0, "ref/rel_error": 2.0}}
+    metrics = ordered_metrics(record)
+    assert list(metrics) == ["final/loss", "final/ref/rel_error", "final/ref/excess_loss", "final/diverged"]
+    assert metrics["final/diverged"] == 1.0 and metrics["final/loss"] != metrics["final/loss"]  # nan, as JSON's null
