@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from descend.tags import tensorboard_tag
+
 
 @dataclass(frozen=True)
 class StepSettings:
@@ -175,8 +177,6 @@ def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
         logger.log_metrics(row, step=step)
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
-
-    from descend.tags import tensorboard_tag
 
     summary = Summary(value=[Summary.Value(tag=tensorboard_tag(tag), simple_value=value) for tag, value in row.items()])
     logger.experiment._get_file_writer().add_summary(summary, step)
