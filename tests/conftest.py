@@ -37,13 +37,27 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+def tensorboard_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar series of a run, read back with TensorBoard's own reader: {tag: {step: value}}."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
+
+
+def metric_name(tag: str) -> str:
+    """The metric a TensorBoard tag holds: descent/train/loss -> train/loss (descend.tags files it)."""
+    from descend.tags import tensorboard_tag
+
+    group, _, name = tag.partition("/")
+    return name if name and tensorboard_tag(name) == tag else tag
+
+
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar series of a run by its metric's name, as metrics.json and other loggers name
+    it (train/loss, which TensorBoard shows under descent/): {name: {step: value}}."""
+    return {metric_name(tag): series for tag, series in tensorboard_scalars(run_dir).items()}
 
 
 def tensorboard_events(run_dir: Path):

@@ -70,6 +70,9 @@ def test_tensorboard_has_curves_images_config_and_real_hparams(seed_inverse):
     last = metrics(run)["steps"]
     assert series["final/loss"] == {last: pytest.approx(metrics(run)["metrics"]["loss"], rel=1e-5)}
     assert series["final/diverged"] == {last: 0.0}
+    # and the curves end there too: their last point is the final metrics'
+    for tag, final in (("train/loss", "loss"), ("ref/rel_error", "ref/rel_error"), ("ref/excess_loss", "ref/excess_loss")):
+        assert max(series[tag]) == last and series[tag][last] == pytest.approx(metrics(run)["metrics"][final], rel=1e-6), tag
 
 
 def test_decaying_curves_have_log10_companions_and_a_custom_scalars_page(seed_inverse):
@@ -92,7 +95,8 @@ def test_decaying_curves_have_log10_companions_and_a_custom_scalars_page(seed_in
     layout = layout_pb2.Layout.FromString(config.tensor_proto.string_val[0])
     (category,) = layout.category
     patterns = [chart.multiline.tag for chart in category.chart]
-    assert patterns == [["^train/log10_loss$"], ["^ref/log10_", "^theory/log10_", "^baseline/log10_"], ["^lr-"]]
+    assert patterns == [["^descent/train/log10_loss$"], ["^distance/ref/log10_rel_error$"], ["^distance/ref/log10_excess_loss$"],
+                        ["^distance/theory/log10_excess_loss$"], ["^lr-"]]
 
 
 def test_seed_linreg_reproduces_notebook_003(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from matplotlib import colormaps
 
@@ -41,3 +42,28 @@ def test_side_by_side_keeps_one_scale_for_both_matrices():
     assert picture[top + 5, 4 + 5].tolist() == rgb("gray", 1.0).tolist()  # A: the top of the scale
     assert picture[top + 5, 4 + block + GAP + 5].tolist() == rgb("gray", 0.0).tolist()  # U·Vᵀ: its bottom
     assert (picture[:top].min(axis=-1) < 100).any()  # the caption says the scale is shared
+
+
+@pytest.mark.parametrize("scale", [1e-9, 1e-4, 0.03, 1.0, 1.45, 110.0, 12345.0, 3e7])
+def test_cell_values_fit_their_cells_at_every_size_that_shows_them(scale):
+    from descend.plots import _font, cell_texts
+
+    generator = np.random.default_rng(0)
+    for size in range(1, 9):
+        values = generator.standard_normal((size, size)) * scale
+        values[0, 0] = -scale * 1.0001  # the widest: a negative number at the top of the scale
+        limit = float(np.abs(values).max())
+        texts = cell_texts(values, limit, CELL_PIXELS - 4)
+        assert all(_font().getlength(t) <= CELL_PIXELS - 4 for row in texts for t in row), texts
+        assert texts[0][0] != "0"  # the largest value is never rounded away
+
+
+def test_cell_values_share_one_precision_and_noise_reads_zero():
+    from descend.plots import cell_texts
+
+    # W·M of an lr sweep: the identity with float32 leftovers that used to read 5.6e-45 and 1.7e-11
+    values = np.array([[0.9812, 3.3e-05, 1.7e-11, 8.8e-23], [0.068, 1.0, 1.3e-11, 5.6e-45], [0.000662, 2.4e-05, 1.0, 1.4e-22]])
+    texts = cell_texts(values, 1.0, CELL_PIXELS - 4)
+    assert texts == [["0.98", "0", "0", "0"], ["0.07", "1.00", "0", "0"], ["0", "0", "1.00", "0"]]
+    assert cell_texts(np.array([[110.0, -3.2]]), 110.0, CELL_PIXELS - 4) == [["110", "-3"]]
+    assert cell_texts(np.array([[-123456.0, 3.0]]), 123456.0, CELL_PIXELS - 4) == [["-1.2e5", "0"]]

@@ -84,7 +84,10 @@ def assert_equivalent(sequential: Path, population: Path, rel: float) -> None:
             assert curves[tag].keys() == points.keys(), (alone.name, tag)
             # TensorBoard keeps float32 (angles are computed well-conditioned: eigen.line_angle);
             # an excess loss (loss − optimum) keeps the loss's absolute rounding
-            scale = max([abs(v) for v in points.values() if math.isfinite(v)] or [1.0])
+            # final/<name> is its curve's last point, compared on the curve's scale: alone, an
+            # angle of 7e-14 degrees (the rounding floor, where two correct runs part) was its own
+            curve = reference_curves.get(tag.removeprefix("final/"), points)
+            scale = max([abs(v) for v in curve.values() if math.isfinite(v)] or [1.0])
             tolerance = max(rel, 1e-6)
             for step, value in points.items():
                 floor = tolerance * (abs(loss_curve.get(step, scale)) if "excess" in tag else scale)

@@ -64,9 +64,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     expected = torch.load(only_run(straight) / "solution.pt", weights_only=True)["W"]
     assert torch.equal(resumed, expected)  # exactly, on the CPU
     assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == STEPS
-    # one continuous curve: every logged step once, from 0 to the end
+    # one continuous curve: every logged step once, from 0 to the end (the last step included)
     steps = sorted(scalars(run)["train/loss"])
-    assert steps == list(range(0, STEPS, 10))
+    assert steps == [*range(0, STEPS, 10), STEPS]
     assert scalars(run)["train/loss"] == pytest.approx(scalars(only_run(straight))["train/loss"], rel=1e-6)
 
 

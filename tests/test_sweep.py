@@ -101,16 +101,19 @@ def test_tensorboard_serves_every_job_and_its_loss_curve(lr_sweep):
         assert sorted(_get(base, "/data/runs")) == expected
         tags = _get(base, "/data/plugin/scalars/tags")
         for run in expected:
-            assert {"train/loss", "train/log10_loss", "ref/rel_error", "ref/log10_rel_error", "final/loss"} <= set(tags[run]), run
-            series = _get(base, "/data/plugin/scalars/scalars", run=run, tag="train/loss")
+            assert {"descent/train/loss", "descent/train/log10_loss", "distance/ref/rel_error", "distance/ref/log10_rel_error",
+                    "final/loss"} <= set(tags[run]), run
+            series = _get(base, "/data/plugin/scalars/scalars", run=run, tag="descent/train/loss")
             local = scalars(sweep / run)["train/loss"]
             assert [step for _, step, _ in series] == sorted(local) and len(series) >= 1
             final = _get(base, "/data/plugin/scalars/scalars", run=run, tag="final/loss")
             assert [step for _, step, _ in final] == [metrics(sweep / run)["steps"]]  # at the run's last step
-        # the custom-scalars page: the four runs' layouts merged into one page of three charts
+        # the custom-scalars page: the four runs' layouts merged into one page, one quantity a chart
         layout = _get(base, "/data/plugin/custom_scalars/layout")
         (category,) = layout["category"]
-        assert [chart["multiline"]["tag"] for chart in category["chart"]] == [["^train/log10_loss$"], ["^ref/log10_", "^theory/log10_", "^baseline/log10_"], ["^lr-"]]
+        assert [chart["multiline"]["tag"] for chart in category["chart"]] == [
+            ["^descent/train/log10_loss$"], ["^distance/ref/log10_rel_error$"], ["^distance/ref/log10_excess_loss$"],
+            ["^distance/theory/log10_excess_loss$"], ["^lr-"]]
         # the HPARAMS tab compares the swept learning rates
         request = urllib.request.Request(f"{base}/data/plugin/hparams/experiment", data=b'{"experimentName": ""}',
                                          headers={"Content-Type": "application/json"})

@@ -184,3 +184,13 @@ def test_excess_loss_in_floats_is_the_torch_formula_and_overflows_to_inf():
                 got = spectrum.excess_loss(lr, steps)
                 assert got == pytest.approx(expected, rel=1e-13, abs=0) or (math.isnan(got) and math.isnan(expected)), (lr, steps)
     assert math.isinf(spectra[0].excess_loss(5.0, 2000)) and math.isnan(spectra[1].excess_loss(5.0, 2000))
+
+
+def test_the_theory_line_says_growth_above_lr_critical_and_stays_at_it():
+    from descend.theory import Spectrum, describe
+
+    spectrum = Spectrum.of(2.0 / 16 * torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0])) ** 2, torch.ones(4, 4))  # the seed inverse
+    lines = {lr: describe(spectrum.summary(lr), lr) for lr in (0.46, 1.0, 1.04)}
+    assert "shrinks the error by a factor 0.9425 per step" in lines[0.46]
+    assert "stays" in lines[1.0] and "shrinks" not in lines[1.0] and "grows" not in lines[1.0]
+    assert "grows the error by a factor 1.08 per step" in lines[1.04] and "shrinks" not in lines[1.04]

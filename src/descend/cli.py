@@ -236,6 +236,7 @@ def run(cfg: DictConfig) -> float:
     from hydra.types import RunMode
 
     from descend.distributed import ddp_children_join_this_job
+    from descend.hparams import chosen_keys
     from descend.results import report
 
     quiet_lightning()
@@ -243,7 +244,7 @@ def run(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with ddp_children_join_this_job(hydra_cfg):
-        record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"))
+        record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), chosen=chosen_keys(hydra_cfg))
     if record is None:
         return float("nan")  # a data-parallel rank other than 0: rank 0 reports
     report(record, run_dir)
@@ -253,10 +254,9 @@ def run(cfg: DictConfig) -> float:
     return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
 
 
-def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | None:
+def train(cfg: DictConfig, run_dir: Path, task_name: str, chosen: list[str] = ()) -> dict[str, Any] | None:
     from descend.build import build_task, build_trainer, checkpoint_step, validate
     from descend.callbacks import Diverged
-    from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
     from descend.results import new_record, record_failure, record_interrupt, report, say, stage_metrics, write_results
 
@@ -272,7 +272,6 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         task = build_task(cfg)
         trainer = build_trainer(cfg)
-        write_layout(trainer.loggers)
         if cfg.get("ckpt_path"):
             say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
                  "position in the epoch and random state come from the checkpoint, so the run continues exactly"])
@@ -309,7 +308,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         record["steps"] = diverged.step if diverged else trainer.global_step
     # before its first step a run has nothing worth saving: no solution of untrained values, no curves
     trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
-    write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged)
+    write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged, chosen)
     if record.get("interrupted"):
         report(record, run_dir)
         sys.exit(130)  # as for SIGINT; in a sweep, Ctrl-C ends the sweep

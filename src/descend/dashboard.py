@@ -6,21 +6,36 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from descend import configtext
 from descend.stepping import write_scalars
 
-# The CUSTOM SCALARS tab: one page, its charts side by side, each plotting every run that has a
-# matching tag (regular expressions, so every task and optimiser matches: lr-SGD, lr-Adam/pg2)
-LAYOUT = {
-    "descend: loss, distance to the optimum, learning rate": {
-        "log10 loss": ["Multiline", [r"^train/log10_loss$"]],
-        # theory's prediction (quadratic tasks) and the power method (eigen) beside the measured distances
-        "log10 distance to the optimum (relative error, excess loss)": ["Multiline", [r"^ref/log10_", r"^theory/log10_", r"^baseline/log10_"]],
-        "learning rate": ["Multiline", [r"^lr-"]],
-    }
-}
+# The CUSTOM SCALARS tab: one page, its charts side by side, each plotting every run that has its
+# tag. One quantity a chart: a sweep's 16 runs are 16 lines, one colour each (three quantities in
+# one chart were 48 lines in 16 colours). A run's layout holds the charts of the curves it logs
+# (layout), and TensorBoard merges the runs' layouts, so no chart is empty whatever the tasks.
+PAGE = "descend: loss, distance to the optimum, learning rate"
+CHARTS = (
+    ("log10 loss", r"^descent/train/log10_loss$"),
+    ("log10 relative error to the closed form", r"^distance/ref/log10_rel_error$"),
+    ("log10 excess loss over the optimum", r"^distance/ref/log10_excess_loss$"),
+    ("log10 excess loss theory predicts (plain SGD)", r"^distance/theory/log10_excess_loss$"),
+    ("log10 eigenvalue relative error", r"^distance/ref/log10_eigenvalue_rel_error$"),
+    ("log10 eigenvalue relative error, power method", r"^distance/baseline/log10_eigenvalue_rel_error$"),
+    ("learning rate", r"^lr-"),  # every optimiser's name and parameter group: lr-SGD, lr-Adam/pg2
+)
+
+
+def layout(names: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars page of a run whose curves have these metric names (tags.py files them)."""
+    import re
+
+    from descend.tags import tensorboard_tag
+
+    tags = [tensorboard_tag(name) for name in names]
+    charts = {title: ["Multiline", [pattern]] for title, pattern in CHARTS if any(re.search(pattern, tag) for tag in tags)}
+    return {PAGE: charts}
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -106,44 +121,29 @@ def tensorboard_loggers(loggers: list[Any]) -> list[LightningTensorBoardLogger]:
     return [logger for logger in loggers if isinstance(logger, LightningTensorBoardLogger)]
 
 
-def write_layout(loggers: list[Any]) -> None:
-    """The custom-scalars page, written when the run starts so that a running sweep shows it.
-    TensorBoard merges the runs' identical layouts into one page. On data-parallel ranks other
+def write_layout(loggers: list[Any], names: list[str]) -> None:
+    """The custom-scalars page, written when the run starts so that a running sweep shows it
+    (Task.start_dashboard), with the charts of the curves named. On data-parallel ranks other
     than 0, Lightning's `experiment` is a stand-in that writes nothing."""
     for logger in tensorboard_loggers(loggers):
-        logger.experiment.add_custom_scalars(LAYOUT)
+        logger.experiment.add_custom_scalars(layout(names))
 
 
-def log_to_tensorboard(loggers: list[Any], cfg: DictConfig, record: dict[str, Any]) -> None:
-    """The resolved config as text; the final metrics as scalars at the run's last step, where
-    the curves they summarise end; and the HPARAMS entry: the hyper-parameters with those
-    metrics, which the HPARAMS tab reads from the final/* scalars."""
-    from torch.utils.tensorboard.summary import hparams
+def log_to_tensorboard(loggers: list[Any], cfg: DictConfig, record: dict[str, Any], run_name: str, chosen: list[str]) -> None:
+    """The config as text (hparams.shown_config); the final metrics as scalars at the run's last
+    step, where the curves they summarise end; and the HPARAMS entry (hparams.py): the settings,
+    the keys `chosen` on the command line marked as what tells the runs apart, and those metrics,
+    which the HPARAMS tab reads from the final/* scalars."""
+    from descend import hparams
 
+    shown = hparams.shown_config(cfg)
+    values = hparams.with_chosen(hparams.hyperparameters(shown, record["task"], run_name), shown, chosen)
+    metrics = hparams.ordered_metrics(record)
+    differing = {"run", *chosen}
     for logger in tensorboard_loggers(loggers):
         writer = logger.experiment
-        writer.add_text("config", "    " + configtext.to_yaml(cfg, resolve=True).replace("\n", "\n    "))
-        metrics = {f"final/{k}": (v if v is not None else float("nan")) for k, v in record["metrics"].items()}
-        metrics["final/diverged"] = float(record["status"] == "diverged")
+        writer.add_text("config", "    " + configtext.to_yaml(shown, resolve=True).replace("\n", "\n    "))
         write_scalars(logger, metrics, record["steps"])
-        for summary in hparams(hyperparameters(cfg), metrics):  # the experiment, the session's start and its end
+        for summary in hparams.summaries(values, list(metrics), differing, record["status"] == "completed"):
             writer._get_file_writer().add_summary(summary)
         logger.finalize("success" if record["status"] == "completed" else "failed")
-
-
-def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """The run's choices, flattened: task, optimizer, scheduler, seed and the trainer's step budget."""
-    chosen = {k: cfg[k] for k in ("task", "optimizer", "scheduler") if cfg.get(k)}
-    flat: dict[str, Any] = {"seed": cfg.seed, "trainer.max_steps": cfg.trainer.get("max_steps")}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key not in ("_target_", "_partial_"):
-                    walk(f"{prefix}.{key}", value)
-        else:
-            flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
-
-    for group, node in chosen.items():
-        walk(group, OmegaConf.to_container(node, resolve=True))
-    return flat

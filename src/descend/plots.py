@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 
 # Matrices up to this many rows and columns show their values in the cells
 CELL_VALUES_UP_TO = 8
-CELL_PIXELS = 36  # wide enough for a value such as -0.012
+CELL_PIXELS = 36  # wide enough for five characters such as -0.12 (cell_text keeps within it)
 BAR_WIDTH, GAP = 12, 8
 
 
@@ -94,10 +95,54 @@ def _write_cells(draw: object, font: object, values: np.ndarray, origin: tuple[i
                  scale: tuple[float, float], colour: Callable[[Any], np.ndarray]) -> None:
     low, high = scale
     light = colour((values - low) / (high - low)) @ np.array([0.299, 0.587, 0.114]) > 0.5  # luminance
+    texts = cell_texts(values, max(abs(low), abs(high)), cell - 4, font)
     for (row, col), value in np.ndenumerate(values):
         centre = (origin[0] + (col + 0.5) * cell, origin[1] + (row + 0.5) * cell)
         ink = (0, 0, 0) if light[row, col] else (255, 255, 255)
-        draw.text(centre, _number(value, digits=2), fill=ink, font=font, anchor="mm")
+        draw.text(centre, texts[row][col], fill=ink, font=font, anchor="mm")
+
+
+def cell_texts(values: np.ndarray, limit: float, width: float, font: object | None = None) -> list[list[str]]:
+    """The cells' values as the picture can show them, every one within `width` pixels.
+
+    Written to the precision of the colour scale, which runs to ±`limit`: one number of decimals
+    for all cells (two significant digits of the largest value, and two decimals on scales up to
+    10, as 0.92 beside 1.00; fewer where a value would not fit), so what rounds to zero at that precision, float32 noise such as 5.6e-45 included,
+    reads 0 and a 0.0007 does not look as large as a 0.7. Where no number of decimals both fits
+    and shows the largest value (scales below 0.01 or beyond 10⁵), a short exponent form, 1.2e5,
+    with zero below half a percent of the scale. Values written with two significant digits of
+    their own ran into each other ("1.7e-118.8e-23") and overflowed their cells (1.1e+02)."""
+    font = font or _font()
+    rows = values.tolist()
+    if not (limit > 0 and math.isfinite(limit)):
+        limit = 1.0
+    most = max(2 if limit < 10 else 0, 1 - math.floor(math.log10(limit)))
+    for places in range(most, -1, -1):
+        if limit < 10.0**-places:
+            break  # the largest value would read 0: the exponent form shows it
+        texts = [[_fixed(v, places) for v in row] for row in rows]
+        if all(font.getlength(t) <= width for row in texts for t in row):
+            return texts
+    return [[_short_exponent(v, limit, width, font) for v in row] for row in rows]
+
+
+def _fixed(value: float, places: int) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    return "0" if abs(value) < 0.5 * 10.0**-places else f"{value:.{places}f}"
+
+
+def _short_exponent(value: float, limit: float, width: float, font: object) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if abs(value) < 5e-3 * limit:
+        return "0"
+    for digits in (1, 0):
+        mantissa, _, exponent = f"{value:.{digits}e}".partition("e")
+        text = f"{mantissa}e{int(exponent)}"  # 1.2e5, not 1.2e+05
+        if font.getlength(text) <= width:
+            break
+    return text
 
 
 @functools.cache

@@ -120,10 +120,11 @@ def record_interrupt(record: dict[str, Any], step: int, run_dir: Path) -> None:
 
 
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
-                  stage: dict[str, float], diverged: Any | None) -> None:
+                  stage: dict[str, float], diverged: Any | None, chosen: list[str] = ()) -> None:
     """What a finished run leaves: metrics.json always; for a run that trained (`task` given) the
     final metrics (after `stage`'s val/test ones), theory's numbers, the solution, and TensorBoard's
-    final/* scalars and HPARAMS entry. A diverged run's loss is the one its error names."""
+    final/* scalars and HPARAMS entry (`chosen`: the keys set on the command line that tell this
+    run apart, hparams.chosen_keys). A diverged run's loss is the one its error names."""
     from descend.dashboard import log_to_tensorboard
 
     if task is not None:
@@ -135,7 +136,7 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
         write_solution(run_dir, task.solution())
     write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
     if task is not None:
-        log_to_tensorboard(loggers, cfg, record)
+        log_to_tensorboard(loggers, cfg, record, run_dir.name, list(chosen))
 
 
 def report(record: dict[str, Any], run_dir: Path) -> None:
@@ -149,7 +150,9 @@ def report(record: dict[str, Any], run_dir: Path) -> None:
         lines += [f"  {shown}"] if shown else []
         if record.get("theory"):
             lines.append("  theory  " + "   ".join(f"{k} {v:.4g}" for k, v in record["theory"].items()))
-        lines += [f"  run folder: {run_dir}", f"  tensorboard --logdir {run_dir}"]
+        # the folder above the run's: TensorBoard names a run after its path below --logdir, and
+        # the run folder itself would be named "." (in the run list, the tables, HPARAMS)
+        lines += [f"  run folder: {run_dir}", f"  tensorboard --logdir {run_dir.parent}   (this run: {run_dir.name})"]
     else:
         lines += [f"descend: {record['task']} failed before its first step", f"  run folder: {run_dir} (metrics.json says why)"]
     errors = [f"error: {record['error']}"] if record["error"] else []

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from descend.tags import tensorboard_tag
+
 
 @dataclass(frozen=True)
 class StepSettings:
@@ -177,8 +179,9 @@ def with_log10(row: dict[str, float]) -> dict[str, float]:
 
 
 def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
-    """One step's scalars through a Lightning logger. TensorBoard gets them as one event: its
-    writer costs about as much per event as a small step, and log_metrics writes one per scalar."""
+    """One step's scalars through a Lightning logger. TensorBoard gets them as one event, each
+    under its group's tag (tags.py): its writer costs about as much per event as a small step,
+    and log_metrics writes one per scalar."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     if not isinstance(logger, TensorBoardLogger):
@@ -186,8 +189,30 @@ def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
         return
     from tensorboard.compat.proto.summary_pb2 import Summary
 
-    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in row.items()])
+    summary = Summary(value=[Summary.Value(tag=tensorboard_tag(tag), simple_value=value) for tag, value in row.items()])
     logger.experiment._get_file_writer().add_summary(summary, step)
+
+
+def log_last_step(task: Any, optimizer: torch.optim.Optimizer) -> None:
+    """The curves' point at the run's last step, at its final parameters: a logging step's row is
+    taken before that step's update, so without it the curves ended a logging interval before
+    final/* (90 against 100). What a logging step logs: the loss, the distances, theory's
+    prediction, the learning rate and the gradient norm (taken with autograd.grad, which leaves
+    the parameters' .grad as the last step left them)."""
+    loggers = task.writing_loggers()
+    step = task.global_step
+    if task.trainer.log_every_n_steps <= 0 or not loggers or step == task.step_state.logged_step:
+        return
+    parameters = [p for p in task.parameters() if p.requires_grad]
+    with torch.enable_grad():
+        loss = task.loss(task.full_batch())
+        grads = torch.autograd.grad(loss, parameters, allow_unused=True) if loss.requires_grad else []
+    loss = loss.detach()
+    metrics = {"train/loss": loss, **task.distances(loss), **task.predicted(step), **learning_rates(optimizer)}
+    if any(g is not None for g in grads):
+        metrics["train/grad_norm"] = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+    task.metric_buffer.add(step, metrics)
+    task.metric_buffer.flush(loggers)
 
 
 def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:

@@ -95,8 +95,18 @@ def describe(theory: dict[str, float], lr: float | None) -> str:
             f"(condition number {theory['condition_number']:.4g}); lr_critical {theory['lr_critical']:.4g}, "
             f"lr_optimal {theory['lr_optimal']:.4g}")
     if lr is not None:
-        text += f"; plain SGD at lr {lr:.4g} shrinks the error by {theory['contraction']:.4g} per step"
+        text += f"; plain SGD at lr {lr:.4g} {error_per_step(theory['contraction'])}"
     return text
+
+
+def error_per_step(contraction: float) -> str:
+    """What the worst factor per step does to the error, in words: below 1 it shrinks, above 1
+    it grows (lr above lr_critical), at 1 (lr at lr_critical) its worst component keeps its size."""
+    if math.isclose(contraction, 1.0, rel_tol=1e-9):
+        return "keeps the error's size (a factor 1 per step along λmax): it stays, without converging"
+    if contraction > 1:
+        return f"grows the error by a factor {contraction:.4g} per step: it diverges"
+    return f"shrinks the error by a factor {contraction:.4g} per step"
 
 
 def power(base: float, exponent: int) -> float:

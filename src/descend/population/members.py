@@ -28,8 +28,9 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
 
 
 class Member:
-    def __init__(self, cfg: DictConfig, run_dir: Path, task_name: str, number: int) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, task_name: str, number: int, chosen: list[str] = ()) -> None:
         self.number = number  # the job's number in the sweep
+        self.chosen = list(chosen)  # the keys that tell it apart in HPARAMS (hparams.chosen_keys)
         self.cfg = cfg  # resolved: ${hydra:...} interpolations need the job's Hydra config
         self.run_dir = run_dir
         self.record = new_record(task_name)
@@ -136,7 +137,8 @@ class Member:
         trained = trainer is not None and self.task is not None and (trainer.global_step > 0 or record["status"] == "completed")
         with self.logging():
             stage = self.task.stage_values if trained else {}
-            write_results(self.run_dir, self.cfg, record, self.task if trained else None, self.loggers if trained else [], stage, self.diverged)
+            write_results(self.run_dir, self.cfg, record, self.task if trained else None, self.loggers if trained else [], stage,
+                          self.diverged, self.chosen)
             report(record, self.run_dir)
         loss = record["metrics"].get("loss")
         return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
@@ -218,7 +220,6 @@ def train_population(members: list[Member]) -> bool:
     """Train the members as one population and write every member's results. Returns whether
     the run was interrupted (Ctrl-C): every member is then recorded as failed, with its
     resume command, and the sweep ends as a single run's Ctrl-C ends it."""
-    from descend.dashboard import write_layout
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     from descend.population.module import population_of
@@ -229,8 +230,6 @@ def train_population(members: list[Member]) -> bool:
     try:
         population = population_of(members)
         trainer = population_trainer(members[0].cfg)
-        for member in members:
-            write_layout(member.loggers)
         with log_to([m.run_dir for m in members]):
             trainer.fit(population)
             if is_overridden("test_step", population) and population.active:  # as cli.train tests a run

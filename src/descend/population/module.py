@@ -98,7 +98,13 @@ class Population(pl.LightningModule):
     def on_train_start(self) -> None:
         for member in self.members:
             with member.logging():
-                member.task.start_theory(member.optimizer)
+                member.task.start_dashboard(member.optimizer)
+
+    def on_train_end(self) -> None:
+        # as Task.on_train_end, for each member still running (a diverged one stopped before)
+        for index in self.active:
+            member = self.members[index]
+            stepping.log_last_step(member.task, member.optimizer)
 
     def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:
         optimizer = self.optimizers()  # the LightningOptimizer: it counts trainer.global_step

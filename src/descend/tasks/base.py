@@ -171,7 +171,29 @@ class Task(pl.LightningModule):
         relog, self.step_state.relog = self.step_state.relog, None
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])
-        self.start_theory(self.optimizers(use_pl_optimizer=False))
+        self.start_dashboard(self.optimizers(use_pl_optimizer=False))
+
+    def on_train_end(self) -> None:
+        # a completed run (a diverged one stops by an exception): the curves end where final/* stands
+        stepping.log_last_step(self, self.optimizers(use_pl_optimizer=False))
+
+    def start_dashboard(self, optimizer: torch.optim.Optimizer) -> None:
+        """What TensorBoard shows of the run from its start: theory's numbers (quadratic tasks) and
+        the custom-scalars page, with a chart for each curve this task logs and no empty one."""
+        from descend.dashboard import write_layout
+
+        self.start_theory(optimizer)
+        if self.writing_loggers():
+            write_layout(self.writing_loggers(), self.curve_names(optimizer))
+
+    @torch.no_grad()
+    def curve_names(self, optimizer: torch.optim.Optimizer) -> list[str]:
+        """The names a logging step writes (stepping.after_backward), log10 companions included:
+        the distances' names are those of the task's own distances() (the loss given is a
+        stand-in: only the names are kept)."""
+        names = ["train/loss", "train/grad_norm", *self.distances(torch.zeros((), device=self.device)),
+                 *self.predicted(self.global_step), *stepping.learning_rates(optimizer)]
+        return names + [stepping.log10_tag(name) for name in names if name in stepping.DECAYING]
 
     # ---- what theory predicts (quadratic tasks) ----
     @torch.no_grad()
@@ -230,7 +252,7 @@ class Task(pl.LightningModule):
         values = stepping.with_log10({k: float(v) for k, v in metrics.items()})
         self.step_state.last_logged = (step, values)
         for logger in self.writing_loggers():
-            logger.log_metrics(values, step=step)
+            stepping.write_scalars(logger, values, step)  # TensorBoard's tags by tags.py
 
     def log_stage_metrics(self, values: dict[str, Any]) -> None:
         """Validation and test metrics: to the loggers at the optimiser step (Lightning's self.log

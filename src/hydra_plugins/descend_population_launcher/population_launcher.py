@@ -119,6 +119,7 @@ class PopulationLauncher(Launcher):
         callbacks' on_job_start; then the job's member, with its config resolved in its folder.
         `task_cfg` is the job's config without Hydra's node (job_config)."""
         from descend.configtext import save_config
+        from descend.hparams import chosen_keys
         from descend.population.members import Member
 
         assert self.hydra_context is not None and self.task_function is not None
@@ -144,7 +145,8 @@ class PopulationLauncher(Launcher):
         # after saving config.yaml, which keeps the interpolations as run_job writes it:
         # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
         OmegaConf.resolve(task_cfg)
-        member = Member(task_cfg, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"), number=config.hydra.job.num)
+        member = Member(task_cfg, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"), number=config.hydra.job.num,
+                        chosen=chosen_keys(config.hydra))
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
 
