@@ -46,17 +46,11 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
-def metric_name(tag: str) -> str:
-    """The metric a TensorBoard tag holds: descent/train/loss -> train/loss (descend.tags files it)."""
-    from descend.tags import tensorboard_tag
-
-    group, _, name = tag.partition("/")
-    return name if name and tensorboard_tag(name) == tag else tag
-
-
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar series of a run by its metric's name, as metrics.json and other loggers name
     it (train/loss, which TensorBoard shows under descent/): {name: {step: value}}."""
+    from descend.tags import metric_name
+
     return {metric_name(tag): series for tag, series in tensorboard_scalars(run_dir).items()}
 
 

@@ -92,12 +92,15 @@ class Run:
     @property
     def curves(self) -> dict[str, Curve]:
         """Every scalar series in the run's TensorBoard event files, read with TensorBoard's own
-        reader: {tag: Curve(steps, values)}."""
+        reader, by its metric's name (`train/loss`, which TensorBoard files under `descent/`):
+        {name: Curve(steps, values)}."""
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        from descend.tags import metric_name
 
         events = EventAccumulator(str(self.folder), size_guidance={"scalars": 0})
         events.Reload()
-        return {tag: Curve([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
+        return {metric_name(tag): Curve([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
                 for tag in events.Tags()["scalars"]}
 
     def resume(self, *overrides: str, quiet: bool = False, **config: Any) -> Run:

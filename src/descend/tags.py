@@ -33,3 +33,10 @@ def tensorboard_tag(name: str) -> str:
         group = next((group for prefix, group in GROUPS if name.startswith(prefix)), None)
         tag = _TAGS[name] = f"{group}/{name}" if group else name
     return tag
+
+
+def metric_name(tag: str) -> str:
+    """The metric a TensorBoard tag holds, the inverse of tensorboard_tag: `descent/train/loss`
+    -> `train/loss`; a tag descend does not file under a group is its metric's name."""
+    _, _, name = tag.partition("/")
+    return name if name and tensorboard_tag(name) == tag else tag
