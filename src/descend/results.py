@@ -69,7 +69,8 @@ def write_solution(run_dir: Path, tensors: dict[str, Any]) -> None:
     # a copy: a view (a population member's rows) would save its whole storage
     cpu = {name: t.detach().cpu().clone() for name, t in tensors.items()}
     replace_atomically(run_dir / "solution.pt", lambda handle: torch.save(cpu, handle))
-    arrays = {name: t.double().numpy() for name, t in cpu.items()}
+    # in the tensors' own dtype (not float64: twice the size for no digit more); numpy has no bfloat16
+    arrays = {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in cpu.items()}
     replace_atomically(run_dir / "solution.npz", lambda handle: np.savez(handle, **arrays))
 
 
