@@ -142,6 +142,7 @@ def report(record: dict[str, Any], run_dir: Path) -> None:
         lines += [f"  {shown}"] if shown else []
         if record.get("theory"):
             lines.append("  theory  " + "   ".join(f"{k} {v:.4g}" for k, v in record["theory"].items()))
+        lines += far_from_optimum(record)
         lines += [f"  run folder: {run_dir}", f"  tensorboard --logdir {run_dir}"]
     else:
         lines += [f"descend: {record['task']} failed before its first step", f"  run folder: {run_dir} (metrics.json says why)"]
@@ -149,6 +150,24 @@ def report(record: dict[str, Any], run_dir: Path) -> None:
     if record.get("traceback"):
         errors.append(f"  (traceback in {run_dir / 'metrics.json'})")
     say(["", *lines], errors)
+
+
+FAR = 0.1  # ref/rel_error above which a quadratic run's end gets the lr that would converge
+
+
+def far_from_optimum(record: dict[str, Any]) -> list[str]:
+    """A completed quadratic run that ended far from its closed form (`ref/rel_error` > FAR): one
+    warning with theory's lr_optimal and about how many steps plain SGD needs there to shrink the
+    error a thousandfold (its contraction is (κ − 1)/(κ + 1) per step)."""
+    theory, error = record.get("theory"), record["metrics"].get("ref/rel_error")
+    if record["status"] != "completed" or not theory or error is None or not error > FAR:
+        return []
+    kappa = theory["condition_number"]
+    contraction = (kappa - 1) / (kappa + 1)
+    steps = math.ceil(math.log(1e-3) / math.log(contraction)) if 0 < contraction < 1 else 1
+    return [f"warning: ref/rel_error {error:.3g} after {record['steps']} steps: the run stopped far from the optimum. Plain "
+            f"SGD is fastest at optimizer.lr={theory['lr_optimal']:.4g} (theory's lr_optimal; optimizer.lr=auto takes it), "
+            f"where about {steps} steps shrink the error 1000x (trainer.max_steps)"]
 
 
 def say(lines: list[str], errors: list[str] = ()) -> None:
