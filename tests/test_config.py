@@ -63,3 +63,25 @@ def test_sgd_takes_the_learning_rate_the_task_is_tuned_for():
 def test_runs_and_sweeps_go_under_outputs():
     cfg = composed()
     assert cfg.hydra.run.dir.startswith("outputs/runs/") and cfg.hydra.sweep.dir.startswith("outputs/multirun/")
+
+
+def test_a_run_without_an_end_is_refused_unless_epochs_bound_it():
+    from descend.build import unbounded
+
+    assert "set trainer.max_epochs=N" in unbounded(composed("trainer.max_steps=-1").trainer)
+    assert unbounded(composed("trainer.max_steps=-1", "trainer.max_epochs=3").trainer) == ""
+    assert unbounded(composed("trainer.max_steps=-1", "trainer.max_time=00:00:01:00").trainer) == ""
+    assert unbounded(composed().trainer) == ""
+
+
+def test_the_limit_that_ended_a_run_is_named():
+    from types import SimpleNamespace
+
+    from descend.cli import stopped_by
+
+    def trainer(steps, epochs, step, epoch):
+        return SimpleNamespace(max_steps=steps, max_epochs=epochs, global_step=step, current_epoch=epoch, should_stop=False)
+
+    assert stopped_by(trainer(100, 50, 100, 7)).startswith("trainer.max_steps=100, before trainer.max_epochs=50")
+    assert stopped_by(trainer(100, -1, 100, 0)) == "trainer.max_steps=100"
+    assert stopped_by(trainer(-1, 50, 2250, 50)) == "trainer.max_epochs=50"

@@ -26,12 +26,22 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
     require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
+    if unbounded(cfg.trainer):
+        raise ConfigError(unbounded(cfg.trainer))
     check_gpu(cfg.trainer)
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
             "step is one optimiser step; use a larger task.batch_size instead"
         )
+
+
+def unbounded(trainer: DictConfig) -> str:
+    """The refusal of a run without an end (Lightning would train until killed, without a word); '' otherwise."""
+    if trainer.get("max_steps") == -1 and trainer.get("max_epochs") == -1 and not trainer.get("max_time"):
+        return ("trainer.max_steps=-1 with trainer.max_epochs=-1 trains until killed; set trainer.max_epochs=N (an epoch: "
+                "task.steps_per_epoch steps, or one pass over mlp's training split) or trainer.max_steps=N")
+    return ""
 
 
 def check_gpu(trainer: DictConfig) -> None:

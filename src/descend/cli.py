@@ -162,9 +162,13 @@ def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None) 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from descend.build import unbounded
+
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            compose("train", overrides=overrides)
+            cfg = compose("train", overrides=overrides)
+        if unbounded(cfg.trainer):  # refused here, before Hydra makes a run folder
+            exit_with_error(unbounded(cfg.trainer))
     except (HydraException, OmegaConfBaseException) as error:
         message = _one_line(error)
         groups = [o for o in overrides if "=" in o and (conf / o.split("=")[0].lstrip("+~")).is_dir()]
@@ -272,6 +276,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
             trainer.test(task, verbose=False)
             lightning_metrics.update(stage_metrics(trainer))
         record["status"] = "completed"
+        record["stopped_by"] = stopped_by(trainer)
     except Diverged as error:
         record.update(status="diverged", error=str(error))
         diverged = error
@@ -306,6 +311,19 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     return record
 
 
+def stopped_by(trainer: Any) -> str:
+    """Which limit ended a completed fit, for the console: max_steps may end an mlp run long before
+    the max_epochs a user set (and Lightning's own line about it is dropped, see quiet_lightning)."""
+    steps, epochs = trainer.max_steps, trainer.max_epochs
+    if steps is not None and steps >= 0 and trainer.global_step >= steps:
+        unreached = epochs is not None and epochs > 0 and trainer.current_epoch + 1 < epochs
+        return (f"trainer.max_steps={steps}" + (f", before trainer.max_epochs={epochs} (trainer.max_steps=-1 trains every epoch)"
+                                                if unreached else ""))
+    if epochs is not None and epochs > 0 and trainer.current_epoch >= epochs:
+        return f"trainer.max_epochs={epochs}"
+    return "a callback (early stopping) or trainer.max_time" if trainer.should_stop else ""
+
+
 def wait_for(path: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists() and time.monotonic() < deadline:
@@ -325,5 +343,7 @@ def quiet_lightning() -> None:
         logging.getLogger(name).propagate = True
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     tips.addFilter(lambda record: "litlogger" not in record.getMessage())  # an advertisement, not a status
+    # descend's summary says which limit stopped the run (cli.stopped_by), with what to change
+    tips.addFilter(lambda record: not record.getMessage().startswith("`Trainer.fit` stopped"))
     # lightning's pytree helper warns about a torch deprecation on every run; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

@@ -126,7 +126,7 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
         if diverged:  # the loss the error message names, not the one after the blow-up
             record["metrics"]["loss"] = diverged.loss
         write_solution(run_dir, task.solution())
-    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
+    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted", "stopped_by")})
     if task is not None:
         log_to_tensorboard(loggers, cfg, record)
 
@@ -137,7 +137,8 @@ def report(record: dict[str, Any], run_dir: Path) -> None:
     trained = record["steps"] > 0 or record["status"] == "completed"
     lines = []
     if trained:
-        lines.append(f"descend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s")
+        lines.append(f"descend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s"
+                     + (f", stopped by {record['stopped_by']}" if record.get("stopped_by") else ""))
         shown = "   ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, float))
         lines += [f"  {shown}"] if shown else []
         if record.get("theory"):
