@@ -6,7 +6,6 @@ A task subclass provides, at most:
     reference()    the closed-form optimum: tensors named like those of solution(),
                    plus "loss" for the optimal objective value where it is known
     solution()     the tensors worth saving
-    compared()     the tensors compared with reference() (default: solution())
     images()       pictures for TensorBoard (optional)
     quadratic_form()  for a quadratic objective: its Hessian block and the error rows (theory.py)
 """
@@ -79,11 +78,6 @@ class Task(pl.LightningModule):
 
     def solution(self) -> dict[str, torch.Tensor]:
         return {name: p.detach() for name, p in self.named_parameters()}
-
-    def compared(self) -> dict[str, torch.Tensor]:
-        """What the distances compare with reference(): the solution, unless a compared tensor is
-        too large to be worth saving and is rebuilt from the saved ones (lowrank's U·Vᵀ)."""
-        return self.solution()
 
     def images(self) -> dict[str, Any]:
         return {}
@@ -247,7 +241,7 @@ class Task(pl.LightningModule):
             out["ref/excess_loss"] = loss.double() - reference["loss"]
         names = [k for k in reference if k != "loss"]
         if names:
-            solution = self.compared()
+            solution = self.solution()
             flat, norm = self._flat_reference(names)
             error = torch.cat([solution[k].double().flatten() for k in names]) - flat
             out["ref/rel_error"] = torch.linalg.vector_norm(error) / norm
