@@ -193,6 +193,20 @@ def test_job_numbers_are_padded_to_the_sweep_size_and_names_drop_the_constants(m
     assert job_count(single, sweep_overrides(single)) == 1 and constant_keys(single, sweep_overrides(single)) == []
 
 
+def test_a_key_set_once_for_every_swept_option_is_left_out_of_the_folder_names():
+    from omegaconf import OmegaConf
+
+    from descend.cli import config_dir, keys_of_swept_groups
+    from descend.sweep import constant_keys, sweep_overrides
+
+    argv = keys_of_swept_groups(["-m", "scheduler=step,exponential", "scheduler.gamma=0.5"], config_dir())
+    assert argv[-1] == "scheduler.gamma=choice(0.5)"  # checked job by job (see keys_of_swept_groups)
+    basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None, "params": None}
+    config = OmegaConf.create({"hydra": {"sweeper": basic, "overrides": {"task": argv[1:]}}})
+    # shared by every job: out of 00_scheduler=step, as summary.md leaves it out
+    assert constant_keys(config, sweep_overrides(config)) == ["scheduler.gamma"]
+
+
 def test_slurm_launcher_preset_composes_against_the_plugin_schema():
     from hydra import compose, initialize_config_dir
 

@@ -177,11 +177,12 @@ def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None) 
             key = message.split("'")[1]
             culprit = next((o for o in given or overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
             others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-            exit_with_error(_unknown_key(culprit, key, others, conf, where))
+            swept = {o.split("=", 1)[0].lstrip("+~") for o in given or [] if "," in o.partition("=")[2]}
+            exit_with_error(_unknown_key(culprit, key, others, conf, where, swept))
         exit_with_error(message + where)
 
 
-def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where: str = "") -> str:
+def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where: str = "", swept: set[str] = frozenset()) -> str:
     """Name the nearest existing key: Hydra's own hint (+key=value) would add the misspelt one."""
     import difflib
 
@@ -200,8 +201,38 @@ def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where
         close = [siblings[name] for name in difflib.get_close_matches(leaf, list(siblings), n=1)]
     else:  # the parent is misspelt: optimzer.lr
         close = difflib.get_close_matches(key, keys, n=1)
+    group = key.split(".")[0]
+    owners = options_with_key(key, conf) if group not in swept else []  # a swept group: set it in a sweep of its owners
+    if owners and not close:  # task.model.dropout without task=mlp: the option it belongs to is the fix
+        chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == group), None)
+        current = f"{group}={chosen}" if chosen else f"the default {group}={default_option(group, conf)}"
+        listed = ", ".join(f"{group}={o}" for o in owners)
+        return f"{culprit}: {key} belongs to {listed}, not to {current}; add {group}={owners[0]} to the command"
     hint = f"did you mean {close[0]}? " if close else ("set it only in a sweep of the options that have it " if where else "")
     return f"{culprit}: {key} is not a key of this config{where}; {hint}(python -m train --cfg job lists every key)"
+
+
+def options_with_key(key: str, conf: Path) -> list[str]:
+    """The options of the key's group whose YAML has it (task.model.dropout: mlp), read as files."""
+    from omegaconf import OmegaConf
+
+    group, _, rest = key.partition(".")
+    if not rest or not (conf / group).is_dir():
+        return []
+    return sorted(path.stem for path in (conf / group).glob("*.yaml")
+                  if rest in _flat_keys(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
+
+
+def default_option(group: str, conf: Path) -> str:
+    """The group's option in train.yaml's defaults list."""
+    from omegaconf import OmegaConf
+
+    for entry in OmegaConf.load(conf / "train.yaml").defaults:
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            for name, option in entry.items():
+                if name == group:
+                    return str(option)
+    return "?"
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:

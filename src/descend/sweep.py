@@ -67,10 +67,16 @@ def constant_keys(config: DictConfig, overrides: list[Any] | None) -> list[str]:
     nothing is swept, so that a one-job sweep's folder still names its overrides."""
     if overrides is None or not (is_basic_sweeper(config) or "n_trials" in config.hydra.sweeper):
         return []
-    swept = [o for o in overrides if o.is_sweep_override()]
+    swept = [o for o in overrides if o.is_sweep_override() and not one_value(o)]
     if not swept and is_basic_sweeper(config):
         return []
-    return sorted({o.key_or_group for o in overrides if not o.is_sweep_override()})
+    return sorted({o.key_or_group for o in overrides if not o.is_sweep_override() or one_value(o)})
+
+
+def one_value(override: Any) -> bool:
+    """A sweep of a single value, choice(0.5): what cli.keys_of_swept_groups makes of a key set once
+    for every option of a swept group (`-m scheduler=step,exponential scheduler.gamma=0.5`)."""
+    return override.is_choice_sweep() and len(list(override.sweep_string_iterator())) == 1
 
 
 def job_number(num: int) -> str:
