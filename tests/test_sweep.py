@@ -220,3 +220,32 @@ def test_slurm_launcher_preset_composes_against_the_plugin_schema():
     from hydra.utils import get_class
 
     assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+
+
+def summary_rows(task: str, overrides: list[str], values: list[float], metric: str = "loss") -> list[dict]:
+    return [{"job": f"{i:02d}_{o}", "task": task, "overrides": o, "status": "completed", "loss": v * 10, metric: v, "theory": {}}
+            for i, (o, v) in enumerate(zip(overrides, values))]
+
+
+def test_summary_png_draws_seeds_as_categories_and_wide_ranges_on_log_axes():
+    from descend.sweep import summary_figure
+
+    seeds = summary_rows("inverse", [f"seed={s} optimizer.lr={lr}" for s in (1, 2, 3) for lr in (0.01, 0.3)],
+                         [0.5, 0.2, 0.4, 0.1, 0.45, 0.15])
+    figure = summary_figure(seeds)
+    by_seed, by_lr = [a for a in figure.axes if a.get_visible()]
+    assert [t.get_text() for t in by_seed.get_xticklabels()] == ["1", "2", "3"]  # not 1.25, 1.5, …
+    assert all(line.get_linestyle() == "None" for line in by_seed.get_lines())  # seeds are not joined by lines
+    assert by_lr.get_xscale() == "log"  # 0.01 … 0.3: a 30x range
+    legend = by_lr.get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().x0 > by_lr.get_window_extent().x1 - 1  # beside the panel
+
+
+def test_mlp_sweeps_are_ranked_by_the_validation_metric():
+    from descend.sweep import ranking_metric, ranking_text
+
+    rows = summary_rows("mlp", ["optimizer.lr=0.1", "optimizer.lr=0.01"], [0.3, 0.2], metric="val/mse")
+    assert ranking_metric(rows) == "val/mse"
+    assert ranking_text(rows) == "Sorted by final val/mse (validation)"
+    inverse = summary_rows("inverse", ["optimizer.lr=0.1", "optimizer.lr=0.2"], [1.0, 2.0])
+    assert ranking_text(rows + inverse) == "Sorted task by task, by final loss for inverse, val/mse (validation) for mlp"
