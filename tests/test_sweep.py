@@ -249,3 +249,14 @@ def test_mlp_sweeps_are_ranked_by_the_validation_metric():
     assert ranking_text(rows) == "Sorted by final val/mse (validation)"
     inverse = summary_rows("inverse", ["optimizer.lr=0.1", "optimizer.lr=0.2"], [1.0, 2.0])
     assert ranking_text(rows + inverse) == "Sorted task by task, by final loss for inverse, val/mse (validation) for mlp"
+
+
+def test_a_sweeps_console_and_folders_say_what_tells_the_jobs_apart(tmp_path):
+    # the progress bar off (a pipe is no terminal), Lightning's model summary left at descend's default
+    proc = run_cli("-m", "scheduler=step,exponential", "scheduler.gamma=0.5", "trainer.max_steps=5",
+                   "trainer.enable_progress_bar=false", cwd=tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert [j.name for j in jobs(sweep)] == ["00_scheduler=step", "01_scheduler=exponential"]
+    assert "Total params" not in proc.stdout and "┏" not in proc.stdout  # no model summary per job
+    assert proc.stdout.count("descend: inverse completed after 5 steps") == 2
+    assert "`Trainer.fit` stopped" not in proc.stdout  # descend's line names the limit instead

@@ -271,7 +271,7 @@ def run(cfg: DictConfig) -> float:
         record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"))
     if record is None:
         return float("nan")  # a data-parallel rank other than 0: rank 0 reports
-    report(record, run_dir)
+    report(record, run_dir, advice=hydra_cfg.mode != RunMode.MULTIRUN)
     if hydra_cfg.mode != RunMode.MULTIRUN and record["status"] != "completed":
         sys.exit(2 if record.get("user_error") else EXIT_CODES.get(record["status"], 1))
     loss = record["metrics"].get("loss")

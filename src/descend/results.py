@@ -131,9 +131,10 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
         log_to_tensorboard(loggers, cfg, record)
 
 
-def report(record: dict[str, Any], run_dir: Path) -> None:
+def report(record: dict[str, Any], run_dir: Path, advice: bool = True) -> None:
     """The console summary: status, final loss, distance to the closed form, where to look.
-    A run that failed before its first step has no results and no curves: just the error and the folder."""
+    A run that failed before its first step has no results and no curves: just the error and the folder.
+    `advice`: the warning with the lr that converges, for a run far from its optimum (not in sweeps)."""
     trained = record["steps"] > 0 or record["status"] == "completed"
     lines = []
     if trained:
@@ -143,7 +144,7 @@ def report(record: dict[str, Any], run_dir: Path) -> None:
         lines += [f"  {shown}"] if shown else []
         if record.get("theory"):
             lines.append("  theory  " + "   ".join(f"{k} {v:.4g}" for k, v in record["theory"].items()))
-        lines += far_from_optimum(record)
+        lines += far_from_optimum(record) if advice else []  # a sweep's summary.md compares its jobs with theory
         lines += [f"  run folder: {run_dir}", f"  tensorboard --logdir {run_dir}"]
     else:
         lines += [f"descend: {record['task']} failed before its first step", f"  run folder: {run_dir} (metrics.json says why)"]
