@@ -378,3 +378,5 @@ def quiet_lightning() -> None:
     tips.addFilter(lambda record: not record.getMessage().startswith("`Trainer.fit` stopped"))
     # lightning's pytree helper warns about a torch deprecation on every run; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Lightning's all_gather calls a torch function torch deprecates, once per process (ddp_cpu); likewise
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
