@@ -207,10 +207,13 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
         (["task.matrix.values=[1,2"], "task.matrix.values=[1,2: cannot parse this override"),
         (["+optimizer.foo=1"], "optimizer: 'foo' is not an option here"),
         (["optimizer.momentum=-1"], "optimizer: Invalid momentum value: -1"),
+        (["trainer.max_steps=-1"], "trainer.max_steps=-1 with trainer.max_epochs=-1 trains until killed; set trainer.max_epochs=N"),
+        (["task=linreg", "task.data.path=holes.csv", "task.data.target=y"], "1 of 2 rows have an empty, non-numeric (NA) or infinite value: x on line 3"),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, overrides, culprit):
     (tmp_path / "table.csv").write_text("x,y\n1,2\n2,4\n")
+    (tmp_path / "holes.csv").write_text("x,y\n1,2\nNA,4\n")
     proc = run_cli(*overrides, *QUIET, cwd=tmp_path, expect=2)
     assert culprit in one_line_error(proc)
     for run in run_dirs(tmp_path):  # the failure is on record too

@@ -71,6 +71,12 @@ def test_bad_matrix_files_get_a_clear_error(tmp_path, name, content, message):
     assert "task.matrix.path" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_matrix_with_a_nan_says_where(tmp_path):
+    (tmp_path / "m.csv").write_text("1,2,3\n4,5,nan\n7,8,9\n")
+    with pytest.raises(DataError, match=r"row 2, column 3 \(counting from 1\)"):
+        read_matrix_file(tmp_path / "m.csv")
+
+
 def test_three_dimensional_array_is_refused(tmp_path):
     np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
     with pytest.raises(DataError, match="2-D"):
@@ -99,6 +105,33 @@ def test_bad_csv_tables_get_a_clear_error(tmp_path, content, target, error, mess
     (tmp_path / "t.csv").write_text(content)
     with pytest.raises(error, match=message):
         table_source(path=str(tmp_path / "t.csv"), target=target)
+
+
+CARS = "model,mileage,engine_l,price\na,1,1.2,9\nb,,1.4,8\nc,3,NA,7\nd,4,2.0,\ne,5,1.6,6\nf,6,1.8,5\n"
+
+
+def test_missing_cells_are_refused_naming_each_column_and_line(tmp_path):
+    (tmp_path / "cars.csv").write_text(CARS)
+    with pytest.raises(DataError) as error:
+        table_source(path=str(tmp_path / "cars.csv"), target="price")
+    message = str(error.value)
+    assert "3 of 6 rows" in message and "\n" not in message
+    # lines of the file (the header is line 1), column by column, and the way on
+    assert "mileage on line 3; engine_l on line 4; price on line 5" in message
+    assert "task.data.missing=drop" in message
+
+
+def test_missing_drop_leaves_out_those_rows_and_counts_them(tmp_path):
+    (tmp_path / "cars.csv").write_text(CARS)
+    table = table_source(path=str(tmp_path / "cars.csv"), target="price", missing="drop")
+    assert table.target.tolist() == [9, 6, 5]
+    assert table.features.tolist() == [[1, pytest.approx(1.2)], [5, pytest.approx(1.6)], [6, pytest.approx(1.8)]]
+    assert "dropped 3 of 6 rows with a missing value" in table.describe()
+    # a column left out is not a reason to drop its rows
+    only_engine = table_source(path=str(tmp_path / "cars.csv"), target="price", columns=["engine_l"], missing="drop")
+    assert len(only_engine.target) == 4
+    with pytest.raises(ConfigError, match="task.data.missing='fill'"):
+        table_source(path=str(tmp_path / "cars.csv"), target="price", missing="fill")
 
 
 def test_generated_tables_are_seeded():

@@ -44,14 +44,16 @@ def test_the_readme_recipe_for_a_new_task_works_as_written(tmp_path):
     section = (ROOT / "README.md").read_text().split("## Adding a task", 1)[1].split("\n## ", 1)[0]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     yaml = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
-    assert "# src/descend/tasks/quadratic.py" in code and "# conf/task/quadratic.yaml" in yaml
+    # a name no shipped task has: followed literally, the recipe adds a task rather than replacing one
+    assert "# src/descend/tasks/myquadratic.py" in code and "# conf/task/myquadratic.yaml" in yaml
+    assert not (ROOT / "conf" / "task" / "myquadratic.yaml").exists() and not (ROOT / "src/descend/tasks/myquadratic.py").exists()
     # the module under its own name on PYTHONPATH, the YAML in an extra config folder: nothing else
-    (tmp_path / "quadratic.py").write_text(code)
+    (tmp_path / "myquadratic.py").write_text(code)
     (tmp_path / "conf" / "task").mkdir(parents=True)
-    (tmp_path / "conf" / "task" / "quadratic.yaml").write_text(yaml.replace("descend.tasks.quadratic.", "quadratic."))
+    (tmp_path / "conf" / "task" / "myquadratic.yaml").write_text(yaml.replace("descend.tasks.myquadratic.", "myquadratic."))
     os.environ["PYTHONPATH"] = str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")
     try:
-        run_cli("task=quadratic", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "trainer.max_steps=300", *QUIET, cwd=tmp_path)
+        run_cli("task=myquadratic", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "trainer.max_steps=300", *QUIET, cwd=tmp_path)
     finally:
         os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
     record = metrics(only_run(tmp_path))

@@ -69,3 +69,23 @@ def test_lbfgs_fits_a_real_table_in_its_own_units(tmp_path):
     # the residual error in the target's units: the noise of the prices (2 000)
     assert 1500 < result["rmse"] < 2500
     assert "left out: city (not numeric)" in (run_dir / "train.log").read_text()
+
+
+def test_a_table_with_gaps_trains_at_theorys_lr_once_its_gaps_are_dropped(tmp_path):
+    x, y = write_houses(tmp_path / "houses.csv")
+    lines = (tmp_path / "houses.csv").read_text().splitlines()
+    lines[3] = lines[3].replace(lines[3].split(",")[0], "", 1)  # an empty area on line 4
+    lines[7] = ",".join(lines[7].split(",")[:3] + ["NA"])  # a price of NA on line 8
+    (tmp_path / "houses.csv").write_text("\n".join(lines) + "\n")
+    proc = run_cli("task=linreg", "task.data.path=houses.csv", "task.data.target=price", "task.data.missing=drop",
+                   "optimizer.lr=auto", *QUIET, cwd=tmp_path)
+    assert "dropped 2 of 200 rows with a missing value (area on line 4; price on line 8)" in proc.stdout
+    assert "optimizer.lr=auto: " in proc.stdout and "theory's lr_optimal" in proc.stdout
+    kept = np.ones(len(y), bool)
+    kept[[2, 6]] = False  # data rows of lines 4 and 8
+    expected = least_squares(x[kept], y[kept])
+    solution = torch.load(only_run(tmp_path) / "solution.pt", weights_only=True)
+    np.testing.assert_allclose(solution["w"].numpy(), expected[:2], rtol=1e-3)
+    record = metrics(only_run(tmp_path))
+    assert record["metrics"]["ref/rel_error"] < 1e-3  # the default lr (0.01) ends at 0.29 in 100 steps
+    assert "warning: ref/rel_error" not in proc.stdout

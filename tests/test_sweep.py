@@ -196,6 +196,20 @@ def test_job_numbers_are_padded_to_the_sweep_size_and_names_drop_the_constants(m
     assert job_count(single, sweep_overrides(single)) == 1 and constant_keys(single, sweep_overrides(single)) == []
 
 
+def test_a_key_set_once_for_every_swept_option_is_left_out_of_the_folder_names():
+    from omegaconf import OmegaConf
+
+    from descend.cli import config_dir, keys_of_swept_groups
+    from descend.multirun import constant_keys, sweep_overrides
+
+    argv = keys_of_swept_groups(["-m", "scheduler=step,exponential", "scheduler.gamma=0.5"], config_dir())
+    assert argv[-1] == "scheduler.gamma=choice(0.5)"  # checked job by job (see keys_of_swept_groups)
+    basic = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": None, "params": None}
+    config = OmegaConf.create({"hydra": {"sweeper": basic, "overrides": {"task": argv[1:]}}})
+    # shared by every job: out of 00_scheduler=step, as summary.md leaves it out
+    assert constant_keys(config, sweep_overrides(config)) == ["scheduler.gamma"]
+
+
 def test_slurm_launcher_preset_composes_against_the_plugin_schema():
     from hydra import compose, initialize_config_dir
 
@@ -209,3 +223,43 @@ def test_slurm_launcher_preset_composes_against_the_plugin_schema():
     from hydra.utils import get_class
 
     assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+
+
+def summary_rows(task: str, overrides: list[str], values: list[float], metric: str = "loss") -> list[dict]:
+    return [{"job": f"{i:02d}_{o}", "task": task, "overrides": o, "status": "completed", "loss": v * 10, metric: v, "theory": {}}
+            for i, (o, v) in enumerate(zip(overrides, values))]
+
+
+def test_summary_png_draws_seeds_as_categories_and_wide_ranges_on_log_axes():
+    from descend.multirun import summary_figure
+
+    seeds = summary_rows("inverse", [f"seed={s} optimizer.lr={lr}" for s in (1, 2, 3) for lr in (0.01, 0.3)],
+                         [0.5, 0.2, 0.4, 0.1, 0.45, 0.15])
+    figure = summary_figure(seeds)
+    by_seed, by_lr = [a for a in figure.axes if a.get_visible()]
+    assert [t.get_text() for t in by_seed.get_xticklabels()] == ["1", "2", "3"]  # not 1.25, 1.5, …
+    assert all(line.get_linestyle() == "None" for line in by_seed.get_lines())  # seeds are not joined by lines
+    assert by_lr.get_xscale() == "log"  # 0.01 … 0.3: a 30x range
+    legend = by_lr.get_legend()
+    assert legend is not None and legend.get_bbox_to_anchor().x0 > by_lr.get_window_extent().x1 - 1  # beside the panel
+
+
+def test_mlp_sweeps_are_ranked_by_the_validation_metric():
+    from descend.multirun import ranking_metric, ranking_text
+
+    rows = summary_rows("mlp", ["optimizer.lr=0.1", "optimizer.lr=0.01"], [0.3, 0.2], metric="val/mse")
+    assert ranking_metric(rows) == "val/mse"
+    assert ranking_text(rows) == "Sorted by final val/mse (validation)"
+    inverse = summary_rows("inverse", ["optimizer.lr=0.1", "optimizer.lr=0.2"], [1.0, 2.0])
+    assert ranking_text(rows + inverse) == "Sorted task by task, by final loss for inverse, val/mse (validation) for mlp"
+
+
+def test_a_sweeps_console_and_folders_say_what_tells_the_jobs_apart(tmp_path):
+    # the progress bar off (a pipe is no terminal), Lightning's model summary left at descend's default
+    proc = run_cli("-m", "scheduler=step,exponential", "scheduler.gamma=0.5", "trainer.max_steps=5",
+                   "trainer.enable_progress_bar=false", cwd=tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert [j.name for j in jobs(sweep)] == ["00_scheduler=step", "01_scheduler=exponential"]
+    assert "Total params" not in proc.stdout and "┏" not in proc.stdout  # no model summary per job
+    assert proc.stdout.count("descend: inverse completed after 5 steps") == 2
+    assert "`Trainer.fit` stopped" not in proc.stdout  # descend's line names the limit instead

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from descend.errors import ConfigError, DataError
+from descend.tasks.base import Task
 from descend.tasks.inverse import InverseTask
 from descend.tasks.linreg import LinRegTask
 from descend.tasks.lowrank import LowRankTask
@@ -99,6 +100,42 @@ def test_lowrank_gradient_and_eckart_young_reference():
     assert float(torch.sum((a.double() - ref["UVt"]) ** 2)) == pytest.approx(float(ref["loss"]))
 
 
+@pytest.mark.parametrize(("rows", "cols"), [(40, 25), (25, 40)])
+def test_lowrank_reference_from_the_gram_matches_the_full_svd(rows, cols):
+    task = LowRankTask(matrix={"source": "random", "rows": rows, "cols": cols, "condition": 100.0, "seed": 1}, rank=6)
+    a = task.matrix.double()
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    ref = task.reference()
+    torch.testing.assert_close(ref["UVt"], u[:, :6] @ torch.diag(s[:6]) @ vh[:6], rtol=0, atol=1e-12)
+    torch.testing.assert_close(ref["loss"], (s[6:] ** 2).sum(), rtol=1e-10, atol=0)
+
+
+def test_lowrank_distances_by_blocks_are_the_base_class_ones():
+    from descend.tasks import lowrank
+
+    task = LowRankTask(matrix={"source": "random", "rows": 30, "cols": 20, "seed": 2}, rank=3)
+    loss = task.loss(task.full_batch()).detach()
+    expected = Task.distances(task, loss)  # the whole UVt against the cached reference at once
+    lowrank.BLOCK, before = 50, lowrank.BLOCK  # blocks of 2 rows of 20
+    try:
+        ours = task.distances(loss)
+    finally:
+        lowrank.BLOCK = before
+    torch.testing.assert_close(ours["ref/excess_loss"], expected["ref/excess_loss"], rtol=1e-12, atol=1e-14)
+    # U·Vᵀ is a float32 product, rounded per entry a little differently for a block of rows
+    torch.testing.assert_close(ours["ref/rel_error"], expected["ref/rel_error"], rtol=1e-6, atol=0)
+    assert "reconstruction_rel_error" in ours
+
+
+def test_lowrank_saves_the_product_only_while_it_is_small():
+    from descend.tasks.lowrank import SAVED_PRODUCT
+
+    small = LowRankTask(matrix={"source": "random", "rows": 8, "cols": 6}, rank=2)
+    torch.testing.assert_close(small.solution()["UVt"], small.U.detach() @ small.V.detach().T)
+    large = LowRankTask(matrix={"source": "random", "rows": 1024, "cols": SAVED_PRODUCT // 1024 + 1, "rank": 3}, rank=3)
+    assert set(large.solution()) == {"U", "V"}
+
+
 @pytest.mark.parametrize("rank", [0, 6, -1])
 def test_lowrank_refuses_ranks_outside_1_to_min_m_n(rank):
     with pytest.raises(ConfigError, match=r"task.rank=.* \(the matrix is 5x8\)"):
@@ -144,3 +181,17 @@ def test_autograd_gradient_of_a_quadratic_form():
     (0.5 * x @ a @ x).backward()
     torch.testing.assert_close(x.grad, 0.5 * (a + a.T) @ x.detach())
     assert math.isfinite(float(x.grad.norm()))
+
+
+def test_solution_files_of_a_large_lowrank_hold_the_factors_in_float32(tmp_path):
+    import numpy as np
+
+    from descend.results import write_solution
+
+    task = LowRankTask(matrix={"source": "random", "rows": 600, "cols": 500, "rank": 4}, rank=4)
+    write_solution(tmp_path, task.solution())
+    factors = (600 + 500) * 4 * 4  # bytes of U and V in float32
+    for name in ("solution.pt", "solution.npz"):
+        assert factors < (tmp_path / name).stat().st_size < factors + 4096, name  # no 600×500 product
+    arrays = np.load(tmp_path / "solution.npz")
+    assert arrays["U"].dtype == np.float32 and sorted(arrays.files) == ["U", "V"]

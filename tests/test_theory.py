@@ -194,3 +194,46 @@ def test_the_theory_line_says_growth_above_lr_critical_and_stays_at_it():
     assert "shrinks the error by a factor 0.9425 per step" in lines[0.46]
     assert "stays" in lines[1.0] and "shrinks" not in lines[1.0] and "grows" not in lines[1.0]
     assert "grows the error by a factor 1.08 per step" in lines[1.04] and "shrinks" not in lines[1.04]
+
+
+def composed(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from descend.cli import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("task", ["inverse", "linreg", "quadratic"])
+def test_lr_auto_is_theorys_lr_optimal(task):
+    from descend.build import build_task
+
+    built = build_task(composed(f"task={task}", "optimizer.lr=auto"))
+    lr = built.configure_optimizers().param_groups[0]["lr"]
+    assert lr == Spectrum.of(*built.quadratic_form()).lr_optimal
+    assert lr != 1.0  # not the stand-in the factory was built with
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optimizer=adam"], "optimizer.lr=auto is theory's lr_optimal for plain gradient descent"),
+    (["task=mlp"], "optimizer.lr=auto needs a quadratic task"),
+])
+def test_lr_auto_is_refused_where_theory_does_not_apply(overrides, message):
+    from descend.build import build_task
+    from descend.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build_task(composed(*overrides, "optimizer.lr=auto"))
+
+
+def test_a_run_far_from_its_optimum_is_told_the_lr_that_converges():
+    from descend.results import far_from_optimum
+
+    theory = {"condition_number": 1.259, "lr_optimal": 0.5025}
+    record = {"status": "completed", "steps": 100, "metrics": {"ref/rel_error": 1.43}, "theory": theory}
+    [line] = far_from_optimum(record)
+    assert line.startswith("warning: ref/rel_error 1.43 after 100 steps") and "optimizer.lr=0.5025" in line
+    assert "about 4 steps" in line  # (κ−1)/(κ+1) = 0.115 per step: 0.115⁴ < 1e-3
+    assert far_from_optimum({**record, "metrics": {"ref/rel_error": 0.01}}) == []
+    assert far_from_optimum({**record, "status": "diverged"}) == []

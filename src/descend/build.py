@@ -3,18 +3,22 @@ with its callbacks and loggers. Library errors become one line that names the co
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from descend.errors import ConfigError, UserError, require_int
 
+log = logging.getLogger(__name__)
+
 
 def validate(cfg: DictConfig) -> None:
     """Checks that no library makes before it is too late to say which key is wrong."""
     lr = cfg.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ConfigError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.1")
+    if lr != AUTO and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        raise ConfigError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.1, or auto (quadratic tasks, sgd)")
     for key in ("max_steps", "log_every_n_steps"):
         value = cfg.trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -22,6 +26,8 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
         raise ConfigError(f"seed={cfg.seed!r} must be an integer")
     require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
+    if unbounded(cfg.trainer):
+        raise ConfigError(unbounded(cfg.trainer))
     check_gpu(cfg.trainer)
     check_loss_scaling(cfg)
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
@@ -29,6 +35,14 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
             "step is one optimiser step; use a larger task.batch_size instead"
         )
+
+
+def unbounded(trainer: DictConfig) -> str:
+    """The refusal of a run without an end (Lightning would train until killed, without a word); '' otherwise."""
+    if trainer.get("max_steps") == -1 and trainer.get("max_epochs") == -1 and not trainer.get("max_time"):
+        return ("trainer.max_steps=-1 with trainer.max_epochs=-1 trains until killed; set trainer.max_epochs=N (an epoch: "
+                "task.steps_per_epoch steps, or one pass over mlp's training split) or trainer.max_steps=N")
+    return ""
 
 
 def check_gpu(trainer: DictConfig) -> None:
@@ -88,18 +102,46 @@ def explain(error: BaseException) -> str:
 STEP_TRAINER_KEYS = ("gradient_clip_val", "gradient_clip_algorithm")
 
 
+AUTO = "auto"  # optimizer.lr=auto: theory's lr_optimal (quadratic tasks, plain SGD)
+
+
 def build_task(cfg: DictConfig) -> Any:
     from descend.stepping import StepSettings
 
-    optimizer = instantiate(cfg.optimizer, "optimizer")
+    auto = cfg.optimizer.get("lr") == AUTO
+    # with lr=auto the factory is built with a stand-in lr, replaced once the task knows its Hessian
+    optimizer = instantiate(cfg.optimizer, "optimizer", **({"lr": 1.0} if auto else {}))
     scheduler = scheduler_config(cfg.scheduler)
     try_factories(optimizer, scheduler)
     task = instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    if auto:
+        task.optimizer_factory = functools.partial(optimizer, lr=optimal_lr(task, cfg))
     clip_val, clip_algorithm = (cfg.trainer.get(k) for k in STEP_TRAINER_KEYS)
     if clip_algorithm not in (None, "norm", "value"):
         raise ConfigError(f"trainer.gradient_clip_algorithm={clip_algorithm!r} is unknown; use norm or value")
     task.step_settings = StepSettings(most=cfg.get("steps_per_batch", 100), clip_val=clip_val, clip_algorithm=clip_algorithm or "norm")
     return task
+
+
+def optimal_lr(task: Any, cfg: DictConfig) -> float:
+    """Theory's lr_optimal, 2/(λmin + λmax) of the task's Hessian, for optimizer.lr=auto: the fastest
+    step of plain gradient descent. Refused where no Hessian is known, or the rule is not SGD's."""
+    import torch
+
+    from descend import theory
+
+    target = str(cfg.optimizer.get("_target_", ""))
+    if target != "torch.optim.SGD":
+        raise ConfigError(f"optimizer.lr=auto is theory's lr_optimal for plain gradient descent (optimizer=sgd), not for "
+                          f"{target.rsplit('.', 1)[-1]}; use optimizer=sgd or give a number, e.g. optimizer.lr=0.01")
+    with torch.no_grad():
+        form = task.quadratic_form()
+    if form is None:
+        raise ConfigError(f"optimizer.lr=auto needs a quadratic task whose Hessian theory knows (inverse, linreg, "
+                          f"quadratic), not {type(task).__name__}; give a number, e.g. optimizer.lr=0.01")
+    lr = theory.Spectrum.of(*form).lr_optimal
+    log.info(f"optimizer.lr=auto: {lr:.6g}, theory's lr_optimal 2/(λmin + λmax) for this task's Hessian")
+    return lr
 
 
 def try_factories(optimizer: Any, scheduler: dict[str, Any] | None) -> None:

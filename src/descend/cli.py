@@ -172,9 +172,13 @@ def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None) 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from descend.build import unbounded
+
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            compose("train", overrides=overrides)
+            cfg = compose("train", overrides=overrides)
+        if unbounded(cfg.trainer):  # refused here, before Hydra makes a run folder
+            exit_with_error(unbounded(cfg.trainer))
     except (HydraException, OmegaConfBaseException) as error:
         message = _one_line(error)
         groups = [o for o in overrides if "=" in o and (conf / o.split("=")[0].lstrip("+~")).is_dir()]
@@ -183,11 +187,12 @@ def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None) 
             key = message.split("'")[1]
             culprit = next((o for o in given or overrides if o.split("=", 1)[0].lstrip("+~") == key), key)
             others = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != key]
-            exit_with_error(_unknown_key(culprit, key, others, conf, where))
+            swept = {o.split("=", 1)[0].lstrip("+~") for o in given or [] if "," in o.partition("=")[2]}
+            exit_with_error(_unknown_key(culprit, key, others, conf, where, swept))
         exit_with_error(message + where)
 
 
-def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where: str = "") -> str:
+def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where: str = "", swept: set[str] = frozenset()) -> str:
     """Name the nearest existing key: Hydra's own hint (+key=value) would add the misspelt one."""
     import difflib
 
@@ -206,8 +211,38 @@ def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where
         close = [siblings[name] for name in difflib.get_close_matches(leaf, list(siblings), n=1)]
     else:  # the parent is misspelt: optimzer.lr
         close = difflib.get_close_matches(key, keys, n=1)
+    group = key.split(".")[0]
+    owners = options_with_key(key, conf) if group not in swept else []  # a swept group: set it in a sweep of its owners
+    if owners and not close:  # task.model.dropout without task=mlp: the option it belongs to is the fix
+        chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == group), None)
+        current = f"{group}={chosen}" if chosen else f"the default {group}={default_option(group, conf)}"
+        listed = ", ".join(f"{group}={o}" for o in owners)
+        return f"{culprit}: {key} belongs to {listed}, not to {current}; add {group}={owners[0]} to the command"
     hint = f"did you mean {close[0]}? " if close else ("set it only in a sweep of the options that have it " if where else "")
     return f"{culprit}: {key} is not a key of this config{where}; {hint}(python -m train --cfg job lists every key)"
+
+
+def options_with_key(key: str, conf: Path) -> list[str]:
+    """The options of the key's group whose YAML has it (task.model.dropout: mlp), read as files."""
+    from omegaconf import OmegaConf
+
+    group, _, rest = key.partition(".")
+    if not rest or not (conf / group).is_dir():
+        return []
+    return sorted(path.stem for path in (conf / group).glob("*.yaml")
+                  if rest in _flat_keys(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
+
+
+def default_option(group: str, conf: Path) -> str:
+    """The group's option in train.yaml's defaults list."""
+    from omegaconf import OmegaConf
+
+    for entry in OmegaConf.load(conf / "train.yaml").defaults:
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            for name, option in entry.items():
+                if name == group:
+                    return str(option)
+    return "?"
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -247,7 +282,7 @@ def run(cfg: DictConfig) -> float:
         record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), chosen=chosen_keys(hydra_cfg))
     if record is None:
         return float("nan")  # a data-parallel rank other than 0: rank 0 reports
-    report(record, run_dir)
+    report(record, run_dir, advice=hydra_cfg.mode != RunMode.MULTIRUN)
     if hydra_cfg.mode != RunMode.MULTIRUN and record["status"] != "completed":
         sys.exit(2 if record.get("user_error") else EXIT_CODES.get(record["status"], 1))
     loss = record["metrics"].get("loss")
@@ -281,6 +316,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, chosen: list[str] = ()
             trainer.test(task, verbose=False)
             lightning_metrics.update(stage_metrics(trainer))
         record["status"] = "completed"
+        record["stopped_by"] = stopped_by(trainer)
     except Diverged as error:
         record.update(status="diverged", error=str(error))
         diverged = error
@@ -315,6 +351,19 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, chosen: list[str] = ()
     return record
 
 
+def stopped_by(trainer: Any) -> str:
+    """Which limit ended a completed fit, for the console: max_steps may end an mlp run long before
+    the max_epochs a user set (and Lightning's own line about it is dropped, see quiet_lightning)."""
+    steps, epochs = trainer.max_steps, trainer.max_epochs
+    if steps is not None and steps >= 0 and trainer.global_step >= steps:
+        unreached = epochs is not None and epochs > 0 and trainer.current_epoch + 1 < epochs
+        return (f"trainer.max_steps={steps}" + (f", before trainer.max_epochs={epochs} (trainer.max_steps=-1 trains every epoch)"
+                                                if unreached else ""))
+    if epochs is not None and epochs > 0 and trainer.current_epoch >= epochs:
+        return f"trainer.max_epochs={epochs}"
+    return "a callback (early stopping) or trainer.max_time" if trainer.should_stop else ""
+
+
 def wait_for(path: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists() and time.monotonic() < deadline:
@@ -334,5 +383,9 @@ def quiet_lightning() -> None:
         logging.getLogger(name).propagate = True
     tips = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     tips.addFilter(lambda record: "litlogger" not in record.getMessage())  # an advertisement, not a status
+    # descend's summary says which limit stopped the run (cli.stopped_by), with what to change
+    tips.addFilter(lambda record: not record.getMessage().startswith("`Trainer.fit` stopped"))
     # lightning's pytree helper warns about a torch deprecation on every run; nothing a user can act on
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Lightning's all_gather calls a torch function torch deprecates, once per process (ddp_cpu); likewise
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")

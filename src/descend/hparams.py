@@ -32,7 +32,7 @@ FILE_SETTINGS = {"matrix": ("path",), "data": ("path", "target", "columns", "see
 
 def chosen_keys(hydra_cfg: DictConfig) -> list[str]:
     """The keys a job set on the command line that its folder's name carries: its overrides less
-    Hydra's override_dirname.exclude_keys (display switches, and a sweep's constants, sweep.py)."""
+    Hydra's override_dirname.exclude_keys (display switches, and a sweep's constants, multirun.py)."""
     excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
     keys = [str(o).split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
     return [k for k in keys if k not in excluded]

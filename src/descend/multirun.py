@@ -2,10 +2,11 @@
 of all jobs at the sweep's root.
 
     summary.csv / summary.md   one row per job: overrides, status, final loss, distances to the
-                               closed form, steps, wall time; sorted by final loss (failures last)
-    summary.png                one row of panels per task: final loss against each swept numeric key
-                               (a line per combination of the other overrides), or per job by name
-                               when no number was swept; log axes across decades
+                               closed form, steps, wall time; sorted by the task's validation
+                               metric where it has one (mlp: val/mse), else final loss (failures last)
+    summary.png                one row of panels per task: that metric against each swept numeric key
+                               (a line per combination of the other overrides; seeds as categories),
+                               or per job by name when no number was swept; log axes across decades
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from omegaconf import DictConfig, read_write
 from descend.results import read_metrics
 
 OBJECTIVE = "loss"
+# what ranks a task's jobs: its validation metric where it has one (mlp), else the final training loss
+RANKED_BY = ("val/mse", OBJECTIVE)
+# swept numbers that name rather than measure: drawn as categories, without lines joining them
+CATEGORICAL = ("seed",)
 
 # The sweep's job count, from the sweep's start to its jobs (in this process, joblib's worker
 # processes and SLURM jobs, which inherit the environment), for the width of the job numbers
@@ -67,10 +72,16 @@ def constant_keys(config: DictConfig, overrides: list[Any] | None) -> list[str]:
     nothing is swept, so that a one-job sweep's folder still names its overrides."""
     if overrides is None or not (is_basic_sweeper(config) or "n_trials" in config.hydra.sweeper):
         return []
-    swept = [o for o in overrides if o.is_sweep_override()]
+    swept = [o for o in overrides if o.is_sweep_override() and not one_value(o)]
     if not swept and is_basic_sweeper(config):
         return []
-    return sorted({o.key_or_group for o in overrides if not o.is_sweep_override()})
+    return sorted({o.key_or_group for o in overrides if not o.is_sweep_override() or one_value(o)})
+
+
+def one_value(override: Any) -> bool:
+    """A sweep of a single value, choice(0.5): what cli.keys_of_swept_groups makes of a key set once
+    for every option of a swept group (`-m scheduler=step,exponential scheduler.gamma=0.5`)."""
+    return override.is_choice_sweep() and len(list(override.sweep_string_iterator())) == 1
 
 
 def job_number(num: int) -> str:
@@ -132,8 +143,9 @@ def print_closing_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     tasks = sorted({r["task"] for r in rows})
     for task in tasks:
         best = next(r for r in rows if r["task"] == task)  # rows are ranked task by task
-        if finite_loss(best) is not None:
-            print(f"  best{' ' + task if len(tasks) > 1 else ''}: {best['job']}   {OBJECTIVE} {best[OBJECTIVE]:.4g}")
+        metric = ranking_metric([r for r in rows if r["task"] == task])
+        if finite_loss(best, metric) is not None:
+            print(f"  best{' ' + task if len(tasks) > 1 else ''}: {best['job']}   {metric} {best[metric]:.4g}")
     sweep_dir = sweep_dir.resolve()
     print(f"  sweep folder: {sweep_dir}\n  summary: {sweep_dir / 'summary.md'}\n  tensorboard --logdir {sweep_dir}")
 
@@ -158,9 +170,11 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     for row in rows:
         row["overrides"] = " ".join(o for o in row["overrides"] if o not in shared)
 
+    metrics = {task: ranking_metric([r for r in rows if r["task"] == task]) for task in {r["task"] for r in rows}}
+
     def key(row: dict[str, Any]) -> tuple[str, int, float]:
         # jobs of different tasks have losses of different problems: each task is ranked on its own
-        loss = finite_loss(row)
+        loss = finite_loss(row, metrics[row["task"]])
         return (row["task"], 0, loss) if loss is not None else (row["task"], 1, math.inf)
 
     return sorted(rows, key=key)
@@ -185,7 +199,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "diverged", "failed")}
-    header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". Sorted by final {OBJECTIVE}" + (", task by task" if len({r["task"] for r in rows}) > 1 else "") + ".\n\n"
+    header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". {ranking_text(rows)}.\n\n"
     theory_lines = [f"- {task}: lr_critical = {t['lr_critical']:.4g} (2/λmax, the largest stable step of plain SGD), "
                     f"lr_optimal = {t['lr_optimal']:.4g} (2/(λmin + λmax), the fastest), condition number {t['condition_number']:.4g}\n"
                     for task, t in task_theory(rows).items()]
@@ -194,6 +208,22 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     (sweep_dir / "summary.md").write_text(header + "\n".join(table) + "\n")
     plot_summary(rows, sweep_dir / "summary.png")
     return rows
+
+
+def ranking_metric(rows: list[dict[str, Any]]) -> str:
+    """What ranks these jobs (of one task): the first of RANKED_BY a completed job reports."""
+    return next((m for m in RANKED_BY if any(finite_loss(r, m) is not None for r in rows)), OBJECTIVE)
+
+
+def ranking_text(rows: list[dict[str, Any]]) -> str:
+    """How summary.md is sorted: `Sorted by final loss`, or per task where they differ."""
+    tasks = sorted({r["task"] for r in rows})
+    metrics = {task: ranking_metric([r for r in rows if r["task"] == task]) for task in tasks}
+    named = {m: " (validation)" if m.startswith("val/") else "" for m in metrics.values()}
+    if len(set(metrics.values())) == 1:
+        metric = next(iter(metrics.values()))
+        return f"Sorted by final {metric}{named[metric]}" + (", task by task" if len(tasks) > 1 else "")
+    return "Sorted task by task, by final " + ", ".join(f"{m}{named[m]} for {t}" for t, m in metrics.items())
 
 
 def task_theory(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -220,43 +250,54 @@ def swept_numbers(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
     return {k: v for k, v in values.items() if None not in v and len(set(v)) > 1}
 
 
-def finite_loss(row: dict[str, Any]) -> float | None:
-    value = row.get(OBJECTIVE)
+def finite_loss(row: dict[str, Any], metric: str = OBJECTIVE) -> float | None:
+    """The row's finite value of `metric` (the final loss by default) if the job completed, else None."""
+    value = row.get(metric)
     ok = row["status"] == "completed" and isinstance(value, (int, float)) and math.isfinite(value)
     return float(value) if ok else None
 
 
 def plot_summary(rows: list[dict[str, Any]], path: Path) -> None:
-    """One row of panels per task (their losses are not comparable); in each, the final loss against
-    every swept number, or job by job, named, when only options were swept."""
+    summary_figure(rows).savefig(path, bbox_inches="tight")  # "tight": legends sit outside the panels
+
+
+def summary_figure(rows: list[dict[str, Any]]) -> Any:
+    """One row of panels per task (their losses are not comparable); in each, the ranking metric
+    (ranking_metric) against every swept number, or job by job, named, when only options were swept."""
     from matplotlib.figure import Figure
 
     tasks = sorted({row["task"] for row in rows})
     panels = {task: swept_numbers([r for r in rows if r["task"] == task]) or {"": []} for task in tasks}
     columns = max(len(p) for p in panels.values())
-    figure = Figure(figsize=(5.5 * columns, 4 * len(tasks)), dpi=90)
+    figure = Figure(figsize=(7 * columns, 4 * len(tasks)), dpi=90)
     grid = figure.subplots(len(tasks), columns, squeeze=False)
     for axes_row, task in zip(grid, tasks):
         task_rows = [r for r in rows if r["task"] == task]
+        metric = ranking_metric(task_rows)
         for axes, key in zip(axes_row, panels[task]):
             if key:
-                plot_against_number(axes, task_rows, key, panels[task][key])
+                plot_against_number(axes, task_rows, key, panels[task][key], metric)
             else:
-                plot_by_job(axes, task_rows)
+                plot_by_job(axes, task_rows, metric)
             axes.set_title(task if len(tasks) > 1 else "")
-            axes.set_ylabel(f"final {OBJECTIVE}")
+            axes.set_ylabel(f"final {metric}")
             axes.grid(True, alpha=0.3)
         for axes in axes_row[len(panels[task]):]:
             axes.set_visible(False)
     figure.tight_layout()
-    figure.savefig(path)
+    return figure
 
 
-def loss_axis(axes: Any, rows: list[dict[str, Any]]) -> tuple[float, float]:
+def place_legend(axes: Any) -> None:
+    """Beside the panel, where it covers no point."""
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+
+
+def loss_axis(axes: Any, rows: list[dict[str, Any]], metric: str = OBJECTIVE) -> tuple[float, float]:
     """A log axis across decades; an exact zero is drawn a decade below the smallest positive loss
     (not at 1e-300, which would squash every other point). Returns (floor, ceiling): where zeros and
     failed jobs are drawn."""
-    losses = [v for v in map(finite_loss, rows) if v is not None]
+    losses = [v for v in (finite_loss(r, metric) for r in rows) if v is not None]
     positive = [v for v in losses if v > 0]
     log = bool(positive) and (max(positive) / min(positive) >= 100 or len(positive) < len(losses))
     if log:
@@ -266,13 +307,19 @@ def loss_axis(axes: Any, rows: list[dict[str, Any]]) -> tuple[float, float]:
     return (floor if log else 0.0), ceiling
 
 
-def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: list[float]) -> None:
-    """A line per combination of the other overrides (sgd and adam over the same learning rates)."""
-    floor, ceiling = loss_axis(axes, rows)
+def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: list[float], metric: str = OBJECTIVE) -> None:
+    """A line per combination of the other overrides (sgd and adam over the same learning rates).
+    A key that names rather than measures (seed) is drawn as categories, its points not joined;
+    a positive range of a decade or more gets a log axis."""
+    floor, ceiling = loss_axis(axes, rows, metric)
+    categorical = key.rpartition(".")[2] in CATEGORICAL
+    if categorical:  # positions 0, 1, … in sorted order, labelled with the values
+        values = sorted(set(xs))
+        xs = [values.index(x) for x in xs]
     series: dict[str, list[tuple[float, float]]] = {}
     failed = []
     for x, row in zip(xs, rows):
-        loss = finite_loss(row)
+        loss = finite_loss(row, metric)
         others = " ".join(o for o in row["overrides"].split() if o.partition("=")[0] != key)
         if loss is None:
             failed.append(x)
@@ -280,38 +327,40 @@ def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: lis
             series.setdefault(others, []).append((x, max(loss, floor)))
     for label, points in sorted(series.items()):
         points.sort()
-        axes.plot([x for x, _ in points], [y for _, y in points], "o-", label=label or "completed")
+        axes.plot([x for x, _ in points], [y for _, y in points], "o" if categorical else "o-", label=label or "completed")
     if failed:
         axes.plot(failed, [ceiling] * len(failed), "x", color="red", markersize=10, label="diverged / failed")
-    mark_zeros(axes, [x for x, row in zip(xs, rows) if finite_loss(row) == 0], floor)
+    mark_zeros(axes, [x for x, row in zip(xs, rows) if finite_loss(row, metric) == 0], floor)
     theory = task_theory(rows).get(rows[0]["task"]) if key == "optimizer.lr" else None
     if theory:  # where theory puts the fastest and the largest stable step size
         axes.axvline(theory["lr_optimal"], color="tab:green", linestyle=":", label=f"lr_optimal {theory['lr_optimal']:.3g}")
         axes.axvline(theory["lr_critical"], color="tab:red", linestyle="--", label=f"lr_critical {theory['lr_critical']:.3g}")
-    if all(x > 0 for x in xs) and max(xs) / min(xs) >= 100:
+    if categorical:
+        axes.set_xticks(range(len(values)), [f"{v:g}" for v in values])
+    elif all(x > 0 for x in xs) and max(xs) / min(xs) >= 10:
         axes.set_xscale("log")
     axes.set_xlabel(key)
-    axes.legend(fontsize="small")
+    place_legend(axes)
 
 
 def mark_zeros(axes: Any, xs: list[float], floor: float) -> None:
     if xs and axes.get_yscale() == "log":
         axes.plot(xs, [floor] * len(xs), "v", color="tab:green", markersize=9, label="exactly 0 (drawn at the floor)")
-        axes.legend(fontsize="small")
+        place_legend(axes)
 
 
-def plot_by_job(axes: Any, rows: list[dict[str, Any]]) -> None:
+def plot_by_job(axes: Any, rows: list[dict[str, Any]], metric: str = OBJECTIVE) -> None:
     """Options only (optimizer=sgd,adam): one named point per job, in job order."""
-    floor, ceiling = loss_axis(axes, rows)
+    floor, ceiling = loss_axis(axes, rows, metric)
     ordered = sorted(rows, key=lambda r: r["job"])
     # the panel is the task's: its name in every label says nothing
     names = [" ".join(o for o in r["overrides"].split() if not o.startswith("task=")) or r["job"] for r in ordered]
     for i, row in enumerate(ordered):
-        loss = finite_loss(row)
+        loss = finite_loss(row, metric)
         if loss is None:
             axes.plot([i], [ceiling], "x", color="red", markersize=10)
         else:
             axes.plot([i], [max(loss, floor)], "o", color="tab:blue")
-    mark_zeros(axes, [i for i, row in enumerate(ordered) if finite_loss(row) == 0], floor)
+    mark_zeros(axes, [i for i, row in enumerate(ordered) if finite_loss(row, metric) == 0], floor)
     axes.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center", fontsize="small")
     axes.set_xlabel("job (red x: diverged or failed)")

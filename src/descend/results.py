@@ -69,7 +69,8 @@ def write_solution(run_dir: Path, tensors: dict[str, Any]) -> None:
     # a copy: a view (a population member's rows) would save its whole storage
     cpu = {name: t.detach().cpu().clone() for name, t in tensors.items()}
     replace_atomically(run_dir / "solution.pt", lambda handle: torch.save(cpu, handle))
-    arrays = {name: t.double().numpy() for name, t in cpu.items()}
+    # in the tensors' own dtype (not float64: twice the size for no digit more); numpy has no bfloat16
+    arrays = {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in cpu.items()}
     replace_atomically(run_dir / "solution.npz", lambda handle: np.savez(handle, **arrays))
 
 
@@ -134,22 +135,25 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
         if diverged:  # the loss the error message names, not the one after the blow-up
             record["metrics"]["loss"] = diverged.loss
         write_solution(run_dir, task.solution())
-    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
+    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted", "stopped_by")})
     if task is not None:
         log_to_tensorboard(loggers, cfg, record, run_dir.name, list(chosen))
 
 
-def report(record: dict[str, Any], run_dir: Path) -> None:
+def report(record: dict[str, Any], run_dir: Path, advice: bool = True) -> None:
     """The console summary: status, final loss, distance to the closed form, where to look.
-    A run that failed before its first step has no results and no curves: just the error and the folder."""
+    A run that failed before its first step has no results and no curves: just the error and the folder.
+    `advice`: the warning with the lr that converges, for a run far from its optimum (not in sweeps)."""
     trained = record["steps"] > 0 or record["status"] == "completed"
     lines = []
     if trained:
-        lines.append(f"descend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s")
+        lines.append(f"descend: {record['task']} {record['status']} after {record['steps']} steps in {record.get('wall_time_s', 0):.2f} s"
+                     + (f", stopped by {record['stopped_by']}" if record.get("stopped_by") else ""))
         shown = "   ".join(f"{k} {v:.4g}" for k, v in record["metrics"].items() if isinstance(v, float))
         lines += [f"  {shown}"] if shown else []
         if record.get("theory"):
             lines.append("  theory  " + "   ".join(f"{k} {v:.4g}" for k, v in record["theory"].items()))
+        lines += far_from_optimum(record) if advice else []  # a sweep's summary.md compares its jobs with theory
         # the folder above the run's: TensorBoard names a run after its path below --logdir, and
         # the run folder itself would be named "." (in the run list, the tables, HPARAMS)
         lines += [f"  run folder: {run_dir}", f"  tensorboard --logdir {run_dir.parent}   (this run: {run_dir.name})"]
@@ -159,6 +163,24 @@ def report(record: dict[str, Any], run_dir: Path) -> None:
     if record.get("traceback"):
         errors.append(f"  (traceback in {run_dir / 'metrics.json'})")
     say(["", *lines], errors)
+
+
+FAR = 0.1  # ref/rel_error above which a quadratic run's end gets the lr that would converge
+
+
+def far_from_optimum(record: dict[str, Any]) -> list[str]:
+    """A completed quadratic run that ended far from its closed form (`ref/rel_error` > FAR): one
+    warning with theory's lr_optimal and about how many steps plain SGD needs there to shrink the
+    error a thousandfold (its contraction is (κ − 1)/(κ + 1) per step)."""
+    theory, error = record.get("theory"), record["metrics"].get("ref/rel_error")
+    if record["status"] != "completed" or not theory or error is None or not error > FAR:
+        return []
+    kappa = theory["condition_number"]
+    contraction = (kappa - 1) / (kappa + 1)
+    steps = math.ceil(math.log(1e-3) / math.log(contraction)) if 0 < contraction < 1 else 1
+    return [f"warning: ref/rel_error {error:.3g} after {record['steps']} steps: the run stopped far from the optimum. Plain "
+            f"SGD is fastest at optimizer.lr={theory['lr_optimal']:.4g} (theory's lr_optimal; optimizer.lr=auto takes it), "
+            f"where about {steps} steps shrink the error 1000x (trainer.max_steps)"]
 
 
 def say(lines: list[str], errors: list[str] = ()) -> None:

@@ -69,20 +69,27 @@ def checked_matrix(array: np.ndarray, culprit: str) -> np.ndarray:
     if array.ndim != 2 or 0 in array.shape:
         raise DataError(f"{culprit}: has shape {tuple(array.shape)}; a non-empty 2-D matrix is needed")
     array = array.astype(np.float64)
-    if not np.isfinite(array).all():
-        raise DataError(f"{culprit}: contains {int((~np.isfinite(array)).sum())} NaN or infinite values; clean the data first")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])  # row-major: the first in reading order
+        raise DataError(f"{culprit}: contains {int(bad.sum())} NaN or infinite values, the first {array[row, col]} at row {row + 1}, "
+                        f"column {col + 1} (counting from 1); replace them with numbers first")
     return array
 
 
-def read_csv_table(path: str | Path, key: str = "task.data.path") -> tuple[list[str], np.ndarray]:
-    """Header names and a float64 array (NaN where a cell is not a number) from a CSV with a header row."""
+def read_csv_table(path: str | Path, key: str = "task.data.path") -> tuple[list[str], np.ndarray, list[int]]:
+    """Header names, a float64 array (rows × columns; NaN where a cell is empty or not a number,
+    such as `NA`) and each data row's line number in the file (1 is the header; blank lines skipped),
+    from a CSV with a header row."""
     file = existing_file(path, key, (".csv",))
     with file.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+        reader = csv.reader(handle)
+        rows = [(reader.line_num, row) for row in reader]
     if len(rows) < 2:
         raise DataError(f"{key}={path}: needs a header row and at least one data row")
-    header = [name.strip() for name in rows[0]]
-    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
+    header = [name.strip() for name in rows[0][1]]
+    numbered = [(line, row) for line, row in rows[1:] if any(cell.strip() for cell in row)]
+    body = [row for _, row in numbered]
     if any(len(row) != len(header) for row in body):
         raise DataError(f"{key}={path}: rows have different numbers of columns than the header ({len(header)})")
     values = np.full((len(body), len(header)), np.nan)
@@ -92,4 +99,4 @@ def read_csv_table(path: str | Path, key: str = "task.data.path") -> tuple[list[
                 values[i, j] = float(cell)
             except ValueError:
                 pass  # non-numeric cell: the column is excluded or reported by the caller
-    return header, values
+    return header, values, [line for line, _ in numbered]

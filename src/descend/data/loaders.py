@@ -102,6 +102,11 @@ class GroupedBatches:
         self._epoch_start_step = 0
         self._restored: dict[str, int] | None = None
 
+    @property
+    def steps(self) -> int:
+        """Optimiser steps per epoch: one per mini-batch (as RepeatBatch.steps)."""
+        return len(self.batches)
+
     def steps_left(self, global_step: int) -> int:
         return len(self.batches) - (self._restored["consumed"] if self._restored else global_step % len(self.batches))
 

@@ -27,12 +27,15 @@ class Table:
     target_name: str
     noise_floor: float | None = None  # the best achievable MSE where it is known (noise variance)
     left_out: dict[str, str] = field(default_factory=dict)  # CSV columns not used, and why
+    dropped: str = ""  # task.data.missing=drop: how many rows were dropped, and for which columns
 
     def describe(self) -> str:
         """Which columns predict which, for the console: a real table's surprises show here."""
         text = f"predicting {self.target_name} from {', '.join(self.feature_names)}"
         if self.left_out:
             text += "; left out: " + ", ".join(f"{name} ({why})" for name, why in self.left_out.items())
+        if self.dropped:
+            text += f"; {self.dropped}"
         return text
 
 
@@ -73,9 +76,10 @@ def table_source(
     path: str | None = None,
     target: str | None = None,
     columns: list[str] | None = None,
+    missing: str = "error",
 ) -> Table:
     if path:  # a path is the user's own table, whatever `source` says
-        return csv_table(path, target, columns)
+        return csv_table(path, target, columns, missing)
     require_int(rows, "task.data.rows")
     require_int(features, "task.data.features")
     require_int(hidden, "task.data.hidden")
@@ -109,31 +113,51 @@ def table_source(
     raise ConfigError(f"task.data.source={source!r} is unknown; use seed, linear, sin, teacher, or set task.data.path=<file.csv>")
 
 
-def csv_table(path: str, target: str | None, columns: list[str] | None) -> Table:
-    header, values = read_csv_table(path)
+MISSING = ("error", "drop")
+
+
+def csv_table(path: str, target: str | None, columns: list[str] | None, missing: str = "error") -> Table:
+    """The user's CSV as a Table of its numeric columns. A cell that is empty or not a number (`NA`)
+    in a used column is refused with the columns and lines it is on, or with `missing="drop"` its
+    row is dropped (pandas' dropna over the used columns) and the count reported."""
+    if missing not in MISSING:
+        raise ConfigError(f"task.data.missing={missing!r} is unknown; use error (refuse rows with missing values) or drop (leave them out)")
+    header, values, lines = read_csv_table(path)
     if not target:
         raise ConfigError(f"task.data.target is not set; name the column to predict, one of: {', '.join(header)}")
     if target not in header:
         raise DataError(f"task.data.path={path}: no column named {target!r}; columns are: {', '.join(header)}")
     numeric = [name for j, name in enumerate(header) if not np.isnan(values[:, j]).all()]
     if columns:
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise DataError(f"task.data.columns names {missing} which {path} does not have; columns are: {', '.join(header)}")
+        unknown = [c for c in columns if c not in header]
+        if unknown:
+            raise DataError(f"task.data.columns names {unknown} which {path} does not have; columns are: {', '.join(header)}")
         feature_names = list(columns)
     else:
         feature_names = [name for name in numeric if name != target]
     if not feature_names:
         raise DataError(f"task.data.path={path}: no numeric feature columns besides {target!r}")
-    chosen = [header.index(name) for name in [*feature_names, target]]
-    block = values[:, chosen]
-    bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
+    used = [*feature_names, target]
+    block = values[:, [header.index(name) for name in used]]
+    bad = ~np.isfinite(block)  # rows × used columns
+    bad_rows = np.flatnonzero(bad.any(axis=1))
+    dropped = ""
     if len(bad_rows):
-        raise DataError(
-            f"task.data.path={path}: {len(bad_rows)} rows have empty, non-numeric, NaN or infinite values "
-            f"(first at data row {bad_rows[0] + 1}); clean them or choose columns with task.data.columns"
-        )
+        where = "; ".join(_bad_cells(name, [lines[i] for i in np.flatnonzero(bad[:, j])]) for j, name in enumerate(used) if bad[:, j].any())
+        if missing == "error" or len(bad_rows) == len(block):
+            fix = "every row has one, so nothing is left to train on; fill them in" if len(bad_rows) == len(block) else (
+                "drop those rows with task.data.missing=drop, fill them in, or leave the columns out with task.data.columns")
+            raise DataError(f"task.data.path={path}: {len(bad_rows)} of {len(block)} rows have an empty, non-numeric (NA) or "
+                            f"infinite value: {where}; {fix}")
+        block = block[~bad.any(axis=1)]
+        dropped = f"dropped {len(bad_rows)} of {len(bad_rows) + len(block)} rows with a missing value ({where})"
     tensor = torch.from_numpy(block).float()
     left_out = {name: ("not numeric" if name not in numeric else "not in task.data.columns")
                 for name in header if name != target and name not in feature_names}
-    return Table(tensor[:, :-1], tensor[:, -1], feature_names, target, left_out=left_out)
+    return Table(tensor[:, :-1], tensor[:, -1], feature_names, target, left_out=left_out, dropped=dropped)
+
+
+def _bad_cells(column: str, lines: list[int], shown: int = 3) -> str:
+    """`mileage on line 4` / `price on lines 4, 9, 12 and 5 more`: where a column's bad cells are."""
+    listed = ", ".join(map(str, lines[:shown])) + (f" and {len(lines) - shown} more" if len(lines) > shown else "")
+    return f"{column} on line{'s' if len(lines) > 1 else ''} {listed}"

@@ -206,7 +206,9 @@ class Task(pl.LightningModule):
         lr = theory.plain_sgd_lr(optimizer, bool(self.scheduler_config), self.step_settings.clip_val)
         self.theory = (spectrum, lr, self.global_step)
         summary = self.theory_summary()
-        log.info(theory.describe(summary, lr))
+        if not isinstance(optimizer, torch.optim.LBFGS):  # its steps are quasi-Newton's: theory's step sizes say nothing of them
+            # a clause a line: one long line wraps mid-word in a terminal
+            log.info(theory.describe(summary, lr).replace("; ", "\n  "))
         if lr is not None and lr > spectrum.lr_critical:
             log.warning(f"warning: optimizer.lr={lr:g} is above lr_critical = {spectrum.lr_critical:.4g} (2/λmax): "
                         f"plain gradient descent diverges on this task; take an lr below it (fastest: {spectrum.lr_optimal:.4g})")

@@ -71,7 +71,7 @@ class MLPTask(Task):
         self.noise_floor = table.noise_floor
         train, val, test = split_rows(len(table.target), list(split), data.get("seed", 0))
         x, y = table.features, table.target
-        if table.left_out:
+        if table.left_out or table.dropped:
             log.info("mlp: %s", table.describe())
         scaling = Scaling.fit(x[train], y[train], enabled=standardize)  # the training split's statistics only
         for name, rows in (("train", train), ("val", val), ("test", test)):
