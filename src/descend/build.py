@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from descend.checkpoints import checkpoint_step
 from descend.errors import ConfigError, UserError, require_int
 
 
@@ -136,12 +137,3 @@ def trainer_with(cfg: DictConfig, callbacks: list[Any], **arguments: Any) -> Any
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping)
-
-
-def checkpoint_step(path: str | None) -> int | None:
-    """The global step a checkpoint was saved at (None without one)."""
-    if not path:
-        return None
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])

@@ -8,6 +8,7 @@ status and returns its final loss (inf unless completed), so the remaining jobs 
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from descend.errors import UserError, exit_with_error
 from descend.resume import resume_overrides
+from descend.stopping import exit_code
 from descend.sweep import register_resolvers
 
 # at import: a launcher's worker process imports this module to run a job, before Hydra resolves
@@ -248,33 +250,37 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     from descend.callbacks import Diverged
     from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
-    from descend.results import new_record, record_failure, record_interrupt, report, say, stage_metrics, write_results
+    from descend.results import new_record, record_failure, record_interrupt, record_stop, report, say, stage_metrics, write_results
+    from descend.stopping import Stopped, signals_stop_the_run
 
     started = time.perf_counter()
     record = new_record(task_name)
-    task = trainer = diverged = None
+    task = trainer = diverged = stopped = None
     lightning_metrics: dict[str, float] = {}  # val/ and test/ metrics, kept as each stage ends
     try:
-        validate(cfg)
-        import lightning.pytorch as pl
-        from lightning.pytorch.utilities.model_helpers import is_overridden
+        with signals_stop_the_run():
+            validate(cfg)
+            import lightning.pytorch as pl
+            from lightning.pytorch.utilities.model_helpers import is_overridden
 
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        task = build_task(cfg)
-        trainer = build_trainer(cfg)
-        write_layout(trainer.loggers)
-        if cfg.get("ckpt_path"):
-            say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
-                 "position in the epoch and random state come from the checkpoint, so the run continues exactly"])
-        trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
-        lightning_metrics.update(stage_metrics(trainer))
-        if is_overridden("test_step", task):
-            trainer.test(task, verbose=False)
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+            task = build_task(cfg)
+            trainer = build_trainer(cfg)
+            write_layout(trainer.loggers)
+            if cfg.get("ckpt_path"):
+                say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
+                     "position in the epoch and random state come from the checkpoint, so the run continues exactly"])
+            trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
             lightning_metrics.update(stage_metrics(trainer))
-        record["status"] = "completed"
+            if is_overridden("test_step", task):
+                trainer.test(task, verbose=False)
+                lightning_metrics.update(stage_metrics(trainer))
+            record["status"] = "completed"
     except Diverged as error:
         record.update(status="diverged", error=str(error))
         diverged = error
+    except Stopped as error:  # SIGTERM or Ctrl-C, at a step: its checkpoint is written (stopping.py)
+        stopped = error
     except UserError as error:
         record.update(error=str(error), user_error=True)
     except Exception as error:  # a bug or an unforeseen failure: keep the traceback for the report
@@ -293,16 +299,20 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     if trainer is not None and not trainer.is_global_zero:
         if record.get("traceback"):  # a bug on this rank alone: rank 0 sees only its peer vanish
             print(f"error: rank {trainer.global_rank}: {record['error']}\n{record['traceback']}", file=sys.stderr)
+        if stopped is not None:  # every rank stopped at the same step; rank 0 writes the record
+            sys.exit(exit_code(stopped.signal))
         return None  # data-parallel ranks other than 0 leave writing and reporting to rank 0
     if trainer is not None:
         # a batch of steps may run past the divergence before it is seen: the guard knows the step
         record["steps"] = diverged.step if diverged else trainer.global_step
+    if stopped is not None:
+        record_stop(record, stopped, run_dir)
     # before its first step a run has nothing worth saving: no solution of untrained values, no curves
     trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
     write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged)
-    if record.get("interrupted"):
+    if record.get("interrupted") or stopped is not None:
         report(record, run_dir)
-        sys.exit(130)  # as for SIGINT; in a sweep, Ctrl-C ends the sweep
+        sys.exit(exit_code(stopped.signal if stopped else signal.SIGINT))  # in a sweep too: a signal ends the sweep
     return record
 
 

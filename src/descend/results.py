@@ -1,6 +1,6 @@
 """What a run leaves behind besides TensorBoard and checkpoints: metrics.json and the solution.
 
-    metrics.json   {"status": completed|diverged|failed, "task", "steps", "wall_time_s",
+    metrics.json   {"status": completed|diverged|stopped|failed, "task", "steps", "wall_time_s",
                     "metrics": {...}, "error": one line or null, "traceback": text or null,
                     "theory": {...} for quadratic tasks (theory.py)}
     solution.pt    dict of tensors: torch.load(path, weights_only=True)
@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-STATUSES = ("completed", "diverged", "failed")
+STATUSES = ("completed", "diverged", "stopped", "failed")
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -107,8 +107,31 @@ def record_failure(record: dict[str, Any], error: BaseException) -> None:
 
 
 def record_interrupt(record: dict[str, Any], step: int, run_dir: Path) -> None:
-    """Ctrl-C: where the run stopped and the command that continues it."""
-    record.update(error=f"interrupted at step {step}; continue with: python -m train resume={run_dir}", interrupted=True)
+    """A stop that could not wait for its step (a second Ctrl-C): where it was, and what continues it."""
+    record.update(status="stopped", error=f"interrupted at step {step}; {continue_from(run_dir)}", interrupted=True)
+
+
+def record_stop(record: dict[str, Any], stopped: Any, run_dir: Path) -> None:
+    """A signal's stop (stopping.Stopped): status `stopped`, the step, and the command that continues it."""
+    import signal
+
+    name = signal.Signals(stopped.signal).name
+    record.update(status="stopped", steps=stopped.step, error=f"stopped by {name} at step {stopped.step}; {continue_from(run_dir)}")
+
+
+def continue_from(run_dir: Path) -> str:
+    """How to continue a stopped run: the resume= command when it has a checkpoint, else why not."""
+    from descend.checkpoints import CheckpointError, checkpoint_step
+    from descend.resume import quoted
+
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        step = checkpoint_step(checkpoint) if checkpoint.is_file() else None
+    except CheckpointError:
+        step = None
+    if step is None:
+        return "it has no checkpoint to continue from (callbacks.checkpoint is off or none was written yet); start it again"
+    return f"checkpoint at step {step}; continue with: python -m train resume={quoted(run_dir.resolve())}"
 
 
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
@@ -126,7 +149,7 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
             record["metrics"]["loss"] = diverged.loss
         write_solution(run_dir, task.solution())
     write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
-    if task is not None:
+    if task is not None and record["status"] != "stopped":  # a stopped run's HPARAMS entry waits for its end
         log_to_tensorboard(loggers, cfg, record)
 
 

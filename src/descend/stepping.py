@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from descend import stopping
+
 
 @dataclass(frozen=True)
 class StepSettings:
@@ -200,6 +202,7 @@ class StepState:
         self.logging = False
         self.last_logged: tuple[int, dict[str, float]] = (-1, {})  # by log_to_loggers (validation)
         self.relog: dict[str, Any] | None = None  # from a checkpoint, written again on resuming
+        self.guard: Any = None  # the divergence guard, checked at every step on the CPU (run_group)
 
 
 def lean_steps(trainer: Any, settings: StepSettings) -> bool:
@@ -229,8 +232,25 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
     every = task.trainer.log_every_n_steps
     state = task.step_state
     first_step = step = task.global_step
+    # A signal stops the group before its next step (stopping.py). Data-parallel ranks decide
+    # together after the batch instead (stopping.agreed_stop): one rank skipping a step would
+    # leave the others waiting in its gradient reduction.
+    single = task.trainer.world_size == 1
+    stop = stopping.stop_request if single else None
+    # The divergence guard at every step, on the host, before the step's update: the run then
+    # stops with the state of the step whose loss went bad (DESIGN.md "Trust at a stop"). On the
+    # CPU reading the loss costs about a microsecond; on a GPU it would wait for the device at
+    # every step, so there (and for the closure path, whose loss exists only inside the
+    # optimiser's step) the guard checks the group's losses after it (DivergenceGuard.find).
+    guard = state.guard if single and not needs_closure and raw.param_groups[0]["params"][0].device.type == "cpu" else None
+    guard_every = max(getattr(guard, "every_n_steps", 1), 1)
+    # the guard's bound on |loss| (NaN fails `<=` too); before its first loss is known, every value goes to the guard
+    limit = -1.0 if guard is None or guard.first_loss is None else (guard.limit() or math.inf)
     losses = []
+    bad: tuple[int, float] | None = None
     for batch in group.batches:
+        if stop is not None and stop.signal is not None:
+            break
         state.step = step
         # steps 0, N, 2N, … for N = trainer.log_every_n_steps: every curve starts at the initial loss
         state.logging = every > 0 and step % every == 0
@@ -258,6 +278,11 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
             losses.append(evaluations[0])
         else:  # the plain loop itself, counted by the LightningOptimizer's step-progress hooks
             loss = task.loss(batch)
+            if guard is not None and step % guard_every == 0:
+                value = loss.item()
+                if not abs(value) <= limit and guard.is_bad(value):
+                    bad = (step, value)
+                    break
             raw.zero_grad()
             state.loss = loss.detach()
             loss.backward()
@@ -270,7 +295,14 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
         for scheduler, frequency, monitor in schedulers:
             if step % frequency == 0:
                 step_scheduler(task, scheduler, monitor)
-    return {"loss": losses[-1], "losses": torch.stack(losses), "first_step": first_step}
+    out: dict[str, Any] = {"first_step": first_step, "checked_on_host": guard is not None}
+    if losses:
+        out.update(loss=losses[-1], losses=torch.stack(losses))
+    else:  # stopped before the group's first step
+        out["losses"] = torch.empty(0)
+    if bad is not None:
+        out["bad_step"] = bad
+    return out
 
 
 def after_backward(task: Any, optimizer: torch.optim.Optimizer) -> None:

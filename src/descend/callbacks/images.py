@@ -60,3 +60,12 @@ class ImageLogger(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_steps > 0:
             self._log(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # a stop at a step (the divergence guard, a signal) ends training without on_train_end:
+        # the last picture is that step's, as the saved solution is
+        from descend.callbacks.divergence import Diverged
+        from descend.stopping import Stopped
+
+        if self.every_n_steps > 0 and isinstance(exception, (Diverged, Stopped)):
+            self._log(trainer, pl_module)

@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from descend import stepping, theory
+from descend import stepping, stopping, theory
 from descend.data.loaders import RepeatBatch
 from descend.errors import ConfigError, require_int
 
@@ -65,6 +65,7 @@ class Task(pl.LightningModule):
         # a member of a population (population/) writes to loggers of its own, not the trainer's
         self.own_loggers: list[Any] | None = None
         self.stage_values: dict[str, float] = {}  # the last val/ and test/ metrics (log_stage_metrics)
+        self.stop_signal: int | None = None  # a signal asked the run to stop after this batch (stopping.py)
 
     # ---- the task contract (overridden by subclasses) ----
     def full_batch(self) -> tuple[torch.Tensor, ...]:
@@ -101,7 +102,9 @@ class Task(pl.LightningModule):
     def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:
         # no self.log here: it costs more than a batch of small steps. The progress bar reads
         # step_state; monitors get train/loss at each epoch's end (on_train_epoch_end)
-        return stepping.run_group(self, group)
+        out = stepping.run_group(self, group)
+        self.stop_signal = stopping.agreed_stop(self.trainer)  # read by the checkpoint callback, then below
+        return out
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # called by Lightning's precision plugin after backward and unscaling (steps_per_batch=1,
@@ -111,8 +114,13 @@ class Task(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks: the divergence guard writes only the steps before a blow-up
         self.metric_buffer.flush(self.writing_loggers())
+        # after the checkpoint callback too, which has saved this step's state
+        if self.stop_signal and not stopping.validation_follows(self.trainer):
+            raise stopping.Stopped(self.global_step, self.stop_signal)
 
     def on_train_epoch_end(self) -> None:
+        if self.stop_signal:  # a stop at the epoch's last batch, after its validation and checkpoint
+            raise stopping.Stopped(self.global_step, self.stop_signal)
         # for EarlyStopping and other monitors of train/loss (self.log costs milliseconds: only then)
         watched = any(getattr(callback, "monitor", None) == "train/loss" for callback in self.trainer.callbacks)
         if watched and self.step_state.loss is not None:
@@ -135,6 +143,7 @@ class Task(pl.LightningModule):
             self.step_state.relog = checkpoint["descend_logged_at_step"]
 
     def on_train_start(self) -> None:
+        stopping.install()  # in place of the SIGTERM handler Lightning registered as fit started
         relog, self.step_state.relog = self.step_state.relog, None
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])

@@ -1,0 +1,100 @@
+"""A run stops at the step where a signal arrived or its loss went bad, and saves that step's state."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import QUIET, metrics, only_run, run_cli, scalars
+
+# a 6×6 matrix at a small lr: still moving after STEPS steps, so the final W depends on every step
+STEPS = 40000
+RUN = ["task.matrix.source=random", "task.matrix.rows=6", "optimizer=momentum", "optimizer.lr=0.001",
+       f"trainer.max_steps={STEPS}", "trainer.log_every_n_steps=10", *QUIET]
+
+
+def signal_while_training(cwd, sig: int, run: list[str] = RUN, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Start the run, send `sig` at a random moment of its training, and wait for it to end."""
+    proc = subprocess.Popen([sys.executable, "-m", "train", *run], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        logs = list((cwd / "outputs" / "runs").glob("*/*/events.out.tfevents.*"))
+        if logs and logs[0].stat().st_size > 2000:  # training has logged its first steps
+            time.sleep(random.uniform(0.0, 1.0))  # then somewhere inside a group of steps
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    stdout, stderr = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_at_its_step_and_resume_ends_bitwise_where_a_straight_run_ends(tmp_path, sig, code):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    straight.mkdir(), stopped.mkdir()
+    proc = signal_while_training(stopped, sig)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    run = only_run(stopped)
+    record = metrics(run)
+    step = record["steps"]
+    assert record["status"] == "stopped" and 0 < step < STEPS
+    # last.ckpt at the very step the run stopped at, though checkpoints are due every 500 steps and 30 s
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+    assert "Traceback" not in proc.stderr and f"at step {step};" in proc.stderr
+    command = next(line for line in proc.stderr.splitlines() if "continue with:" in line).split("continue with: ")[1]
+    assert command.startswith("python -m train resume=")
+
+    # the printed command, as given, from another folder
+    subprocess.run(f"{sys.executable} -m train {command.split('python -m train ')[1]}", shell=True, cwd=tmp_path, check=True,
+                   capture_output=True)
+    run_cli(*RUN, cwd=straight)
+    assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == STEPS
+    expected = torch.load(only_run(straight) / "solution.pt", weights_only=True)["W"]
+    assert torch.equal(torch.load(run / "solution.pt", weights_only=True)["W"], expected)
+    curve = scalars(run)["train/loss"]
+    assert sorted(curve) == list(range(0, STEPS, 10))  # every logged step once
+    assert curve == scalars(only_run(straight))["train/loss"]
+
+
+def test_a_run_without_checkpoints_stopped_by_sigterm_says_it_cannot_be_resumed(tmp_path):
+    proc = signal_while_training(tmp_path, signal.SIGTERM, [*RUN, "~callbacks.checkpoint"])
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    record = metrics(only_run(tmp_path))
+    assert record["status"] == "stopped" and "no checkpoint" in record["error"] and "resume=" not in record["error"]
+
+
+def test_a_diverged_run_ends_with_the_state_of_the_step_it_stopped_at(tmp_path):
+    # lr 1.05 on the seed inverse: the loss grows slowly and passes the guard's limit inside a group of 100 steps
+    proc = run_cli("optimizer.lr=1.05", "trainer.max_steps=1000", *QUIET, cwd=tmp_path, expect=3)
+    run = only_run(tmp_path)
+    record = metrics(run)
+    step = record["steps"]
+    assert step % 100 and f"diverged at step {step} " in proc.stderr
+    # the saved solution gives the loss metrics.json reports, and ref/* are at that step too
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    task = instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").task)
+    W = torch.load(run / "solution.pt", weights_only=True)["W"]
+    with torch.no_grad():
+        task.weight.copy_(W)
+        assert float(task.loss(task.full_batch())) == pytest.approx(record["metrics"]["loss"], rel=1e-6)
+    curve = scalars(run)
+    assert max(curve["train/loss"]) == step
+    assert curve["train/loss"][step] == pytest.approx(record["metrics"]["loss"], rel=1e-6)
+    assert curve["final/loss"] == {step: pytest.approx(record["metrics"]["loss"], rel=1e-6)}
+    assert record["metrics"]["ref/excess_loss"] == pytest.approx(record["metrics"]["loss"], rel=1e-6)  # the optimum is 0
+    assert torch.isfinite(W).all()
+    # a picture at the step it stopped at
+    from conftest import tensorboard_events
+
+    images = tensorboard_events(run).Images("images/" + tensorboard_events(run).Tags()["images"][0].split("/", 1)[1])
+    assert images[-1].step == step
