@@ -113,8 +113,13 @@ def scheduler_config(node: DictConfig | None) -> dict[str, Any] | None:
     return {"factory": instantiate(config, "scheduler"), **lightning_keys}
 
 
-def build_trainer(cfg: DictConfig) -> Any:
+def build_trainer(cfg: DictConfig, overrides: list[str] | None = None) -> Any:
+    """The Trainer with the configured callbacks and loggers, plus descend's record of the run's
+    sessions (callbacks.Sessions: not optional, it is what makes a resume apply its overrides)."""
+    from descend.callbacks import Sessions
+
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    callbacks.append(Sessions(overrides))
     resumed_at = checkpoint_step(cfg.get("ckpt_path"))
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():

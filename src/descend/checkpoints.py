@@ -20,6 +20,7 @@ class CheckpointError(UserError):
 
 def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     """The checkpoint at `path` as torch's weights_only loader reads it (tensors on the CPU).
+    `key`: how the user named it, `ckpt_path` or `resume=<folder>`.
 
     Raises CheckpointError naming `key`, the file and the cause: missing, unreadable (OSError),
     holding objects weights_only refuses, truncated or not a torch file, or without a global_step."""
@@ -28,7 +29,7 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     import torch
 
     path = Path(path)
-    where = f"{key}={path}"
+    where = f"{key}={path}" if "=" not in key else f"{key}: {path}"
     if not path.is_file():
         raise CheckpointError(f"{where}: no such file; point {key} at a Lightning checkpoint (checkpoints/last.ckpt)")
     try:
@@ -38,9 +39,9 @@ def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         what = f" ({refused})" if refused else ""
         raise CheckpointError(f"{where}: holds objects that cannot be loaded safely{what}; only a checkpoint of "
                               "tensors, numbers and strings (as descend and Lightning write) can be resumed from") from None
-    except OSError as error:
+    except PermissionError as error:
         raise CheckpointError(f"{where}: cannot be read ({error.strerror or error}); check the file's permissions") from None
-    except (RuntimeError, EOFError, ValueError) as error:
+    except (OSError, RuntimeError, EOFError, ValueError) as error:  # torch's zip reader: EINVAL or a RuntimeError
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"{where}: not a readable checkpoint (truncated or not a torch file: {first}); "
                               "resume from an intact one, e.g. a copy, or start the run again") from None

@@ -38,7 +38,7 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 
 def main() -> None:
     try:
-        sys.argv[1:] = resume_overrides(sys.argv[1:])
+        sys.argv[1:] = resume_overrides(sys.argv[1:], config_dir())
         check_group_choices(sys.argv[1:], config_dir())
         check_launcher(sys.argv[1:])
         check_overrides(sys.argv[1:], config_dir())
@@ -235,7 +235,8 @@ def run(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with ddp_children_join_this_job(hydra_cfg):
-        record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"))
+        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "ckpt_path="))]
+        record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), overrides=overrides)
     if record is None:
         return float("nan")  # a data-parallel rank other than 0: rank 0 reports
     report(record, run_dir)
@@ -245,9 +246,9 @@ def run(cfg: DictConfig) -> float:
     return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
 
 
-def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | None:
+def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] | None = None) -> dict[str, Any] | None:
     from descend.build import build_task, build_trainer, checkpoint_step, validate
-    from descend.callbacks import Diverged
+    from descend.callbacks import Diverged, Sessions
     from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
     from descend.results import new_record, record_failure, record_interrupt, record_stop, report, say, stage_metrics, write_results
@@ -265,7 +266,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
 
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
             task = build_task(cfg)
-            trainer = build_trainer(cfg)
+            trainer = build_trainer(cfg, overrides)
             write_layout(trainer.loggers)
             if cfg.get("ckpt_path"):
                 say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
@@ -290,7 +291,11 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         record_interrupt(record, step, run_dir)
     finally:
         close_process_group()
-    record["wall_time_s"] = round(time.perf_counter() - started, 4)
+    sessions = next((c for c in trainer.callbacks if isinstance(c, Sessions)), None) if trainer is not None else None
+    # the time of every session of the run: a resumed run's earlier ones come with its checkpoint
+    record["wall_time_s"] = round(time.perf_counter() - started + (sessions.seconds_before if sessions else 0.0), 4)
+    if sessions is not None and sessions.resumed:
+        record["resumed"] = sessions.resumed  # each resume: its step and the overrides it changed
     if trainer is None and launched_rank() > 0 and record["status"] == "failed":
         # torchrun started every rank with the same bad command: rank 0 says it once. This rank
         # waits for rank 0's record, or torchrun would stop rank 0 before it could say anything

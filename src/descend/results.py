@@ -147,10 +147,28 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
             record["theory"] = task.theory_summary()
         if diverged:  # the loss the error message names, not the one after the blow-up
             record["metrics"]["loss"] = diverged.loss
-        write_solution(run_dir, task.solution())
+        solution = task.solution()
+        if record["status"] == "completed":
+            mark_non_finite(record, solution)
+        write_solution(run_dir, solution)
     write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
     if task is not None and record["status"] != "stopped":  # a stopped run's HPARAMS entry waits for its end
         log_to_tensorboard(loggers, cfg, record)
+
+
+def mark_non_finite(record: dict[str, Any], solution: dict[str, Any]) -> None:
+    """A run that ended with a non-finite loss or parameters diverged, whatever the guard saw (it
+    may be off, or check every n steps): status `diverged`, and the error says what is not finite."""
+    import torch
+
+    loss = record["metrics"].get("loss")
+    bad = [name for name, t in solution.items() if not bool(torch.isfinite(t).all())]
+    if loss is not None and not math.isfinite(loss):
+        bad.insert(0, f"loss = {loss}")
+    if bad:
+        record.update(status="diverged", error=f"training ended at step {record['steps']} with non-finite values ({', '.join(bad)}); "
+                      "the learning rate is likely too large: lower optimizer.lr, or check every step with "
+                      "callbacks.divergence_guard.every_n_steps=1")
 
 
 def report(record: dict[str, Any], run_dir: Path) -> None:

@@ -1,0 +1,92 @@
+"""What a resume may change, what it refuses without writing anything, and what a record keeps."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+import yaml
+
+from conftest import QUIET, metrics, one_line_error, only_run, run_cli, scalars
+
+RUN = ["optimizer.lr=0.001", "trainer.max_steps=100", *QUIET]
+
+
+def folder_digest(run) -> dict[str, str]:
+    """Every file of a run folder and its bytes' hash."""
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("completed")
+    run_cli(*RUN, cwd=cwd)
+    return only_run(cwd)
+
+
+@pytest.mark.parametrize(("overrides", "culprit"), [
+    (["optimizer=adam"], "optimizer=adam cannot change on resume (the run has optimizer=sgd)"),
+    (["scheduler=step"], "scheduler=step cannot change on resume (the run has scheduler=none)"),
+    (["task.matrix.rows=5", "trainer.max_steps=300"], "task.matrix.rows=5 cannot change on resume (the run has task.matrix.rows=4)"),
+    (["trainer.precision=64-true", "trainer.max_steps=300"], "trainer.precision=64-true cannot change on resume (the run has trainer.precision=32-true)"),
+    (["optimizer.lr=0", "trainer.max_steps=300"], "optimizer.lr=0 must be a positive number"),
+])
+def test_a_refused_resume_is_one_line_and_leaves_the_run_byte_identical(completed, tmp_path, overrides, culprit):
+    before = folder_digest(completed)
+    proc = run_cli(f"resume={completed}", *overrides, cwd=tmp_path, expect=2)
+    assert culprit in one_line_error(proc)
+    assert folder_digest(completed) == before
+
+
+def test_a_completed_run_with_nothing_left_to_train_says_so_and_changes_nothing(completed, tmp_path):
+    before = folder_digest(completed)
+    for extra in ([], ["trainer.max_steps=100"], ["trainer.max_steps=50", "optimizer.lr=0.1"]):
+        proc = run_cli(f"resume={completed}", *extra, cwd=tmp_path)
+        assert "nothing to train" in proc.stdout and "resuming" not in proc.stdout
+    assert folder_digest(completed) == before
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_it_and_changes_nothing(completed, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(completed, run)
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    before = folder_digest(run)
+    line = one_line_error(run_cli(f"resume={run}", "trainer.max_steps=2000", cwd=tmp_path, expect=2))
+    assert str(checkpoint) in line and "not a readable checkpoint" in line
+    assert folder_digest(run) == before and metrics(run)["status"] == "completed"
+
+
+def test_a_checkpoint_with_objects_weights_only_refuses_is_one_line_naming_ckpt_path(tmp_path):
+    from omegaconf import OmegaConf
+
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"global_step": 5, "config": OmegaConf.create({"a": 1})}, foreign)
+    line = one_line_error(run_cli(f"ckpt_path={foreign}", *RUN, cwd=tmp_path, expect=2))
+    assert f"ckpt_path={foreign}" in line and "cannot be loaded safely" in line
+
+
+def test_a_resume_applies_a_new_lr_from_its_step_and_records_it(tmp_path):
+    run_cli(*RUN, cwd=tmp_path)
+    run = only_run(tmp_path)
+    run_cli(f"resume={run}", "optimizer.lr=0.1", "trainer.max_steps=300", cwd=tmp_path)
+    record = metrics(run)
+    assert record["status"] == "completed" and record["steps"] == 300
+    assert [(r["step"], sorted(r["overrides"])) for r in record["resumed"]] == [(100, ["optimizer.lr=0.1", "trainer.max_steps=300"])]
+    lr = scalars(run)["lr-SGD"]
+    assert all(lr[s] == pytest.approx(0.001) for s in lr if s < 100)
+    assert all(lr[s] == pytest.approx(0.1) for s in lr if s >= 100) and max(lr) == 290
+    keys = [o.split("=")[0] for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())]
+    assert len(keys) == len(set(keys))  # each key once, at its final value
+    assert "optimizer.lr=0.1" in (run / ".hydra" / "overrides.yaml").read_text()
+    assert "theory" in record  # a real resume keeps every block of the record
+
+
+def test_a_run_that_ends_non_finite_is_diverged_whatever_the_guard_checked(tmp_path):
+    proc = run_cli("optimizer.lr=3", "trainer.max_steps=200", "callbacks.divergence_guard.every_n_steps=0", *QUIET, cwd=tmp_path, expect=3)
+    record = metrics(only_run(tmp_path))
+    assert record["status"] == "diverged" and record["metrics"]["loss"] is None
+    assert "non-finite" in one_line_error(proc)
