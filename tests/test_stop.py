@@ -26,7 +26,7 @@ def signal_while_training(cwd, sig: int, run: list[str] = RUN, env: dict | None 
                             text=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        logs = list((cwd / "outputs" / "runs").glob("*/*/events.out.tfevents.*"))
+        logs = list((cwd / "outputs").rglob("events.out.tfevents.*"))
         if logs and logs[0].stat().st_size > 2000:  # training has logged its first steps
             time.sleep(random.uniform(0.0, 1.0))  # then somewhere inside a group of steps
             proc.send_signal(sig)
@@ -98,3 +98,38 @@ def test_a_diverged_run_ends_with_the_state_of_the_step_it_stopped_at(tmp_path):
 
     images = tensorboard_events(run).Images("images/" + tensorboard_events(run).Tags()["images"][0].split("/", 1)[1])
     assert images[-1].step == step
+
+
+# what srun sets for a one-task job (Lightning's SLURMEnvironment detects it from these)
+SLURM = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+         "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_a_requeued_slurm_job_continues_its_run_exactly_with_resume_auto(tmp_path, sig):
+    folder = tmp_path / "outputs" / "slurm" / SLURM["SLURM_JOB_ID"]
+    command = ["resume=auto", f"hydra.run.dir={folder}", *RUN]  # the README's srun line, the same at every requeue
+    proc = signal_while_training(tmp_path, sig, command, env=SLURM)
+    assert proc.returncode == 128 + sig, proc.stderr[-3000:]
+    assert metrics(folder)["status"] == "stopped"
+    assert not list(folder.rglob("hpc_ckpt*"))  # Lightning's own requeue path is off
+    env = {**os.environ, **SLURM}
+    requeued = subprocess.run([sys.executable, "-m", "train", *command], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "resuming at step" in requeued.stdout
+    (tmp_path / "straight").mkdir()
+    run_cli(*RUN, cwd=tmp_path / "straight")
+    straight = only_run(tmp_path / "straight")
+    assert torch.equal(torch.load(folder / "solution.pt", weights_only=True)["W"],
+                       torch.load(straight / "solution.pt", weights_only=True)["W"])
+    curves = scalars(folder)
+    assert curves["train/loss"] == scalars(straight)["train/loss"]  # one continuous curve, every step once
+    assert list(curves["final/loss"]) == [STEPS]  # one final point
+
+
+def test_resume_auto_starts_the_run_when_its_folder_has_no_checkpoint(tmp_path):
+    folder = tmp_path / "job"
+    run_cli("resume=auto", f"hydra.run.dir={folder}", "trainer.max_steps=20", *QUIET, cwd=tmp_path)
+    assert metrics(folder)["status"] == "completed" and metrics(folder)["steps"] == 20
+    run_cli("resume=auto", f"hydra.run.dir={folder}", "trainer.max_steps=40", *QUIET, cwd=tmp_path)
+    assert metrics(folder)["steps"] == 40 and metrics(folder)["resumed"][0]["step"] == 20

@@ -141,4 +141,17 @@ def trainer_with(cfg: DictConfig, callbacks: list[Any], **arguments: Any) -> Any
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
-    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping)
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping, **slurm_plugins(cfg))
+
+
+def slurm_plugins(cfg: DictConfig) -> dict[str, Any]:
+    """Under SLURM, Lightning's SLURM environment without its auto-requeue: that path answers
+    SIGUSR1 with an hpc_ckpt_N.ckpt of its own and restores it silently when the job restarts in
+    the same folder, without descend's purge of the killed stretch (the curve then holds a
+    stretch twice). descend's stop (stopping.py) writes last.ckpt at the step instead, and the
+    requeued command resumes it with resume=auto (README "Resuming")."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if cfg.trainer.get("plugins") is not None or not SLURMEnvironment.detect():
+        return {}
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}

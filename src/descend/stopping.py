@@ -1,11 +1,12 @@
-"""How a run stops at a step when a signal asks it to: SIGTERM (SLURM, Kubernetes, `kill`) and SIGINT (Ctrl-C).
+"""How a run stops at a step when a signal asks it to: SIGTERM (SLURM, Kubernetes, `kill`), SIGINT
+(Ctrl-C) and SIGUSR1 (SLURM's warning before a time limit).
 
 The handler only sets a flag. descend's step (stepping.run_group) reads it before each optimiser
 step, so a group of `steps_per_batch` steps ends at the step where the signal arrived, with every
 step already taken kept. The trainer then ends the batch as usual: the checkpoint callback writes
 last.ckpt at that step (the moment periodic checkpoints are written, so it resumes exactly) and the
 task raises `Stopped`, which the run records as status `stopped` with the `resume=` command; the
-process exits 128 + the signal's number (143 for SIGTERM, 130 for SIGINT).
+process exits 128 + the signal's number (143 for SIGTERM, 130 for SIGINT, 138 for SIGUSR1).
 
 A second signal while the first is being handled stops at once (KeyboardInterrupt), as Ctrl-C
 pressed twice does elsewhere.
@@ -19,7 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# SIGUSR1: what SLURM sends ahead of a time limit or preemption (sbatch --signal=USR1@90)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 class StopRequest:
@@ -47,7 +49,7 @@ class Stopped(Exception):
 
 
 def install() -> None:
-    """descend's handlers for SIGTERM and SIGINT (main thread only: Python's rule for signals).
+    """descend's handlers for SIGNALS (main thread only: Python's rule for signals).
 
     Called when a run starts and again when its training starts: Lightning's signal connector
     registers its own SIGTERM handler as fit starts, which ends the run at the next batch's end or
@@ -61,7 +63,7 @@ def install() -> None:
 
 @contextmanager
 def signals_stop_the_run() -> Iterator[StopRequest]:
-    """Within: SIGTERM and SIGINT request a stop (see module doc). After: the previous handlers."""
+    """Within: SIGTERM, SIGINT and SIGUSR1 request a stop (see module doc). After: the previous handlers."""
     main = threading.current_thread() is threading.main_thread()
     previous = {number: signal.getsignal(number) for number in SIGNALS} if main else {}
     stop_request.signal = None
@@ -94,5 +96,5 @@ def validation_follows(trainer: Any) -> bool:
 
 
 def exit_code(number: int) -> int:
-    """A shell's code for a process ended by signal `number`: 128 + number (143 SIGTERM, 130 SIGINT)."""
+    """A shell's code for a process ended by signal `number`: 128 + number (143 SIGTERM, 130 SIGINT, 138 SIGUSR1)."""
     return 128 + int(number)
