@@ -194,7 +194,7 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
         (["task=nope"], "task=nope is unknown; choose one of: eigen, inverse, linreg, lowrank, mlp, quadratic"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
         (["task=lowrank", "task.rank=11"], "task.rank=11 must be an integer in 1..10 (the matrix is 10x10)"),
-        (["task.matrix.path=missing.npy"], "task.matrix.path=missing.npy: no such file"),
+        (["task.matrix.path=missing.npy"], "/missing.npy: no such file"),  # resolved against the folder the command ran in
         (["task.matrix.values=[1,2,0]"], "condition number"),
         (["task=mlp", "task.data.path=table.csv", "task.data.target=nope"], "no column named 'nope'"),
         (["task=mlp", "task.split=[0.5,0.5,0.5]"], "task.split"),

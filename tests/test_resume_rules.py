@@ -90,3 +90,16 @@ def test_a_run_that_ends_non_finite_is_diverged_whatever_the_guard_checked(tmp_p
     record = metrics(only_run(tmp_path))
     assert record["status"] == "diverged" and record["metrics"]["loss"] is None
     assert "non-finite" in one_line_error(proc)
+
+
+def test_relative_paths_are_resolved_where_the_command_ran_so_resume_and_chdir_read_the_same_file(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.csv").write_text("x,y\n" + "\n".join(f"{i},{2 * i + 1}" for i in range(20)) + "\n")
+    common = ["task=linreg", "task.data.path=data/a.csv", "task.data.target=y", "trainer.max_steps=30", *QUIET]
+    run_cli(*common, "hydra.job.chdir=true", cwd=tmp_path)
+    run = only_run(tmp_path)
+    assert f"task.data.path='{tmp_path / 'data' / 'a.csv'}'" in (run / ".hydra" / "overrides.yaml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_cli(f"resume={run}", "trainer.max_steps=60", cwd=elsewhere)
+    assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == 60

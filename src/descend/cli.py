@@ -38,7 +38,7 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 
 def main() -> None:
     try:
-        sys.argv[1:] = resume_overrides(sys.argv[1:], config_dir())
+        sys.argv[1:] = resume_overrides(absolute_paths(sys.argv[1:]), config_dir())
         check_group_choices(sys.argv[1:], config_dir())
         check_launcher(sys.argv[1:])
         check_overrides(sys.argv[1:], config_dir())
@@ -50,6 +50,29 @@ def main() -> None:
         # Hydra's): most of a second of every command. Nothing of descend's waits for it: every
         # file is written and closed explicitly. Frozen objects are left out of that walk.
         gc.freeze()
+
+
+# file paths a user gives on the command line (the data, a matrix, a checkpoint)
+PATH_KEYS = ("task.data.path", "task.matrix.path", "ckpt_path")
+
+
+def absolute_paths(argv: list[str]) -> list[str]:
+    """Relative paths of PATH_KEYS, resolved against the folder the command was typed in, and so
+    stored in the run's .hydra/: `resume=` then works from any folder, and `hydra.job.chdir=true`
+    (which moves into the run folder) reads the same file."""
+    import os
+
+    from descend.resume import quoted, unquoted
+
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        value = unquoted(value)
+        plain = sep and key.lstrip("+") in PATH_KEYS and value not in ("", "null") and "${" not in value and "," not in value
+        if plain and not os.path.isabs(os.path.expanduser(value)):
+            arg = f"{key}={quoted(Path(os.path.abspath(os.path.expanduser(value))))}"
+        out.append(arg)
+    return out
 
 
 def sweep_exit_code() -> int:
