@@ -103,3 +103,31 @@ def test_relative_paths_are_resolved_where_the_command_ran_so_resume_and_chdir_r
     elsewhere.mkdir()
     run_cli(f"resume={run}", "trainer.max_steps=60", cwd=elsewhere)
     assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == 60
+
+
+def csv_rows(run) -> dict[int, dict[str, str]]:
+    import csv
+
+    with (run / "csv" / "metrics.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert len(steps) == len(set(steps)), "a step logged twice"
+    return {int(r["step"]): r["train/loss"] for r in rows if r.get("train/loss")}
+
+
+def test_the_csv_logger_keeps_its_rows_up_to_the_checkpoint_and_drops_the_killed_stretch(tmp_path):
+    import shutil
+
+    common = ["logger=csv", "optimizer.lr=0.01", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+    run_cli(*common, "trainer.max_steps=50", cwd=tmp_path)
+    run = only_run(tmp_path)
+    at_50 = tmp_path / "at_50.ckpt"
+    shutil.copy(run / "checkpoints" / "last.ckpt", at_50)
+    run_cli(f"resume={run}", "trainer.max_steps=100", cwd=tmp_path)  # logs 50..90
+    shutil.copy(at_50, run / "checkpoints" / "last.ckpt")  # as if killed at 100 after a checkpoint at 50
+    run_cli(f"resume={run}", "trainer.max_steps=150", cwd=tmp_path)
+    (tmp_path / "straight").mkdir()
+    run_cli(*common, "trainer.max_steps=150", cwd=tmp_path / "straight")
+    rows = csv_rows(run)
+    assert sorted(rows) == list(range(0, 150, 10))
+    assert rows == csv_rows(only_run(tmp_path / "straight"))

@@ -126,9 +126,11 @@ def build_trainer(cfg: DictConfig, overrides: list[str] | None = None) -> Any:
         if not node:
             continue
         # A resumed run hides the events its killed predecessor logged after the checkpoint,
-        # so the curve continues without a duplicated stretch (SummaryWriter's purge_step).
-        tensorboard = str(node.get("_target_", "")).endswith("TensorBoardLogger")
-        extra = {"purge_step": resumed_at} if resumed_at and tensorboard else {}
+        # so the curve continues without a duplicated stretch (SummaryWriter's purge_step;
+        # descend's CSVLogger does the same for its rows)
+        target = str(node.get("_target_", ""))
+        purges = target.endswith("TensorBoardLogger") or target == "descend.loggers.CSVLogger"
+        extra = {"purge_step": resumed_at} if resumed_at and purges else {}
         loggers.append(instantiate(node, f"logger.{name}", **extra))
     return trainer_with(cfg, callbacks, logger=loggers or False)
 
