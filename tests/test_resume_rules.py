@@ -131,3 +131,19 @@ def test_the_csv_logger_keeps_its_rows_up_to_the_checkpoint_and_drops_the_killed
     rows = csv_rows(run)
     assert sorted(rows) == list(range(0, 150, 10))
     assert rows == csv_rows(only_run(tmp_path / "straight"))
+
+
+def test_hparams_show_the_run_once_with_the_configuration_it_finished_with(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from conftest import tensorboard_events
+
+    run_cli(*RUN, cwd=tmp_path)
+    run = only_run(tmp_path)
+    run_cli(f"resume={run}", "trainer.max_steps=300", cwd=tmp_path)
+    events = tensorboard_events(run)
+    content = events.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["trainer.max_steps"].number_value == 300
+    assert scalars(run)["final/loss"] == {300: pytest.approx(metrics(run)["metrics"]["loss"], rel=1e-5)}
+    assert len(list(run.glob("events.out.tfevents.*.hparams"))) == 1

@@ -126,9 +126,28 @@ def log_to_tensorboard(loggers: list[Any], cfg: DictConfig, record: dict[str, An
         metrics = {f"final/{k}": (v if v is not None else float("nan")) for k, v in record["metrics"].items()}
         metrics["final/diverged"] = float(record["status"] == "diverged")
         write_scalars(logger, metrics, record["steps"])
-        for summary in hparams(hyperparameters(cfg), metrics):  # the experiment, the session's start and its end
-            writer._get_file_writer().add_summary(summary)
+        write_hparams(logger.log_dir, hparams(hyperparameters(cfg), metrics))
         logger.finalize("success" if record["status"] == "completed" else "failed")
+
+
+HPARAMS_SUFFIX = ".hparams"
+
+
+def write_hparams(log_dir: str, summaries: Any) -> None:
+    """The HPARAMS entry (the experiment, the session's start and its end) in an event file of its
+    own, replacing the one an earlier session of the run wrote. TensorBoard keeps the first
+    description it reads of a tag and a resume cannot purge it, so an entry in the main event
+    file would show the configuration the run first ended with, not the one it finished with."""
+    from pathlib import Path
+
+    from torch.utils.tensorboard.writer import FileWriter
+
+    for old in Path(log_dir).glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
+        old.unlink()
+    writer = FileWriter(log_dir, filename_suffix=HPARAMS_SUFFIX)
+    for summary in summaries:
+        writer.add_summary(summary)
+    writer.close()
 
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
