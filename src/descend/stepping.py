@@ -333,7 +333,9 @@ def step_schedulers_due(task: Any, interval: str) -> list[tuple[Any, int, str | 
 def step_scheduler(task: Any, scheduler: Any, monitor: str | None) -> None:
     """As Lightning's automatic loop would: ReduceLROnPlateau with its monitored value."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(task.monitored_value(monitor))
+        value = task.monitored_value(monitor)
+        if value is not None:  # a val/ metric before the first validation: wait for it
+            scheduler.step(value)
     else:
         scheduler.step()
 

@@ -148,6 +148,7 @@ class Task(pl.LightningModule):
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])
         self.start_theory(self.optimizers(use_pl_optimizer=False))
+        self.check_monitor()
 
     # ---- what theory predicts (quadratic tasks) ----
     @torch.no_grad()
@@ -183,14 +184,31 @@ class Task(pl.LightningModule):
         spectrum, lr, start = self.theory
         return {"theory/excess_loss": spectrum.excess_loss(lr, step - start)}
 
-    def monitored_value(self, key: str | None) -> torch.Tensor:
-        """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric."""
+    def monitored_value(self, key: str | None) -> torch.Tensor | None:
+        """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric
+        (None until its first validation: the scheduler waits for it, see check_monitor)."""
         if key in (None, "train/loss"):
             state = self.step_state
             return state.logged_loss if state.logged_loss is not None else state.loss
-        if key not in self.trainer.callback_metrics:
-            raise ConfigError(f"scheduler.monitor={key!r} is never logged; monitor train/loss or a val/ metric")
-        return self.trainer.callback_metrics[key]
+        metrics = self.trainer.callback_metrics
+        if key not in metrics and any(k.startswith("val/") for k in metrics):  # validation ran without it
+            logged = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
+            raise ConfigError(f"scheduler.monitor={key!r} is never logged by this run; its validation logs {logged}, "
+                              "or monitor train/loss")
+        return metrics.get(key)
+
+    def check_monitor(self) -> None:
+        """A plateau scheduler's metric: train/loss, or a val/ metric that validation logs at each
+        epoch's end (said once, as the scheduler waits until then); anything else is never logged."""
+        key = self.scheduler_settings.get("monitor")
+        if not self.scheduler_config or key in (None, "train/loss"):
+            return
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if not (key.startswith("val/") and is_overridden("validation_step", self) and self.trainer.enable_validation):
+            raise ConfigError(f"scheduler.monitor={key!r} is never logged by this run; monitor train/loss"
+                              + (" or a val/ metric of its validation" if is_overridden("validation_step", self) else ""))
+        log.info(f"scheduler: watches {key}, logged by validation at each epoch's end; it waits for the first one")
 
     def writing_loggers(self) -> list[Any]:
         """Where this task's scalars and pictures go: a population member's own loggers, else the
