@@ -274,7 +274,8 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
     from descend.callbacks import Diverged, Sessions
     from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
-    from descend.results import new_record, record_failure, record_interrupt, record_stop, report, say, stage_metrics, write_results
+    from descend.results import (WRITE_ERRNOS, RecordError, new_record, record_failure, record_interrupt, record_stop, report, say,
+                                 stage_metrics, write_error_line, write_results)
     from descend.stopping import Stopped, signals_stop_the_run
 
     started = time.perf_counter()
@@ -307,6 +308,11 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
         stopped = error
     except UserError as error:
         record.update(error=str(error), user_error=True)
+    except OSError as error:  # a full disk or a folder it may not write: one line, not a bug's traceback
+        if error.errno in WRITE_ERRNOS:
+            record.update(error=write_error_line(error, run_dir), user_error=True)
+        else:
+            record_failure(record, error)
     except Exception as error:  # a bug or an unforeseen failure: keep the traceback for the report
         record_failure(record, error)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Lightning shuts down, then exits
@@ -337,7 +343,10 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
         record_stop(record, stopped, run_dir)
     # before its first step a run has nothing worth saving: no solution of untrained values, no curves
     trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
-    write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged)
+    try:
+        write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged)
+    except RecordError as error:  # one line: the file, the cause, the fix; and whether metrics.json says so
+        exit_with_error(error.line + ("" if error.recorded else " (metrics.json could not be written either)"))
     if record.get("interrupted") or stopped is not None:
         report(record, run_dir)
         sys.exit(exit_code(stopped.signal if stopped else signal.SIGINT))  # in a sweep too: a signal ends the sweep

@@ -62,14 +62,22 @@ class RecordsInPlace:
     def write(self, data: bytes) -> None:
         if self._file.closed:
             raise OSError("Writer is closed")  # as _AsyncWriter says it
-        self._records.write(data)
-        self._file.flush()  # the whole record, however many system calls it takes
+        try:
+            self._records.write(data)
+            self._file.flush()  # the whole record, however many system calls it takes
+        except OSError as error:  # a full disk: name the file in the run's one-line error
+            error.filename = error.filename or self._file.name
+            raise
 
     def flush(self) -> None:
         pass  # every record is written through
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as error:  # what a full disk kept in the buffer: name the file, as write does
+            error.filename = error.filename or self._file.name
+            raise
 
 
 def write_events_in_place() -> None:

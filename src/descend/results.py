@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -34,9 +35,15 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     with an error of its own instead of stopping)."""
     partial = path.with_name(path.name + ".partial")
     with ctrl_c_deferred():
-        with partial.open("wb") as handle:
-            write(handle)
-        os.replace(partial, path)
+        try:
+            with partial.open("wb") as handle:
+                write(handle)
+            os.replace(partial, path)
+        except OSError as error:  # disk full, no permission, read-only: no partial file left behind
+            partial.unlink(missing_ok=True)
+            if error.filename is None:
+                error.filename = str(path)
+            raise
 
 
 @contextlib.contextmanager
@@ -99,6 +106,20 @@ def new_record(task_name: str) -> dict[str, Any]:
     return {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
 
 
+# what a full disk, a missing permission or a read-only folder raise while writing
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error_line(error: OSError, run_dir: Path) -> str:
+    """One line for an OS error while writing: the file, the cause, the fix and what continues the run."""
+    where = error.filename or run_dir
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space on that disk"
+    else:
+        fix = "make that folder writable (permissions, a read-only mount)"
+    return f"cannot write {where}: {error.strerror or error}; {fix}; {continue_from(run_dir).replace('checkpoint at', 'last good checkpoint at')}"
+
+
 def record_failure(record: dict[str, Any], error: BaseException) -> None:
     """A bug or an unforeseen failure: its one line, and its traceback for the report."""
     import traceback
@@ -150,10 +171,40 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
         solution = task.solution()
         if record["status"] == "completed":
             mark_non_finite(record, solution)
-        write_solution(run_dir, solution)
-    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted")})
+        try:
+            write_solution(run_dir, solution)
+        except OSError as error:  # the disk is full or the folder read-only: metrics.json may still fit
+            if error.errno not in WRITE_ERRNOS:
+                raise
+            record.update(error=record.get("error") or write_error_line(error, run_dir), user_error=True)
+            try:
+                write_metrics(run_dir, public(record))
+            except OSError:
+                raise RecordError(record["error"], recorded=False) from None
+            raise RecordError(record["error"], recorded=True) from None
+    try:
+        write_metrics(run_dir, public(record))
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        raise RecordError(record.get("error") or write_error_line(error, run_dir), recorded=False) from None
     if task is not None and record["status"] != "stopped":  # a stopped run's HPARAMS entry waits for its end
         log_to_tensorboard(loggers, cfg, record)
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as metrics.json holds it, without the flags the CLI reads."""
+    return {k: v for k, v in record.items() if k not in ("user_error", "interrupted")}
+
+
+class RecordError(Exception):
+    """The run's files could not all be written (an OS error, `line` says which file and the fix);
+    `recorded`: whether metrics.json holds the run's state all the same."""
+
+    def __init__(self, line: str, recorded: bool) -> None:
+        super().__init__(line)
+        self.line = line
+        self.recorded = recorded
 
 
 def mark_non_finite(record: dict[str, Any], solution: dict[str, Any]) -> None:
