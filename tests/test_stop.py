@@ -133,3 +133,18 @@ def test_resume_auto_starts_the_run_when_its_folder_has_no_checkpoint(tmp_path):
     assert metrics(folder)["status"] == "completed" and metrics(folder)["steps"] == 20
     run_cli("resume=auto", f"hydra.run.dir={folder}", "trainer.max_steps=40", *QUIET, cwd=tmp_path)
     assert metrics(folder)["steps"] == 40 and metrics(folder)["resumed"][0]["step"] == 20
+
+
+def test_sigterm_to_rank_0_of_ddp_cpu_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path):
+    run = ["trainer=ddp_cpu", "trainer.devices=2", *RUN, "trainer.max_steps=3000"]
+    (tmp_path / "stopped").mkdir(), (tmp_path / "straight").mkdir()
+    proc = signal_while_training(tmp_path / "stopped", signal.SIGTERM, run)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    folder = only_run(tmp_path / "stopped")
+    step = metrics(folder)["steps"]
+    assert metrics(folder)["status"] == "stopped" and 0 < step < 3000
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
+    run_cli(f"resume={folder}", cwd=tmp_path)
+    run_cli(*run, cwd=tmp_path / "straight")
+    assert torch.equal(torch.load(folder / "solution.pt", weights_only=True)["W"],
+                       torch.load(only_run(tmp_path / "straight") / "solution.pt", weights_only=True)["W"])
