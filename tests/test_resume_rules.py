@@ -147,3 +147,14 @@ def test_hparams_show_the_run_once_with_the_configuration_it_finished_with(tmp_p
     assert session.hparams["trainer.max_steps"].number_value == 300
     assert scalars(run)["final/loss"] == {300: pytest.approx(metrics(run)["metrics"]["loss"], rel=1e-5)}
     assert len(list(run.glob("events.out.tfevents.*.hparams"))) == 1
+
+
+def test_a_resume_that_fails_before_its_first_step_leaves_the_run_byte_identical(tmp_path):
+    (tmp_path / "a.csv").write_text("x,y\n" + "\n".join(f"{i},{2 * i + 1}" for i in range(20)) + "\n")
+    run_cli("task=linreg", "task.data.path=a.csv", "task.data.target=y", "trainer.max_steps=30", *QUIET, cwd=tmp_path)
+    run = only_run(tmp_path)
+    (tmp_path / "a.csv").unlink()  # the data moved away since
+    before = folder_digest(run)
+    line = one_line_error(run_cli(f"resume={run}", "trainer.max_steps=60", cwd=tmp_path, expect=2))
+    assert f"{tmp_path / 'a.csv'}: no such file" in line and "changed nothing" in line
+    assert folder_digest(run) == before

@@ -341,6 +341,10 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
         record["steps"] = diverged.step if diverged else trainer.global_step
     if stopped is not None:
         record_stop(record, stopped, run_dir)
+    if record["status"] == "failed" and resume_failed_before_its_first_step(trainer):
+        # the run stays as it was (metrics.json, .hydra/, event files, train.log): the error goes to the console only
+        print(record.get("traceback") or "", end="", file=sys.stderr)
+        exit_with_error(f"{record['error']} (resume={run_dir} changed nothing in the run)", 2 if record.get("user_error") else 1)
     # before its first step a run has nothing worth saving: no solution of untrained values, no curves
     trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
     try:
@@ -351,6 +355,18 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
         report(record, run_dir)
         sys.exit(exit_code(stopped.signal if stopped else signal.SIGINT))  # in a sweep too: a signal ends the sweep
     return record
+
+
+def resume_failed_before_its_first_step(trainer: Any) -> bool:
+    """A resume that failed before training a step writes nothing into its run: the folder goes
+    back to what it was (resume.FolderSnapshot); True when that is the case."""
+    from descend import resume
+
+    snapshot = resume.snapshot
+    if snapshot is None or (trainer is not None and trainer.global_step > snapshot.step):
+        return False
+    snapshot.restore()
+    return True
 
 
 def wait_for(path: Path, seconds: float) -> None:

@@ -66,7 +66,43 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
     if not started_by_rank_zero():
         nothing_left(folder, step, original, merged)
     folder = folder.resolve()
+    global snapshot
+    snapshot = FolderSnapshot(folder, step)
     return [*merged, f"hydra.run.dir={quoted(folder)}", f"ckpt_path={quoted(checkpoint.resolve())}", f"resume={quoted(folder)}"]
+
+
+class FolderSnapshot:
+    """The run folder as the resume found it, to put back if the resume fails before its first
+    step: Hydra rewrites `.hydra/` and appends to train.log as the job starts, and the loggers open
+    new event files. The bytes of `.hydra/*` and metrics.json are kept, the sizes of the other
+    files (train.log is cut back), and files that were not there are removed. Checkpoints are
+    never touched: nothing writes one before the first step."""
+
+    def __init__(self, folder: Path, step: int) -> None:
+        self.folder = folder
+        self.step = step  # the checkpoint's step: a session that ends there trained nothing
+        files = self._files()
+        self.sizes = {p: p.stat().st_size for p in files}
+        self.contents = {p: p.read_bytes() for p in files if p.parent.name == ".hydra" or p.name == "metrics.json"}
+
+    def _files(self) -> list[Path]:
+        return [p for p in self.folder.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(self.folder).parts]
+
+    def restore(self) -> None:
+        for path in self._files():
+            if path not in self.sizes:
+                path.unlink()
+            elif path in self.contents:
+                path.write_bytes(self.contents[path])
+            elif path.stat().st_size > self.sizes[path]:
+                with path.open("r+b") as handle:
+                    handle.truncate(self.sizes[path])
+        for path, content in self.contents.items():  # one that was replaced by a rename and is gone
+            if not path.exists():
+                path.write_bytes(content)
+
+
+snapshot: FolderSnapshot | None = None  # set by resume_overrides for the job this process runs
 
 
 def auto_resume(argv: list[str], conf: Path | None) -> list[str]:
