@@ -148,3 +148,29 @@ def test_sigterm_to_rank_0_of_ddp_cpu_stops_every_rank_at_one_step_and_resumes_e
     run_cli(*run, cwd=tmp_path / "straight")
     assert torch.equal(torch.load(folder / "solution.pt", weights_only=True)["W"],
                        torch.load(only_run(tmp_path / "straight") / "solution.pt", weights_only=True)["W"])
+
+
+def run_in_process(monkeypatch, *overrides: str) -> int:
+    """`python -m train <overrides>` in this process; its exit code."""
+    from descend.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["train", *overrides])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code
+
+
+@pytest.mark.parametrize("optimizer", [["optimizer.lr=1.05"], ["optimizer=momentum", "optimizer.lr=1.91"]])
+def test_a_replayed_group_ends_at_the_bad_step_exactly_as_the_per_step_check_does(tmp_path, monkeypatch, optimizer):
+    # the GPU's way (replay.py), forced on the CPU, against the CPU's per-step check
+    import descend.stepping
+
+    diverging = [*optimizer, "trainer.max_steps=1000", *QUIET]
+    assert run_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'checked'}", *diverging) == 3
+    monkeypatch.setattr(descend.stepping, "HOST_CHECKED", ())
+    assert run_in_process(monkeypatch, f"hydra.run.dir={tmp_path / 'replayed'}", *diverging) == 3
+    checked, replayed = metrics(tmp_path / "checked"), metrics(tmp_path / "replayed")
+    assert replayed["steps"] == checked["steps"] and checked["steps"] % 100
+    assert replayed["metrics"] == checked["metrics"]
+    assert torch.equal(torch.load(tmp_path / "replayed" / "solution.pt", weights_only=True)["W"],
+                       torch.load(tmp_path / "checked" / "solution.pt", weights_only=True)["W"])

@@ -22,7 +22,10 @@ from typing import Any
 
 import torch
 
-from descend import stopping
+from descend import replay, stopping
+
+# devices whose losses descend's step reads on the host at every step (see run_group)
+HOST_CHECKED = ("cpu",)
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,8 @@ class StepState:
         self.last_logged: tuple[int, dict[str, float]] = (-1, {})  # by log_to_loggers (validation)
         self.relog: dict[str, Any] | None = None  # from a checkpoint, written again on resuming
         self.guard: Any = None  # the divergence guard, checked at every step on the CPU (run_group)
+        self.group_start: Any = None  # replay.GroupStart of the current group, where it is replayed
+        self.group_batches: Sequence[Any] = ()
 
 
 def lean_steps(trainer: Any, settings: StepSettings) -> bool:
@@ -240,9 +245,15 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
     # The divergence guard at every step, on the host, before the step's update: the run then
     # stops with the state of the step whose loss went bad (DESIGN.md "Trust at a stop"). On the
     # CPU reading the loss costs about a microsecond; on a GPU it would wait for the device at
-    # every step, so there (and for the closure path, whose loss exists only inside the
-    # optimiser's step) the guard checks the group's losses after it (DivergenceGuard.find).
-    guard = state.guard if single and not needs_closure and raw.param_groups[0]["params"][0].device.type == "cpu" else None
+    # every step, so there the guard checks the group's losses after it (DivergenceGuard.find)
+    # and replays the group up to the bad step (replay.py). The closure path (LBFGS, 16-mixed,
+    # steps_per_batch=1) and DDP keep the after-group check: their state is the group's last.
+    exact = single and not needs_closure and state.guard is not None
+    host_checked = raw.param_groups[0]["params"][0].device.type in HOST_CHECKED
+    guard = state.guard if exact and host_checked else None
+    # elsewhere (a GPU) the group's start is kept, to replay up to a bad step the guard finds after it
+    state.group_start = replay.GroupStart(task, raw, schedulers, first_step) if exact and not host_checked else None
+    state.group_batches = group.batches
     guard_every = max(getattr(guard, "every_n_steps", 1), 1)
     # the guard's bound on |loss| (NaN fails `<=` too); before its first loss is known, every value goes to the guard
     limit = -1.0 if guard is None or guard.first_loss is None else (guard.limit() or math.inf)

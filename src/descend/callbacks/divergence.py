@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 
 from descend.errors import UserError
+from descend.replay import replay_to
 from descend.stepping import first_bad_step
 
 
@@ -88,9 +89,9 @@ class DivergenceGuard(pl.Callback):
         pl_module.metric_buffer.flush(pl_module.writing_loggers(), through_step=step - 1)
         pl_module.log_to_loggers({"train/loss": torch.tensor(loss)}, step=step)
         # The parameters are that step's when descend's step stopped before its update (on the
-        # CPU); after a check of the whole group (GPU, closure, DDP) they are the group's last,
-        # so they are named only when the bad step was the group's last.
-        exact = "bad_step" in outputs or step == first_step + len(losses) - 1
+        # CPU) or the group was replayed up to it (replay.py, a GPU); after a check of the whole
+        # group elsewhere (closure, DDP) they are the group's last, named only when it was the bad step.
+        exact = "bad_step" in outputs or replay_to(pl_module, step) or step == first_step + len(losses) - 1
         raise self.error(step, loss, exploded, pl_module, trainer.optimizers, check_parameters=exact)
 
     def error(self, step: int, loss: float, exploded: bool, task: Any, optimizers: list[Any], check_parameters: bool) -> Diverged:
