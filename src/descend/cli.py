@@ -1,7 +1,8 @@
 """`python -m train`: compose the config, build task and trainer, fit, test, write the results.
 
 Exit codes of a single run: 0 completed, 1 failed (a bug: traceback in metrics.json),
-2 bad input (one-line error), 3 diverged. In a multirun a job never exits: it records its
+2 bad input (one-line error, an unwritable run folder included), 3 diverged, 128 + the signal's
+number when a signal stopped it (143 SIGTERM, 130 SIGINT, 138 SIGUSR1; stopping.py). In a multirun a job never exits: it records its
 status and returns its final loss (inf unless completed), so the remaining jobs still run.
 """
 

@@ -64,11 +64,11 @@ class Sessions(pl.Callback):
 
     def apply_changes(self, trainer: pl.Trainer, task: Any, step: int) -> list[str]:
         """Set the hyper-parameters that differ from the checkpoint's on the restored optimiser
-        (every parameter group) and scheduler; the names and values as `key=value`."""
-        changed = []
-        now = numbers(getattr(task, "optimizer_factory", None))
-        for key, value in now.items():
-            if key in self.saved.get("optimizer", {}) and self.saved["optimizer"][key] != value:
+        (every parameter group) and scheduler; returns them as `key=value`."""
+        changes = []  # (config key, the checkpoint's value, the new value)
+        saved = self.saved.get("optimizer", {})
+        for key, value in numbers(getattr(task, "optimizer_factory", None)).items():
+            if key in saved and saved[key] != value:
                 for optimizer in trainer.optimizers:
                     for group in optimizer.param_groups:
                         if key in group:
@@ -76,15 +76,14 @@ class Sessions(pl.Callback):
                 for config in trainer.lr_scheduler_configs:  # a schedule continues from the new lr
                     if key == "lr" and hasattr(config.scheduler, "base_lrs"):
                         config.scheduler.base_lrs = [value] * len(config.scheduler.base_lrs)
-                changed.append(f"optimizer.{key}={value}")
-        now = numbers((getattr(task, "scheduler_config", None) or {}).get("factory"))
-        for key, value in now.items():
-            if key in self.saved.get("scheduler", {}) and self.saved["scheduler"][key] != value:
+                changes.append((f"optimizer.{key}", saved[key], value))
+        saved = self.saved.get("scheduler", {})
+        for key, value in numbers((getattr(task, "scheduler_config", None) or {}).get("factory")).items():
+            if key in saved and saved[key] != value:
                 for config in trainer.lr_scheduler_configs:
                     if hasattr(config.scheduler, key):
                         setattr(config.scheduler, key, value)
-                changed.append(f"scheduler.{key}={value}")
-        if changed:
-            log.info(f"resumed at step {step} with {' '.join(changed)} (the checkpoint had "
-                     + " ".join(f"{c.split('=')[0]}={self.saved[c.split('.')[0]][c.split('=')[0].split('.')[1]]}" for c in changed) + ")")
-        return changed
+                changes.append((f"scheduler.{key}", saved[key], value))
+        if changes:
+            log.info(f"resumed at step {step} with " + ", ".join(f"{k}={new} (was {old})" for k, old, new in changes))
+        return [f"{k}={new}" for k, _, new in changes]
