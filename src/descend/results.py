@@ -1,8 +1,10 @@
 """What a run leaves behind besides TensorBoard and checkpoints: metrics.json and the solution.
 
-    metrics.json   {"status": completed|diverged|stopped|failed, "task", "steps", "wall_time_s",
+    metrics.json   {"status": completed|diverged|stopped|failed, "task", "steps",
+                    "wall_time_s": seconds of every session of the run added up (a resumed run's too),
                     "metrics": {...}, "error": one line or null, "traceback": text or null,
-                    "theory": {...} for quadratic tasks (theory.py)}
+                    "theory": {...} for quadratic tasks (theory.py),
+                    "resumed": [{"step", "overrides"}, ...] for a resumed run (callbacks.Sessions)}
     solution.pt    dict of tensors: torch.load(path, weights_only=True)
     solution.npz   the same arrays: numpy.load(path)
 """
