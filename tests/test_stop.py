@@ -11,8 +11,10 @@ import time
 
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from conftest import QUIET, metrics, only_run, run_cli, scalars
+from conftest import QUIET, metrics, only_run, run_cli, scalars, tensorboard_events
 
 # a 6×6 matrix at a small lr: still moving after STEPS steps, so the final W depends on every step
 STEPS = 40000
@@ -79,9 +81,6 @@ def test_a_diverged_run_ends_with_the_state_of_the_step_it_stopped_at(tmp_path):
     step = record["steps"]
     assert step % 100 and f"diverged at step {step} " in proc.stderr
     # the saved solution gives the loss metrics.json reports, and ref/* are at that step too
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     task = instantiate(OmegaConf.load(run / ".hydra" / "config.yaml").task)
     W = torch.load(run / "solution.pt", weights_only=True)["W"]
     with torch.no_grad():
@@ -94,10 +93,7 @@ def test_a_diverged_run_ends_with_the_state_of_the_step_it_stopped_at(tmp_path):
     assert record["metrics"]["ref/excess_loss"] == pytest.approx(record["metrics"]["loss"], rel=1e-6)  # the optimum is 0
     assert torch.isfinite(W).all()
     # a picture at the step it stopped at
-    from conftest import tensorboard_events
-
-    images = tensorboard_events(run).Images("images/" + tensorboard_events(run).Tags()["images"][0].split("/", 1)[1])
-    assert images[-1].step == step
+    assert tensorboard_events(run).Images("images/W·M")[-1].step == step
 
 
 # what srun sets for a one-task job (Lightning's SLURMEnvironment detects it from these)
