@@ -253,6 +253,7 @@ def test_help_lists_groups_and_cfg_prints_the_config(tmp_path):
 def test_a_plateau_scheduler_waits_for_a_validation_metric_and_refuses_one_never_logged(tmp_path):
     common = ["task=mlp", "scheduler=plateau", "trainer.max_steps=60", *QUIET]
     proc = run_cli(*common, "scheduler.monitor=val/mse", cwd=tmp_path)
-    assert "watches val/mse" in proc.stdout and metrics(only_run(tmp_path))["status"] == "completed"
+    assert "watches val/mse" in proc.stdout and "the next at step " in proc.stdout
+    assert metrics(only_run(tmp_path))["status"] == "completed"
     line = one_line_error(run_cli(*common, "scheduler.monitor=val/nope", cwd=tmp_path, expect=2))
     assert "scheduler.monitor='val/nope' is never logged" in line

@@ -208,7 +208,9 @@ class Task(pl.LightningModule):
         if not (key.startswith("val/") and is_overridden("validation_step", self) and self.trainer.enable_validation):
             raise ConfigError(f"scheduler.monitor={key!r} is never logged by this run; monitor train/loss"
                               + (" or a val/ metric of its validation" if is_overridden("validation_step", self) else ""))
-        log.info(f"scheduler: watches {key}, logged by validation at each epoch's end; it waits for the first one")
+        steps_left = getattr(self.trainer.train_dataloader, "steps_left", None)  # descend's loaders: steps to the epoch's end
+        first = f" (the next at step {self.global_step + steps_left(self.global_step)})" if steps_left else ""
+        log.info(f"scheduler: watches {key}, logged by validation at each epoch's end{first}; it steps once that is logged")
 
     def writing_loggers(self) -> list[Any]:
         """Where this task's scalars and pictures go: a population member's own loggers, else the
