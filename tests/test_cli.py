@@ -198,7 +198,7 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
         (["task=nope"], "task=nope is unknown; choose one of: eigen, inverse, linreg, lowrank, mlp, quadratic"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
         (["task=lowrank", "task.rank=11"], "task.rank=11 must be an integer in 1..10 (the matrix is 10x10)"),
-        (["task.matrix.path=missing.npy"], "task.matrix.path=missing.npy: no such file"),
+        (["task.matrix.path=missing.npy"], "/missing.npy: no such file"),  # resolved against the folder the command ran in
         (["task.matrix.values=[1,2,0]"], "condition number"),
         (["task=mlp", "task.data.path=table.csv", "task.data.target=nope"], "no column named 'nope'"),
         (["task=mlp", "task.split=[0.5,0.5,0.5]"], "task.split"),
@@ -255,3 +255,12 @@ def test_help_lists_groups_and_cfg_prints_the_config(tmp_path):
     config = run_cli("task=lowrank", "--cfg", "job", "--resolve", cwd=tmp_path).stdout
     assert "_target_: descend.tasks.lowrank.LowRankTask" in config and "lr: 0.01" in config
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_plateau_scheduler_waits_for_a_validation_metric_and_refuses_one_never_logged(tmp_path):
+    common = ["task=mlp", "scheduler=plateau", "trainer.max_steps=60", *QUIET]
+    proc = run_cli(*common, "scheduler.monitor=val/mse", cwd=tmp_path)
+    assert "watches val/mse" in proc.stdout and "the next at step " in proc.stdout
+    assert metrics(only_run(tmp_path))["status"] == "completed"
+    line = one_line_error(run_cli(*common, "scheduler.monitor=val/nope", cwd=tmp_path, expect=2))
+    assert "scheduler.monitor='val/nope' is never logged" in line

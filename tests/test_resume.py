@@ -82,8 +82,8 @@ def test_ctrl_c_records_the_run_and_says_how_to_resume(tmp_path):
     assert returncode == 130, stderr[-2000:]
     run = only_run(tmp_path)
     record = metrics(run)
-    assert record["status"] == "failed" and f"resume={run}" in record["error"]
-    assert f"resume={run}" in stderr and "Traceback" not in stderr
+    assert record["status"] == "stopped" and f"resume='{run}'" in record["error"]
+    assert f"resume='{run}'" in stderr and "Traceback" not in stderr
     longer = checkpoint_step(run / "checkpoints" / "last.ckpt") + 500
     run_cli(f"resume={run}", f"trainer.max_steps={longer}", cwd=tmp_path)
     assert metrics(run)["status"] == "completed" and metrics(run)["steps"] == longer

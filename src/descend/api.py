@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from descend.errors import UserError
+from descend.errors import RefusedCommand, UserError
 
 
 class DescendError(UserError):
@@ -248,8 +248,11 @@ def _run(argv: list[str], multirun: bool, quiet: bool) -> list[Run]:
     if quiet:
         argv += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
     exits: list[int] = []  # a single run's exit code, where cli.run ended it with one
+    refusals: list[str] = []  # a refusal found inside a run, with its one line
     with _console(quiet), _root_logger_kept():
-        folder = _hydra_app(argv, multirun, exits)
+        folder = _hydra_app(argv, multirun, exits, refusals)
+    if refusals and not multirun:
+        raise DescendError(refusals[0])
     if exits and exits[0] == 130:  # Ctrl-C (the run's record says where it stopped)
         raise KeyboardInterrupt
     if not multirun:
@@ -260,7 +263,7 @@ def _run(argv: list[str], multirun: bool, quiet: bool) -> list[Run]:
     return [Run(job.resolve()) for job in sorted(folder.iterdir()) if (job / "metrics.json").is_file()]
 
 
-def _hydra_app(argv: list[str], multirun: bool, exits: list[int]) -> Path:
+def _hydra_app(argv: list[str], multirun: bool, exits: list[int], refusals: list[str]) -> Path:
     """What hydra.main does for `python -m train`, without parsing sys.argv or exiting: Hydra's
     app object (private API: hydra.main offers no in-process entry), built as hydra.main builds
     it for cli.run, so that the job's name, search path and .hydra/ files are the CLI's. Returns
@@ -274,6 +277,9 @@ def _hydra_app(argv: list[str], multirun: bool, exits: list[int]) -> Path:
     def task(cfg: Any) -> float:
         try:
             return cli.run(cfg)
+        except RefusedCommand as error:  # refused inside the run (a resume, a file it cannot write)
+            refusals.append(str(error))
+            return float("inf")
         except SystemExit as stop:  # cli.run ends a single run that did not complete with its exit code
             exits.append(int(stop.code or 0))
             return float("inf")

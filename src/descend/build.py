@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from descend.checkpoints import checkpoint_step
 from descend.errors import ConfigError, UserError, require_int
 
 log = logging.getLogger(__name__)
@@ -169,17 +170,24 @@ def scheduler_config(node: DictConfig | None) -> dict[str, Any] | None:
     return {"factory": instantiate(config, "scheduler"), **lightning_keys}
 
 
-def build_trainer(cfg: DictConfig) -> Any:
+def build_trainer(cfg: DictConfig, overrides: list[str] | None = None) -> Any:
+    """The Trainer with the configured callbacks and loggers, plus descend's record of the run's
+    sessions (callbacks.Sessions: not optional, it is what makes a resume apply its overrides)."""
+    from descend.callbacks import Sessions
+
     callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (cfg.get("callbacks") or {}).items() if node]
+    callbacks.append(Sessions(overrides))
     resumed_at = checkpoint_step(cfg.get("ckpt_path"))
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if not node:
             continue
         # A resumed run hides the events its killed predecessor logged after the checkpoint,
-        # so the curve continues without a duplicated stretch (SummaryWriter's purge_step).
-        tensorboard = str(node.get("_target_", "")).endswith("TensorBoardLogger")
-        extra = {"purge_step": resumed_at} if resumed_at and tensorboard else {}
+        # so the curve continues without a duplicated stretch (SummaryWriter's purge_step;
+        # descend's CSVLogger does the same for its rows)
+        target = str(node.get("_target_", ""))
+        purges = target.endswith("TensorBoardLogger") or target == "descend.loggers.CSVLogger"
+        extra = {"purge_step": resumed_at} if resumed_at and purges else {}
         loggers.append(instantiate(node, f"logger.{name}", **extra))
     return trainer_with(cfg, callbacks, logger=loggers or False)
 
@@ -192,13 +200,17 @@ def trainer_with(cfg: DictConfig, callbacks: list[Any], **arguments: Any) -> Any
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
-    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping)
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping, **slurm_plugins(cfg))
 
 
-def checkpoint_step(path: str | None) -> int | None:
-    """The global step a checkpoint was saved at (None without one)."""
-    if not path:
-        return None
-    import torch
+def slurm_plugins(cfg: DictConfig) -> dict[str, Any]:
+    """Under SLURM, Lightning's SLURM environment without its auto-requeue: that path answers
+    SIGUSR1 with an hpc_ckpt_N.ckpt of its own and restores it silently when the job restarts in
+    the same folder, without descend's purge of the killed stretch (the curve then holds a
+    stretch twice). descend's stop (stopping.py) writes last.ckpt at the step instead, and the
+    requeued command resumes it with resume=auto (README "Resuming")."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    if cfg.trainer.get("plugins") is not None or not SLURMEnvironment.detect():
+        return {}
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}

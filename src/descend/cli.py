@@ -1,13 +1,15 @@
 """`python -m train`: compose the config, build task and trainer, fit, test, write the results.
 
 Exit codes of a single run: 0 completed, 1 failed (a bug: traceback in metrics.json),
-2 bad input (one-line error), 3 diverged. In a multirun a job never exits: it records its
+2 bad input (one-line error, an unwritable run folder included), 3 diverged, 128 + the signal's
+number when a signal stopped it (143 SIGTERM, 130 SIGINT, 138 SIGUSR1; stopping.py). In a multirun a job never exits: it records its
 status and returns its final loss (inf unless completed), so the remaining jobs still run.
 """
 
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from omegaconf import DictConfig
 from descend.errors import RefusedCommand, UserError, exit_with_error
 from descend.resume import resume_overrides
 from descend.multirun import register_resolvers
+from descend.stopping import exit_code
 
 # at import: a launcher's worker process imports this module to run a job, before Hydra resolves
 # the job's folder name (hydra.sweep.subdir) there
@@ -40,8 +43,8 @@ def main() -> None:
             sys.argv[1:] = checked_argv(sys.argv[1:])
         except RefusedCommand as error:
             print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
-        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
+            sys.exit(error.code)
+        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(job)()
         sys.exit(sweep_exit_code())
     finally:
         # On the way out Python's collector walks every object still alive (torch's, Lightning's,
@@ -52,12 +55,46 @@ def main() -> None:
 
 def checked_argv(argv: list[str]) -> list[str]:
     """The command's overrides checked before Hydra makes any folder, and rewritten where descend
-    adds to Hydra (resume=, keys of swept groups); raises RefusedCommand with the one line."""
-    argv = resume_overrides(argv)
+    adds to Hydra (paths made absolute, resume=, keys of swept groups); raises RefusedCommand
+    with the one line."""
+    argv = resume_overrides(absolute_paths(argv), config_dir())
     check_group_choices(argv, config_dir())
     check_launcher(argv)
     check_overrides(argv, config_dir())
     return keys_of_swept_groups(argv, config_dir())
+
+
+def job(cfg: DictConfig) -> float:
+    """The Hydra task of `python -m train`: run(), with a refusal found inside the run printed as
+    its one line and the command's exit status (descend.api calls run() and raises it instead)."""
+    try:
+        return run(cfg)
+    except RefusedCommand as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.code)
+
+
+# file paths a user gives on the command line (the data, a matrix, a checkpoint)
+PATH_KEYS = ("task.data.path", "task.matrix.path", "ckpt_path")
+
+
+def absolute_paths(argv: list[str]) -> list[str]:
+    """Relative paths of PATH_KEYS, resolved against the folder the command was typed in, and so
+    stored in the run's .hydra/: `resume=` then works from any folder, and `hydra.job.chdir=true`
+    (which moves into the run folder) reads the same file."""
+    import os
+
+    from descend.resume import quoted, unquoted
+
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        value = unquoted(value)
+        plain = sep and key.lstrip("+") in PATH_KEYS and value not in ("", "null") and "${" not in value and "," not in value
+        if plain and not os.path.isabs(os.path.expanduser(value)):
+            arg = f"{key}={quoted(Path(os.path.abspath(os.path.expanduser(value))))}"
+        out.append(arg)
+    return out
 
 
 def sweep_exit_code() -> int:
@@ -279,7 +316,9 @@ def run(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with ddp_children_join_this_job(hydra_cfg):
-        record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), chosen=chosen_keys(hydra_cfg))
+        overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "ckpt_path="))]
+        record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), overrides=overrides,
+                       chosen=chosen_keys(hydra_cfg))
     if record is None:
         return float("nan")  # a data-parallel rank other than 0: rank 0 reports
     report(record, run_dir, advice=hydra_cfg.mode != RunMode.MULTIRUN)
@@ -289,39 +328,50 @@ def run(cfg: DictConfig) -> float:
     return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
 
 
-def train(cfg: DictConfig, run_dir: Path, task_name: str, chosen: list[str] = ()) -> dict[str, Any] | None:
+def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] | None = None,
+          chosen: list[str] = ()) -> dict[str, Any] | None:
     from descend.build import build_task, build_trainer, checkpoint_step, validate
-    from descend.callbacks import Diverged
+    from descend.callbacks import Diverged, Sessions
     from descend.distributed import close_process_group, launched_rank
-    from descend.results import new_record, record_failure, record_interrupt, report, say, stage_metrics, write_results
+    from descend.results import (WRITE_ERRNOS, RecordError, new_record, record_failure, record_interrupt, record_stop, report, say,
+                                 stage_metrics, write_error_line, write_results)
+    from descend.stopping import Stopped, signals_stop_the_run
 
     started = time.perf_counter()
     record = new_record(task_name)
-    task = trainer = diverged = None
+    task = trainer = diverged = stopped = None
     lightning_metrics: dict[str, float] = {}  # val/ and test/ metrics, kept as each stage ends
     try:
-        validate(cfg)
-        import lightning.pytorch as pl
-        from lightning.pytorch.utilities.model_helpers import is_overridden
+        with signals_stop_the_run():
+            validate(cfg)
+            import lightning.pytorch as pl
+            from lightning.pytorch.utilities.model_helpers import is_overridden
 
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        task = build_task(cfg)
-        trainer = build_trainer(cfg)
-        if cfg.get("ckpt_path"):
-            say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
-                 "position in the epoch and random state come from the checkpoint, so the run continues exactly"])
-        trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
-        lightning_metrics.update(stage_metrics(trainer))
-        if is_overridden("test_step", task):
-            trainer.test(task, verbose=False)
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)
+            task = build_task(cfg)
+            trainer = build_trainer(cfg, overrides)
+            if cfg.get("ckpt_path"):
+                say([f"resuming at step {checkpoint_step(cfg.ckpt_path)}: parameters, optimiser, schedulers, data order, "
+                     "position in the epoch and random state come from the checkpoint, so the run continues exactly"])
+            trainer.fit(task, ckpt_path=cfg.get("ckpt_path"))
             lightning_metrics.update(stage_metrics(trainer))
-        record["status"] = "completed"
-        record["stopped_by"] = stopped_by(trainer)
+            if is_overridden("test_step", task):
+                trainer.test(task, verbose=False)
+                lightning_metrics.update(stage_metrics(trainer))
+            record["status"] = "completed"
+            record["stopped_by"] = stopped_by(trainer)
     except Diverged as error:
         record.update(status="diverged", error=str(error))
         diverged = error
+    except Stopped as error:  # SIGTERM or Ctrl-C, at a step: its checkpoint is written (stopping.py)
+        stopped = error
     except UserError as error:
         record.update(error=str(error), user_error=True)
+    except OSError as error:  # a full disk or a folder it may not write: one line, not a bug's traceback
+        if error.errno in WRITE_ERRNOS:
+            record.update(error=write_error_line(error, run_dir), user_error=True)
+        else:
+            record_failure(record, error)
     except Exception as error:  # a bug or an unforeseen failure: keep the traceback for the report
         record_failure(record, error)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Lightning shuts down, then exits
@@ -329,7 +379,11 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, chosen: list[str] = ()
         record_interrupt(record, step, run_dir)
     finally:
         close_process_group()
-    record["wall_time_s"] = round(time.perf_counter() - started, 4)
+    sessions = next((c for c in trainer.callbacks if isinstance(c, Sessions)), None) if trainer is not None else None
+    # the time of every session of the run: a resumed run's earlier ones come with its checkpoint
+    record["wall_time_s"] = round(time.perf_counter() - started + (sessions.seconds_before if sessions else 0.0), 4)
+    if sessions is not None and sessions.resumed:
+        record["resumed"] = sessions.resumed  # each resume: its step and the overrides it changed
     if trainer is None and launched_rank() > 0 and record["status"] == "failed":
         # torchrun started every rank with the same bad command: rank 0 says it once. This rank
         # waits for rank 0's record, or torchrun would stop rank 0 before it could say anything
@@ -338,16 +392,28 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, chosen: list[str] = ()
     if trainer is not None and not trainer.is_global_zero:
         if record.get("traceback"):  # a bug on this rank alone: rank 0 sees only its peer vanish
             print(f"error: rank {trainer.global_rank}: {record['error']}\n{record['traceback']}", file=sys.stderr)
+        if stopped is not None:  # every rank stopped at the same step; rank 0 writes the record
+            sys.exit(exit_code(stopped.signal))
         return None  # data-parallel ranks other than 0 leave writing and reporting to rank 0
     if trainer is not None:
         # a batch of steps may run past the divergence before it is seen: the guard knows the step
         record["steps"] = diverged.step if diverged else trainer.global_step
+    if stopped is not None:
+        record_stop(record, stopped, run_dir)
+    if record["status"] == "failed" and resume_failed_before_its_first_step(trainer):
+        # the run stays as it was (metrics.json, .hydra/, event files, train.log): the error goes to the console only
+        print(record.get("traceback") or "", end="", file=sys.stderr)
+        exit_with_error(f"{record['error']} (resume={run_dir} changed nothing in the run)", 2 if record.get("user_error") else 1)
     # before its first step a run has nothing worth saving: no solution of untrained values, no curves
     trained = trainer is not None and (trainer.global_step > 0 or record["status"] == "completed")
-    write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged, chosen)
-    if record.get("interrupted"):
+    try:
+        write_results(run_dir, cfg, record, task if trained else None, trainer.loggers if trained else [], lightning_metrics, diverged,
+                      chosen)
+    except RecordError as error:  # one line: the file, the cause, the fix; and whether metrics.json says so
+        exit_with_error(error.line + ("" if error.recorded else " (metrics.json could not be written either)"))
+    if record.get("interrupted") or stopped is not None:
         report(record, run_dir)
-        sys.exit(130)  # as for SIGINT; in a sweep, Ctrl-C ends the sweep
+        sys.exit(exit_code(stopped.signal if stopped else signal.SIGINT))  # in a sweep too: a signal ends the sweep
     return record
 
 
@@ -362,6 +428,18 @@ def stopped_by(trainer: Any) -> str:
     if epochs is not None and epochs > 0 and trainer.current_epoch >= epochs:
         return f"trainer.max_epochs={epochs}"
     return "a callback (early stopping) or trainer.max_time" if trainer.should_stop else ""
+
+
+def resume_failed_before_its_first_step(trainer: Any) -> bool:
+    """A resume that failed before training a step writes nothing into its run: the folder goes
+    back to what it was (resume.FolderSnapshot); True when that is the case."""
+    from descend import resume
+
+    snapshot = resume.snapshot
+    if snapshot is None or (trainer is not None and trainer.global_step > snapshot.step):
+        return False
+    snapshot.restore()
+    return True
 
 
 def wait_for(path: Path, seconds: float) -> None:

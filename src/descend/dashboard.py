@@ -77,14 +77,22 @@ class RecordsInPlace:
     def write(self, data: bytes) -> None:
         if self._file.closed:
             raise OSError("Writer is closed")  # as _AsyncWriter says it
-        self._records.write(data)
-        self._file.flush()  # the whole record, however many system calls it takes
+        try:
+            self._records.write(data)
+            self._file.flush()  # the whole record, however many system calls it takes
+        except OSError as error:  # a full disk: name the file in the run's one-line error
+            error.filename = error.filename or self._file.name
+            raise
 
     def flush(self) -> None:
         pass  # every record is written through
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as error:  # what a full disk kept in the buffer: name the file, as write does
+            error.filename = error.filename or self._file.name
+            raise
 
 
 def write_events_in_place() -> None:
@@ -144,6 +152,25 @@ def log_to_tensorboard(loggers: list[Any], cfg: DictConfig, record: dict[str, An
         writer = logger.experiment
         writer.add_text("config", "    " + configtext.to_yaml(shown, resolve=True).replace("\n", "\n    "))
         write_scalars(logger, metrics, record["steps"])
-        for summary in hparams.summaries(values, list(metrics), differing, record["status"] == "completed"):
-            writer._get_file_writer().add_summary(summary)
+        write_hparams(logger.log_dir, hparams.summaries(values, list(metrics), differing, record["status"] == "completed"))
         logger.finalize("success" if record["status"] == "completed" else "failed")
+
+
+HPARAMS_SUFFIX = ".hparams"
+
+
+def write_hparams(log_dir: str, summaries: Any) -> None:
+    """The HPARAMS entry (the experiment, the session's start and its end) in an event file of its
+    own, replacing the one an earlier session of the run wrote. TensorBoard keeps the first
+    description it reads of a tag and a resume cannot purge it, so an entry in the main event
+    file would show the configuration the run first ended with, not the one it finished with."""
+    from pathlib import Path
+
+    from torch.utils.tensorboard.writer import FileWriter
+
+    for old in Path(log_dir).glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
+        old.unlink()
+    writer = FileWriter(log_dir, filename_suffix=HPARAMS_SUFFIX)
+    for summary in summaries:
+        writer.add_summary(summary)
+    writer.close()

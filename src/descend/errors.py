@@ -16,14 +16,19 @@ class DataError(UserError):
 
 
 class RefusedCommand(UserError):
-    """Bad input found before a run starts: nothing is written. `python -m train` prints it as
-    `error: <message>` and exits 2 (cli.main); descend.train raises it as a DescendError."""
+    """A command descend refuses, found before or outside training (a misspelt key, a resume that
+    may not change a key, a file it cannot write): `python -m train` prints `error: <message>` and
+    exits with `code` (cli.main and cli.job); descend.train raises it as a DescendError."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-def exit_with_error(message: str) -> NoReturn:
-    """Refuse the command: raise RefusedCommand(message), which the CLI turns into its one line
-    and exit status 2 (the name is the CLI's view of it)."""
-    raise RefusedCommand(message)
+def exit_with_error(message: str, code: int = 2) -> NoReturn:
+    """Refuse the command: raise RefusedCommand, which the CLI turns into its one line and exit
+    status `code` (2 for bad input), and the Python API into a DescendError."""
+    raise RefusedCommand(message, code)
 
 
 def require_int(value: object, key: str, low: int = 1, high: int | None = None, why: str = "") -> int:

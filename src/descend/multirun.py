@@ -138,7 +138,7 @@ def print_closing_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         print(f"\ndescend: sweep ended with no finished job\n  sweep folder: {sweep_dir}")
         return
-    counts = ", ".join(f"{n} {s}" for s in ("completed", "diverged", "failed") if (n := sum(r["status"] == s for r in rows)))
+    counts = ", ".join(f"{n} {s}" for s in ("completed", "diverged", "stopped", "failed") if (n := sum(r["status"] == s for r in rows)))
     print(f"\ndescend: sweep of {len(rows)} jobs: {counts}")
     tasks = sorted({r["task"] for r in rows})
     for task in tasks:
@@ -199,6 +199,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "diverged", "failed")}
+    if any(r["status"] == "stopped" for r in rows):  # a signal ended the sweep
+        counts["stopped"] = sum(r["status"] == "stopped" for r in rows)
     header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". {ranking_text(rows)}.\n\n"
     theory_lines = [f"- {task}: lr_critical = {t['lr_critical']:.4g} (2/λmax, the largest stable step of plain SGD), "
                     f"lr_optimal = {t['lr_optimal']:.4g} (2/(λmin + λmax), the fastest), condition number {t['condition_number']:.4g}\n"

@@ -1,8 +1,10 @@
 """What a run leaves behind besides TensorBoard and checkpoints: metrics.json and the solution.
 
-    metrics.json   {"status": completed|diverged|failed, "task", "steps", "wall_time_s",
+    metrics.json   {"status": completed|diverged|stopped|failed, "task", "steps",
+                    "wall_time_s": seconds of every session of the run added up (a resumed run's too),
                     "metrics": {...}, "error": one line or null, "traceback": text or null,
-                    "theory": {...} for quadratic tasks (theory.py)}
+                    "theory": {...} for quadratic tasks (theory.py),
+                    "resumed": [{"step", "overrides"}, ...] for a resumed run (callbacks.Sessions)}
     solution.pt    dict of tensors: torch.load(path, weights_only=True)
     solution.npz   the same arrays: numpy.load(path)
 """
@@ -10,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-STATUSES = ("completed", "diverged", "failed")
+STATUSES = ("completed", "diverged", "stopped", "failed")
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -34,9 +37,15 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     with an error of its own instead of stopping)."""
     partial = path.with_name(path.name + ".partial")
     with ctrl_c_deferred():
-        with partial.open("wb") as handle:
-            write(handle)
-        os.replace(partial, path)
+        try:
+            with partial.open("wb") as handle:
+                write(handle)
+            os.replace(partial, path)
+        except OSError as error:  # disk full, no permission, read-only: no partial file left behind
+            partial.unlink(missing_ok=True)
+            if error.filename is None:
+                error.filename = str(path)
+            raise
 
 
 @contextlib.contextmanager
@@ -108,6 +117,20 @@ def new_record(task_name: str) -> dict[str, Any]:
     return {"status": "failed", "task": task_name, "steps": 0, "metrics": {}, "error": None, "traceback": None}
 
 
+# what a full disk, a missing permission or a read-only folder raise while writing
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def write_error_line(error: OSError, run_dir: Path) -> str:
+    """One line for an OS error while writing: the file, the cause, the fix and what continues the run."""
+    where = error.filename or run_dir
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free space on that disk"
+    else:
+        fix = "make that folder writable (permissions, a read-only mount)"
+    return f"cannot write {where}: {error.strerror or error}; {fix}; {continue_from(run_dir).replace('checkpoint at', 'last good checkpoint at')}"
+
+
 def record_failure(record: dict[str, Any], error: BaseException) -> None:
     """A bug or an unforeseen failure: its one line, and its traceback for the report."""
     import traceback
@@ -116,8 +139,31 @@ def record_failure(record: dict[str, Any], error: BaseException) -> None:
 
 
 def record_interrupt(record: dict[str, Any], step: int, run_dir: Path) -> None:
-    """Ctrl-C: where the run stopped and the command that continues it."""
-    record.update(error=f"interrupted at step {step}; continue with: python -m train resume={run_dir}", interrupted=True)
+    """A stop that could not wait for its step (a second Ctrl-C): where it was, and what continues it."""
+    record.update(status="stopped", error=f"interrupted at step {step}; {continue_from(run_dir)}", interrupted=True)
+
+
+def record_stop(record: dict[str, Any], stopped: Any, run_dir: Path) -> None:
+    """A signal's stop (stopping.Stopped): status `stopped`, the step, and the command that continues it."""
+    import signal
+
+    name = signal.Signals(stopped.signal).name
+    record.update(status="stopped", steps=stopped.step, error=f"stopped by {name} at step {stopped.step}; {continue_from(run_dir)}")
+
+
+def continue_from(run_dir: Path) -> str:
+    """How to continue a stopped run: the resume= command when it has a checkpoint, else why not."""
+    from descend.checkpoints import CheckpointError, checkpoint_step
+    from descend.resume import quoted
+
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        step = checkpoint_step(checkpoint) if checkpoint.is_file() else None
+    except CheckpointError:
+        step = None
+    if step is None:
+        return "it has no checkpoint to continue from (callbacks.checkpoint is off or none was written yet); start it again"
+    return f"checkpoint at step {step}; continue with: python -m train resume={quoted(run_dir.resolve())}"
 
 
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
@@ -134,10 +180,58 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
             record["theory"] = task.theory_summary()
         if diverged:  # the loss the error message names, not the one after the blow-up
             record["metrics"]["loss"] = diverged.loss
-        write_solution(run_dir, task.solution())
-    write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted", "stopped_by")})
-    if task is not None:
+        solution = task.solution()
+        if record["status"] == "completed":
+            mark_non_finite(record, solution)
+        try:
+            write_solution(run_dir, solution)
+        except OSError as error:  # the disk is full or the folder read-only: metrics.json may still fit
+            if error.errno not in WRITE_ERRNOS:
+                raise
+            record.update(error=record.get("error") or write_error_line(error, run_dir), user_error=True)
+            try:
+                write_metrics(run_dir, public(record))
+            except OSError:
+                raise RecordError(record["error"], recorded=False) from None
+            raise RecordError(record["error"], recorded=True) from None
+    try:
+        write_metrics(run_dir, public(record))
+    except OSError as error:
+        if error.errno not in WRITE_ERRNOS:
+            raise
+        raise RecordError(record.get("error") or write_error_line(error, run_dir), recorded=False) from None
+    if task is not None and record["status"] != "stopped":  # a stopped run's HPARAMS entry waits for its end
         log_to_tensorboard(loggers, cfg, record, run_dir.name, list(chosen))
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as metrics.json holds it, without the flags the CLI reads."""
+    return {k: v for k, v in record.items() if k not in ("user_error", "interrupted", "stopped_by")}
+
+
+class RecordError(Exception):
+    """The run's files could not all be written (an OS error, `line` says which file and the fix);
+    `recorded`: whether metrics.json holds the run's state all the same."""
+
+    def __init__(self, line: str, recorded: bool) -> None:
+        super().__init__(line)
+        self.line = line
+        self.recorded = recorded
+
+
+def mark_non_finite(record: dict[str, Any], solution: dict[str, Any]) -> None:
+    """A run that ended with a non-finite loss or parameters diverged, whatever the guard saw (it
+    may be off, or check every n steps): status `diverged`, and the error says what is not finite."""
+    import torch
+
+    loss = record["metrics"].get("loss")
+    bad = [name for name, t in solution.items() if not bool(torch.isfinite(t).all())]
+    if loss is not None and not math.isfinite(loss):
+        bad.insert(0, f"loss = {loss}")
+    if bad:
+        record.update(status="diverged", error=f"training ended at step {record['steps']} with non-finite values ({', '.join(bad)}); "
+                      "the learning rate is likely too large: lower optimizer.lr, or check every step with "
+                      "callbacks.divergence_guard.every_n_steps=1")
 
 
 def report(record: dict[str, Any], run_dir: Path, advice: bool = True) -> None:

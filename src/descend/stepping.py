@@ -23,7 +23,11 @@ from typing import Any
 
 import torch
 
+from descend import replay, stopping
 from descend.tags import tensorboard_tag
+
+# devices whose losses descend's step reads on the host at every step (see run_group)
+HOST_CHECKED = ("cpu",)
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,9 @@ class StepState:
         self.last_logged: tuple[int, dict[str, float]] = (-1, {})  # by log_to_loggers (validation)
         self.relog: dict[str, Any] | None = None  # from a checkpoint, written again on resuming
         self.device_rng: dict[str, torch.Tensor] | None = None  # from a checkpoint, restored on the device
+        self.guard: Any = None  # the divergence guard, checked at every step on the CPU (run_group)
+        self.group_start: Any = None  # replay.GroupStart of the current group, where it is replayed
+        self.group_batches: Sequence[Any] = ()
 
 
 def lean_steps(trainer: Any, settings: StepSettings) -> bool:
@@ -266,11 +273,35 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
     every = task.trainer.log_every_n_steps
     state = task.step_state
     first_step = step = task.global_step
+    # A signal stops the group before its next step (stopping.py). Data-parallel ranks decide
+    # together after the batch instead (stopping.agreed_stop): one rank skipping a step would
+    # leave the others waiting in its gradient reduction.
+    single = task.trainer.world_size == 1
+    stop = stopping.stop_request if single else None
+    # The divergence guard at every step, on the host, before the step's update: the run then
+    # stops with the state of the step whose loss went bad (DESIGN.md "Trust at a stop"). On the
+    # CPU reading the loss costs about a microsecond; on a GPU it would wait for the device at
+    # every step, so there the guard checks the group's losses after it (DivergenceGuard.find)
+    # and replays the group up to the bad step (replay.py). The closure path (LBFGS, 16-mixed,
+    # steps_per_batch=1) and DDP keep the after-group check: their state is the group's last.
+    exact = single and not needs_closure and state.guard is not None
+    host_checked = raw.param_groups[0]["params"][0].device.type in HOST_CHECKED
+    guard = state.guard if exact and host_checked else None
+    # elsewhere (a GPU) the group's start is kept, to replay up to a bad step the guard finds after it
+    state.group_start = replay.GroupStart(task, raw, schedulers, first_step) if exact and not host_checked else None
+    state.group_batches = group.batches
+    guard_every = max(getattr(guard, "every_n_steps", 1), 1)
+    # the guard's bound on |loss| (NaN fails `<=` too); before its first loss is known, every value goes to the guard
+    limit = -1.0 if guard is None or guard.first_loss is None else (guard.limit() or math.inf)
     # Each step's loss goes into one tensor, written in place. Kept as a list of the steps' own
     # scalars until the group ends, each of them sat between its step's large freed temporaries
     # and kept the allocator from reusing them: lowrank 2000×2000 peaked at 2.4 GB, not 0.6 GB.
     losses: torch.Tensor | None = None
-    for index, batch in enumerate(group.batches):
+    done = 0  # steps taken (a signal or a bad loss may end the group early)
+    bad: tuple[int, float] | None = None
+    for batch in group.batches:
+        if stop is not None and stop.signal is not None:
+            break
         state.step = step
         # steps 0, N, 2N, … for N = trainer.log_every_n_steps: every curve starts at the initial loss
         state.logging = every > 0 and step % every == 0
@@ -298,6 +329,11 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
             last = evaluations[0]
         else:  # the plain loop itself, counted by the LightningOptimizer's step-progress hooks
             loss = task.loss(batch)
+            if guard is not None and step % guard_every == 0:
+                value = loss.item()
+                if not abs(value) <= limit and guard.is_bad(value):
+                    bad = (step, value)
+                    break
             raw.zero_grad()
             state.loss = loss.detach()
             loss.backward()
@@ -308,12 +344,20 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
             last = state.loss
         if losses is None:
             losses = last.new_empty(len(group.batches))
-        losses[index] = last
+        losses[done] = last
+        done += 1
         step += 1
         for scheduler, frequency, monitor in schedulers:
             if step % frequency == 0:
                 step_scheduler(task, scheduler, monitor)
-    return {"loss": last, "losses": losses, "first_step": first_step}
+    out: dict[str, Any] = {"first_step": first_step, "checked_on_host": guard is not None}
+    if done:
+        out.update(loss=last, losses=losses[:done])
+    else:  # stopped before the group's first step
+        out["losses"] = torch.empty(0)
+    if bad is not None:
+        out["bad_step"] = bad
+    return out
 
 
 def after_backward(task: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -344,7 +388,9 @@ def step_schedulers_due(task: Any, interval: str) -> list[tuple[Any, int, str | 
 def step_scheduler(task: Any, scheduler: Any, monitor: str | None) -> None:
     """As Lightning's automatic loop would: ReduceLROnPlateau with its monitored value."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-        scheduler.step(task.monitored_value(monitor))
+        value = task.monitored_value(monitor)
+        if value is not None:  # a val/ metric before the first validation: wait for it
+            scheduler.step(value)
     else:
         scheduler.step()
 

@@ -39,7 +39,9 @@ class Checkpoint(ModelCheckpoint):
         self._last_saved_at = time.monotonic()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._should_skip_saving_checkpoint(trainer) or not self._due(trainer):
+        # a signal's stop (stopping.py) is saved at its step, due or not
+        stopping = bool(getattr(pl_module, "stop_signal", None))
+        if self._should_skip_saving_checkpoint(trainer) or not (stopping or self._due(trainer)):
             return
         if trainer.enable_validation and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             # the epoch's validation runs next: a checkpoint taken after it resumes at the next

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 
 from descend.errors import UserError
+from descend.replay import replay_to
 from descend.stepping import first_bad_step
 
 
@@ -36,13 +37,29 @@ class DivergenceGuard(pl.Callback):
         self.max_growth = max_growth
         self.first_loss: float | None = None
 
+    def limit(self) -> float | None:
+        # scaled by at least 1: a loss that starts at (or can pass through) zero is no explosion
+        return None if self.max_growth is None or self.first_loss is None else self.max_growth * max(self.first_loss, 1.0)
+
+    def is_bad(self, loss: float) -> bool:
+        """Whether one step's loss (a host float) stops the run; the first loss seen sets the scale."""
+        if self.first_loss is None:
+            self.first_loss = abs(loss)
+        limit = self.limit()
+        return not math.isfinite(loss) or (limit is not None and abs(loss) > limit)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # descend's step checks every step on the CPU itself (stepping.run_group), before the update
+        state = getattr(pl_module, "step_state", None)
+        if state is not None and self.every_n_steps >= 1:
+            state.guard = self
+
     def find(self, losses: torch.Tensor, first_step: int) -> tuple[int, float, bool] | None:
         """The first bad step of a group of losses, its loss and whether it exploded (rather
         than overflowed); None when all are healthy. Remembers the first loss it sees."""
         if self.first_loss is None:
             self.first_loss = abs(float(losses[0]))
-        # scaled by at least 1: a loss that starts at (or can pass through) zero is no explosion
-        limit = None if self.max_growth is None else self.max_growth * max(self.first_loss, 1.0)
+        limit = self.limit()
         step = first_bad_step(losses, limit, self.every_n_steps, first_step)
         if step is None:
             return None
@@ -53,7 +70,14 @@ class DivergenceGuard(pl.Callback):
         if self.every_n_steps < 1 or not isinstance(outputs, dict) or "losses" not in outputs:
             return
         losses, first_step = outputs["losses"], outputs["first_step"]
-        found = self.find(losses, first_step)
+        if "bad_step" in outputs:  # found by descend's step before that step's update: the state is that step's
+            step, loss = outputs["bad_step"]
+            limit = self.limit()
+            found = (step, loss, limit is not None and math.isfinite(loss) and abs(loss) > limit)
+        elif outputs.get("checked_on_host") or len(losses) == 0:
+            found = None
+        else:
+            found = self.find(losses, first_step)
         # Data-parallel ranks decide together, or one would stop while the others wait for it.
         if not trainer.strategy.reduce_boolean_decision(found is not None, all=False):
             return
@@ -64,10 +88,11 @@ class DivergenceGuard(pl.Callback):
         # the logging steps before the blow-up, then its loss as the curve's last point
         pl_module.metric_buffer.flush(pl_module.writing_loggers(), through_step=step - 1)
         pl_module.log_to_loggers({"train/loss": torch.tensor(loss)}, step=step)
-        # the parameters show that step's update only when it was the batch's last: the steps
-        # after it in the batch ran on, and would be blamed for what they did
-        last_of_batch = step == first_step + len(losses) - 1
-        raise self.error(step, loss, exploded, pl_module, trainer.optimizers, check_parameters=last_of_batch)
+        # The parameters are that step's when descend's step stopped before its update (on the
+        # CPU) or the group was replayed up to it (replay.py, a GPU); after a check of the whole
+        # group elsewhere (closure, DDP) they are the group's last, named only when it was the bad step.
+        exact = "bad_step" in outputs or replay_to(pl_module, step) or step == first_step + len(losses) - 1
+        raise self.error(step, loss, exploded, pl_module, trainer.optimizers, check_parameters=exact)
 
     def error(self, step: int, loss: float, exploded: bool, task: Any, optimizers: list[Any], check_parameters: bool) -> Diverged:
         """The one-line error of a diverged run: where, how, and the learning rate to change."""

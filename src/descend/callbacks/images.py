@@ -36,13 +36,13 @@ class ImageLogger(pl.Callback):
                 return logger.experiment
         return None
 
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int | None = None) -> None:
         writer = self._writer(trainer) if trainer.is_global_zero else None
         if writer is None:
             return
         start = time.perf_counter()
         for tag, image in pl_module.images().items():
-            writer.add_image(f"images/{tag}", image, trainer.global_step, dataformats="HWC")
+            writer.add_image(f"images/{tag}", image, trainer.global_step if step is None else step, dataformats="HWC")
         self._spent += time.perf_counter() - start
 
     def _within_budget(self) -> bool:
@@ -60,3 +60,12 @@ class ImageLogger(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_steps > 0:
             self._log(trainer, pl_module)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        # a stop at a step (the divergence guard, a signal) ends training without on_train_end:
+        # the last picture is that step's, as the saved solution is
+        from descend.callbacks.divergence import Diverged
+        from descend.stopping import Stopped
+
+        if self.every_n_steps > 0 and isinstance(exception, (Diverged, Stopped)):
+            self._log(trainer, pl_module, step=exception.step)  # a replayed group's stop lies before global_step

@@ -218,7 +218,7 @@ def population_trainer(cfg: DictConfig) -> Any:
 
 def train_population(members: list[Member]) -> bool:
     """Train the members as one population and write every member's results. Returns whether
-    the run was interrupted (Ctrl-C): every member is then recorded as failed, with its
+    the run was interrupted (Ctrl-C): every member is then recorded as stopped, with its
     resume command, and the sweep ends as a single run's Ctrl-C ends it."""
     from lightning.pytorch.utilities.model_helpers import is_overridden
 

@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from descend import stepping, theory
+from descend import stepping, stopping, theory
 from descend.data.loaders import RepeatBatch
 from descend.errors import ConfigError, require_int
 
@@ -92,6 +92,7 @@ class Task(pl.LightningModule):
         # a member of a population (population/) writes to loggers of its own, not the trainer's
         self.own_loggers: list[Any] | None = None
         self.stage_values: dict[str, float] = {}  # the last val/ and test/ metrics (log_stage_metrics)
+        self.stop_signal: int | None = None  # a signal asked the run to stop after this batch (stopping.py)
 
     # ---- the task contract (overridden by subclasses) ----
     def full_batch(self) -> tuple[torch.Tensor, ...]:
@@ -128,7 +129,9 @@ class Task(pl.LightningModule):
     def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:
         # no self.log here: it costs more than a batch of small steps. The progress bar reads
         # step_state; monitors get train/loss at each epoch's end (on_train_epoch_end)
-        return stepping.run_group(self, group)
+        out = stepping.run_group(self, group)
+        self.stop_signal = stopping.agreed_stop(self.trainer)  # read by the checkpoint callback, then below
+        return out
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # called by Lightning's precision plugin after backward and unscaling (steps_per_batch=1,
@@ -138,8 +141,13 @@ class Task(pl.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks: the divergence guard writes only the steps before a blow-up
         self.metric_buffer.flush(self.writing_loggers())
+        # after the checkpoint callback too, which has saved this step's state
+        if self.stop_signal and not stopping.validation_follows(self.trainer):
+            raise stopping.Stopped(self.global_step, self.stop_signal)
 
     def on_train_epoch_end(self) -> None:
+        if self.stop_signal:  # a stop at the epoch's last batch, after its validation and checkpoint
+            raise stopping.Stopped(self.global_step, self.stop_signal)
         # for EarlyStopping and other monitors of train/loss (self.log costs milliseconds: only then)
         watched = any(getattr(callback, "monitor", None) == "train/loss" for callback in self.trainer.callbacks)
         if watched and self.step_state.loss is not None:
@@ -165,6 +173,7 @@ class Task(pl.LightningModule):
             self.step_state.relog = checkpoint["descend_logged_at_step"]
 
     def on_train_start(self) -> None:
+        stopping.install()  # in place of the SIGTERM handler Lightning registered as fit started
         device_rng, self.step_state.device_rng = self.step_state.device_rng, None
         if device_rng is not None:
             stepping.restore_random_states(self, device_rng, kinds=("cuda",))
@@ -172,6 +181,7 @@ class Task(pl.LightningModule):
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])
         self.start_dashboard(self.optimizers(use_pl_optimizer=False))
+        self.check_monitor()
 
     def on_train_end(self) -> None:
         # a completed run (a diverged one stops by an exception): the curves end where final/* stands
@@ -231,14 +241,33 @@ class Task(pl.LightningModule):
         spectrum, lr, start = self.theory
         return {"theory/excess_loss": spectrum.excess_loss(lr, step - start)}
 
-    def monitored_value(self, key: str | None) -> torch.Tensor:
-        """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric."""
+    def monitored_value(self, key: str | None) -> torch.Tensor | None:
+        """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric
+        (None until its first validation: the scheduler waits for it, see check_monitor)."""
         if key in (None, "train/loss"):
             state = self.step_state
             return state.logged_loss if state.logged_loss is not None else state.loss
-        if key not in self.trainer.callback_metrics:
-            raise ConfigError(f"scheduler.monitor={key!r} is never logged; monitor train/loss or a val/ metric")
-        return self.trainer.callback_metrics[key]
+        metrics = self.trainer.callback_metrics
+        if key not in metrics and any(k.startswith("val/") for k in metrics):  # validation ran without it
+            logged = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
+            raise ConfigError(f"scheduler.monitor={key!r} is never logged by this run; its validation logs {logged}, "
+                              "or monitor train/loss")
+        return metrics.get(key)
+
+    def check_monitor(self) -> None:
+        """A plateau scheduler's metric: train/loss, or a val/ metric that validation logs at each
+        epoch's end (said once, as the scheduler waits until then); anything else is never logged."""
+        key = self.scheduler_settings.get("monitor")
+        if not self.scheduler_config or key in (None, "train/loss"):
+            return
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        if not (key.startswith("val/") and is_overridden("validation_step", self) and self.trainer.enable_validation):
+            raise ConfigError(f"scheduler.monitor={key!r} is never logged by this run; monitor train/loss"
+                              + (" or a val/ metric of its validation" if is_overridden("validation_step", self) else ""))
+        steps_left = getattr(self.trainer.train_dataloader, "steps_left", None)  # descend's loaders: steps to the epoch's end
+        first = f" (the next at step {self.global_step + steps_left(self.global_step)})" if steps_left else ""
+        log.info(f"scheduler: watches {key}, logged by validation at each epoch's end{first}; it steps once that is logged")
 
     def writing_loggers(self) -> list[Any]:
         """Where this task's scalars and pictures go: a population member's own loggers, else the

@@ -1,0 +1,63 @@
+"""An OS error while writing (disk full, no permission, read-only) is one line naming the file and the fix."""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+
+import pytest
+
+from conftest import QUIET, metrics, one_line_error
+
+
+def run_in_process(monkeypatch, capsys, *overrides: str) -> tuple[int, str]:
+    """`python -m train <overrides>` in this process: its exit code and stderr."""
+    from descend.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["train", *overrides])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+def test_a_full_disk_while_saving_the_solution_is_one_line_and_keeps_checkpoint_and_record(tmp_path, monkeypatch, capsys):
+    import os
+
+    replace = os.replace
+
+    def full(source, target):  # the solution's bytes are written; the disk fills before the rename
+        if str(target).endswith("solution.pt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full)
+    run = tmp_path / "run"
+    code, stderr = run_in_process(monkeypatch, capsys, f"hydra.run.dir={run}", "trainer.max_steps=30", *QUIET)
+    assert code == 2 and "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert f"cannot write {run / 'solution.pt'}: No space left on device; free space on that disk" in line
+    assert not list(run.rglob("*.partial"))
+    # the record where it still fits: metrics.json says what happened; the last checkpoint is kept
+    assert metrics(run)["status"] == "completed" and "No space left" in metrics(run)["error"]
+    assert (run / "checkpoints" / "last.ckpt").is_file() and "resume=" in line
+
+
+def mounted_tmpfs(path, size: str) -> bool:
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+def test_a_disk_that_fills_during_training_is_one_line_naming_the_file(tmp_path):
+    disk = tmp_path / "disk"
+    if not mounted_tmpfs(disk, "96k"):
+        pytest.skip("mounting a small tmpfs needs root; the in-process test covers the message")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "train", f"hydra.run.dir={disk / 'run'}", "trainer.max_steps=20000",
+                               "trainer.log_every_n_steps=1", *QUIET], cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 2
+        line = one_line_error(proc)
+        assert f"cannot write {disk / 'run'}/" in line and "No space left on device; free space on that disk" in line
+        assert not list(disk.rglob("*.partial"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
