@@ -8,6 +8,7 @@ status and returns its final loss (inf unless completed), so the remaining jobs 
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 
 from descend.errors import UserError, exit_with_error
 from descend.resume import resume_overrides
+from descend.search import mask_storage_override
 from descend.sweep import register_resolvers
 
 # at import: a launcher's worker process imports this module to run a job, before Hydra resolves
@@ -36,12 +38,16 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 
 def main() -> None:
     try:
-        sys.argv[1:] = resume_overrides(sys.argv[1:])
+        sys.argv[1:] = mask_storage_override(resume_overrides(sys.argv[1:]), os.environ)
         check_group_choices(sys.argv[1:], config_dir())
         check_launcher(sys.argv[1:])
         check_overrides(sys.argv[1:], config_dir())
         sys.argv[1:] = keys_of_swept_groups(sys.argv[1:], config_dir())
-        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
+        try:
+            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(run)()
+        except SystemExit as stop:
+            say_how_to_resume_sweep(stop.code)
+            raise
         sys.exit(sweep_exit_code())
     finally:
         # On the way out Python's collector walks every object still alive (torch's, Lightning's,
@@ -57,9 +63,17 @@ def sweep_exit_code() -> int:
     return 1 if any(row["status"] == "failed" for row in finished_sweep) else 0
 
 
-# the plugins behind hydra/launcher=… and hydra/sweeper=…, from descend's [sweeps] extra
-PLUGINS = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher",
-           "optuna": "hydra_plugins.hydra_optuna_sweeper"}
+def say_how_to_resume_sweep(code: object) -> None:
+    """A sweep stopped by a signal (130 Ctrl-C, 143 SIGTERM): the command that continues it."""
+    from descend.sweep import current_sweep
+
+    if code in (130, 143) and current_sweep:
+        print(f"\ndescend: sweep stopped; continue it with: python -m train -m resume={current_sweep[0]}", file=sys.stderr)
+
+
+# what hydra/launcher=… and hydra/sweeper=… need, from descend's [sweeps] extra (descend's Optuna
+# sweeper is its own plugin, over the optuna package)
+PLUGINS = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher", "optuna": "optuna"}
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -249,6 +263,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     from descend.dashboard import write_layout
     from descend.distributed import close_process_group, launched_rank
     from descend.results import new_record, record_failure, record_interrupt, report, say, stage_metrics, write_results
+    from descend.resume_sweep import sweep_checkpoint
 
     started = time.perf_counter()
     record = new_record(task_name)
@@ -259,6 +274,8 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         import lightning.pytorch as pl
         from lightning.pytorch.utilities.model_helpers import is_overridden
 
+        if hydra_multirun() and not cfg.get("ckpt_path") and sweep_checkpoint(run_dir):
+            cfg.ckpt_path = sweep_checkpoint(run_dir)  # a resumed sweep's stopped job (resume_sweep.py)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         task = build_task(cfg)
         trainer = build_trainer(cfg)
@@ -304,6 +321,13 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         report(record, run_dir)
         sys.exit(130)  # as for SIGINT; in a sweep, Ctrl-C ends the sweep
     return record
+
+
+def hydra_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def wait_for(path: Path, seconds: float) -> None:

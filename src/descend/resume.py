@@ -1,4 +1,5 @@
-"""`python -m train resume=<run folder>`: continue a run in its own folder, with its own config."""
+"""`python -m train resume=<run folder>`: continue a run in its own folder, with its own config
+(a sweep's folder: resume_sweep.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ def resume_overrides(argv: list[str]) -> list[str]:
     if not resume:
         return argv
     folder = Path(unquoted(resume[-1].split("=", 1)[1])).expanduser()
+    from descend.resume_sweep import is_sweep_folder, sweep_resume_overrides
+
+    if is_sweep_folder(folder):  # a sweep's folder: the whole sweep continues (resume_sweep.py)
+        return sweep_resume_overrides(folder, [a for a in argv if not a.startswith("resume=")])
     saved = folder / ".hydra" / "overrides.yaml"
     checkpoint = folder / "checkpoints" / "last.ckpt"
     for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
