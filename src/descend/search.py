@@ -42,6 +42,9 @@ def search_space(arguments: list[str]) -> tuple[dict[str, Any], list[str]]:
     for override in OverridesParser.create().parse_overrides(arguments):
         value = override.value()
         key = override.get_key_element()
+        # a key given twice (the search's params, then the command line): the later one counts
+        space.pop(key, None)
+        fixed = [f for f in fixed if f.split("=", 1)[0] != override.input_line.split("=", 1)[0]]
         if not override.is_sweep_override():
             fixed.append(override.input_line)
         elif isinstance(value, IntervalSweep):

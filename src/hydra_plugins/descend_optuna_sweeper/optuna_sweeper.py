@@ -78,15 +78,17 @@ class OptunaSweeper(Sweeper):
             exit_with_error(f"hydra.sweeper.direction={self.direction}: choose minimize or maximize")
         space, fixed = search_space([f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # the command, for resume= (as Hydra's BasicSweeper saves it)
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # descend says what matters below
-        try:
+        try:  # before the sweep folder exists: a storage that cannot open leaves nothing behind
+            if not self.storage:
+                sweep_dir.mkdir(parents=True, exist_ok=True)
             study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage, sweep_dir),
                                         sampler=self.restored_sampler(sweep_dir), direction=self.direction, load_if_exists=True)
         except Exception as error:  # the database is down, the URL wrong: one line, the password masked
             exit_with_error(f"hydra.sweeper.storage={masked(self.storage)}: cannot open the study ({type(error).__name__}: "
                             f"{masked(str(error).splitlines()[0])}); check the URL and that the database is reachable")
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # the command, for resume= (as Hydra's BasicSweeper saves it)
         where = masked(self.storage) if self.storage else sweep_dir / "optuna_journal.log"
         log.info(f"Optuna study {study.study_name!r} in {where}, {type(study.sampler).__name__}, {self.direction}")
         mine = self.my_trials(study, sweep_dir)
