@@ -52,6 +52,7 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from descend.population.grouping import plan
+        from descend.resume_sweep import job_folder, resuming, sweep_checkpoint
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -67,7 +68,15 @@ class PopulationLauncher(Launcher):
             configs.append(config)
         returns: list[JobReturn | None] = [None] * len(configs)
         task_cfgs = [job_config(c) for c in configs]
-        for jobs, reason in plan(task_cfgs):
+        # a resumed sweep's stopped job continues from its own checkpoint, alone, as resume=<its folder>
+        # does (a population does not load its members' checkpoints)
+        resumed = [i for i, c in enumerate(configs) if resuming() and sweep_checkpoint(job_folder(c))]
+        for index in resumed:
+            print(f"population: job {configs[index].hydra.job.num} runs alone: it continues from its checkpoint")
+            returns[index] = self.run_alone(configs[index])
+        rest = [i for i in range(len(configs)) if i not in resumed]
+        for planned, reason in plan([task_cfgs[i] for i in rest]):
+            jobs = [rest[i] for i in planned]
             for start in range(0, len(jobs), self.max_members):
                 chunk = jobs[start : start + self.max_members]
                 if len(chunk) == 1:

@@ -1,0 +1,212 @@
+"""A sweep killed with SIGKILL and resumed with `python -m train -m resume=<sweep folder>` ends as the
+same sweep run straight through: every job's solution, metrics and summary row; the jobs that had
+finished are left as they were (bytes and modification times)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUIET, metrics, run_cli
+
+SWEEP = ["optimizer.lr=0.1,0.2,0.3,0.4,0.5,0.6", "trainer.max_steps=4000", "callbacks.checkpoint.every_n_train_steps=500",
+         "callbacks.checkpoint.min_interval_s=0", *QUIET]
+
+
+def sweep_folder(cwd: Path) -> Path:
+    (folder,) = (cwd / "outputs" / "multirun").glob("*/*")
+    return folder
+
+
+def jobs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[:2].isdigit())
+
+
+def kill_when(cwd: Path, argv: list[str], ready: str) -> None:
+    """Start `python -m train <argv>` in `cwd` and SIGKILL it once a file matching `ready` exists."""
+    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(cwd.glob(ready)):
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.returncode}\n{proc.stderr.read()[-3000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def summary_rows(sweep: Path) -> list[dict[str, str]]:
+    with (sweep / "summary.csv").open() as handle:
+        return [{k: v for k, v in row.items() if k != "wall_time_s"} for row in csv.DictReader(handle)]
+
+
+def record(job: Path) -> dict:
+    return {k: v for k, v in metrics(job).items() if k != "wall_time_s"}
+
+
+def assert_same_sweep(resumed: Path, straight: Path) -> None:
+    """Bit for bit: each job's folder name, metrics.json (but its wall time), solution, and the summary's rows."""
+    assert [j.name for j in jobs(resumed)] == [j.name for j in jobs(straight)]
+    for mine, theirs in zip(jobs(resumed), jobs(straight)):
+        assert record(mine) == record(theirs), mine.name
+        a, b = (torch.load(j / "solution.pt", weights_only=True) for j in (mine, theirs))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), mine.name
+    assert summary_rows(resumed) == summary_rows(straight)
+    assert (resumed / "summary.md").exists() and (resumed / "summary.png").exists()
+
+
+@pytest.mark.parametrize("launcher", ["basic", "parallel"])
+def test_a_sweep_killed_in_its_third_job_resumes_to_the_straight_sweep(tmp_path, launcher):
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    killed.mkdir(), straight.mkdir()
+    # the parallel launcher with one process runs the jobs in order, as the basic one does
+    argv = ["-m", f"hydra/launcher={launcher}", *(["hydra.launcher.n_jobs=1"] if launcher == "parallel" else []), *SWEEP]
+    kill_when(killed, argv, "outputs/multirun/*/*/02_*/checkpoints/last.ckpt")
+    sweep = sweep_folder(killed)
+    first_two = [snapshot(job) for job in jobs(sweep)[:2]]
+    assert [metrics(j)["status"] for j in jobs(sweep)[:2]] == ["completed", "completed"]
+    assert not (jobs(sweep)[2] / "metrics.json").exists() and len(jobs(sweep)) == 3  # killed inside job 2
+
+    proc = run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    assert "resume: job 2 continues from its checkpoint" in proc.stdout
+    assert "descend: sweep of 6 jobs: 6 completed" in proc.stdout
+    assert [snapshot(job) for job in jobs(sweep)[:2]] == first_two
+    run_cli(*argv, cwd=straight)
+    assert_same_sweep(sweep, sweep_folder(straight))
+    # job 2's curve continues from its checkpoint: no step twice in TensorBoard (purge_step)
+    steps = [s for s in scalars_steps(jobs(sweep)[2])]
+    assert steps == sorted(set(steps))
+
+
+def scalars_steps(job: Path) -> list[int]:
+    from conftest import scalars
+
+    return sorted(scalars(job)["train/loss"])
+
+
+def test_a_population_sweep_killed_mid_training_resumes_its_members_from_their_checkpoints(tmp_path):
+    """Every member had checkpointed when the kill came: each continues from its own checkpoint
+    (alone: a population does not load members' checkpoints) and ends where the straight
+    population sweep's member ends, to float64 rounding."""
+    from test_population import assert_equivalent
+
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    killed.mkdir(), straight.mkdir()
+    argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.1,0.2,0.3", "trainer.max_steps=20000",
+            "trainer.precision=64-true", "callbacks.checkpoint.every_n_train_steps=100", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+    kill_when(killed, argv, "outputs/multirun/*/*/02_*/checkpoints/last.ckpt")
+    sweep = sweep_folder(killed)
+    assert len(jobs(sweep)) == 3 and not any((j / "metrics.json").exists() for j in jobs(sweep))
+    proc = run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    assert proc.stdout.count("continues from its checkpoint") == 3
+    run_cli(*argv, cwd=straight)
+    assert_equivalent(sweep_folder(straight), sweep, rel=1e-12)
+
+
+def test_an_optuna_search_killed_after_three_trials_resumes_to_the_same_study(tmp_path):
+    search = ["-m", "hparams_search=inverse_lr", "hydra.sweeper.n_trials=8", "trainer.max_steps=3000",
+              "callbacks.checkpoint.every_n_train_steps=500", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    killed.mkdir(), straight.mkdir()
+    kill_when(killed, search, "outputs/multirun/*/*/03_*/checkpoints/last.ckpt")
+    sweep = sweep_folder(killed)
+    assert len(jobs(sweep)) == 4 and not (jobs(sweep)[3] / "metrics.json").exists()
+    run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    run_cli(*search, cwd=straight)
+    import yaml
+
+    results = [yaml.safe_load((s / "optimization_results.yaml").read_text()) for s in (sweep, sweep_folder(straight))]
+    assert results[0]["n_trials"] == 8 and results[0] == results[1]
+    assert_same_sweep(sweep, sweep_folder(straight))
+    import optuna
+
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log")))
+    study = optuna.load_study(study_name="inverse_lr", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 8  # trial 3, killed running, told once it ended
+
+
+def test_a_nan_trial_is_told_as_the_worst_value_and_the_search_goes_on(tmp_path):
+    # without the divergence guard, lr=30 ends "completed" with a non-finite loss (metrics.json: null)
+    proc = run_cli("-m", "hparams_search=inverse_lr", "hydra.sweeper.n_trials=2", "optimizer.lr=choice(30.0,0.5)",
+                   "~callbacks.divergence_guard", "trainer.max_steps=100", *QUIET, cwd=tmp_path)
+    import yaml
+
+    sweep = sweep_folder(tmp_path)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["n_trials"] == 2 and "2 completed" in proc.stdout
+    losses = [metrics(j)["metrics"]["loss"] for j in jobs(sweep)]
+    assert None in losses  # the NaN trial
+    assert results["best_value"] == min(v for v in losses if v is not None) or results["best_value"] == float("inf")
+
+
+def test_a_storage_password_never_lands_in_the_records_or_the_console(tmp_path):
+    proc = run_cli("-m", "hparams_search=inverse_lr", "hydra.sweeper.n_trials=1",
+                   "hydra.sweeper.storage=postgresql://descend:s3cr3t-pw@127.0.0.1:9/study", cwd=tmp_path, expect=2)
+    assert "s3cr3t-pw" not in proc.stdout + proc.stderr
+    assert "postgresql://descend:***@127.0.0.1:9/study" in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # refused before the sweep folder
+
+
+def test_a_password_moves_to_the_environment_and_the_override_reads_it_back():
+    from omegaconf import OmegaConf
+
+    from descend.search import PASSWORD_ENV, mask_storage_override, masked
+
+    environ: dict[str, str] = {}
+    argv = mask_storage_override(["-m", "hydra.sweeper.storage=postgresql://me:p%40ss@db:5432/s", "optimizer.lr=0.1"], environ)
+    assert argv == ["-m", f"hydra.sweeper.storage=postgresql://me:${{oc.env:{PASSWORD_ENV}}}@db:5432/s", "optimizer.lr=0.1"]
+    assert environ == {PASSWORD_ENV: "p%40ss"}
+    os.environ[PASSWORD_ENV] = "p%40ss"
+    try:  # what Hydra records is the text; what the sweeper receives, resolved, is the URL
+        url = OmegaConf.create({"s": argv[1].split("=", 1)[1]})
+        assert OmegaConf.to_container(url, resolve=True)["s"] == "postgresql://me:p%40ss@db:5432/s"
+    finally:
+        del os.environ[PASSWORD_ENV]
+    assert masked("postgresql://me:secret@db/s") == "postgresql://me:***@db/s" and masked("sqlite:///a.db") == "sqlite:///a.db"
+    assert mask_storage_override(["hydra.sweeper.storage=sqlite:///study.db"], environ) == ["hydra.sweeper.storage=sqlite:///study.db"]
+
+
+def test_the_search_space_keeps_hydras_grammar():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from descend.search import search_space
+
+    space, fixed = search_space(["optimizer.lr=tag(log, interval(0.001, 2.0))", "a=interval(0, 1)", "b=int(interval(1, 10))",
+                                 "c=range(1, 5)", "d=choice(sgd, adam)", "trainer.max_steps=30", "a=0.5"])
+    assert space == {"optimizer.lr": FloatDistribution(0.001, 2.0, log=True), "b": IntDistribution(1, 10),
+                     "c": IntDistribution(1, 4), "d": CategoricalDistribution(["sgd", "adam"])}
+    assert fixed == ["trainer.max_steps=30", "a=0.5"]  # given again, fixed: the later one counts
+
+
+def test_job_states_decide_what_a_resumed_sweep_runs(tmp_path):
+    from descend.resume_sweep import job_state, runs
+
+    def job(name: str, status: str | None, checkpoint: bool, error: str = "") -> Path:
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        if status:
+            (folder / "metrics.json").write_text(json.dumps({"status": status, "error": error}))
+        if checkpoint:
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"")
+        return folder
+
+    assert job_state(job("done", "completed", True)) == "done"
+    assert job_state(job("diverged", "diverged", False)) == "done"
+    assert job_state(job("failed", "failed", False, "ValueError: x")) == "done"
+    assert job_state(job("ctrl-c", "failed", True, "interrupted at step 300; continue with: …")) == "resume"
+    assert job_state(job("stopped", "stopped", True)) == "resume"
+    assert job_state(job("killed", None, True)) == "resume"
+    assert job_state(job("killed-early", None, False)) == "start"
+    assert job_state(tmp_path / "never") == "start"
+    assert runs([2, 3, 4, 7, 9, 10]) == [(2, 3), (7, 1), (9, 2)]
