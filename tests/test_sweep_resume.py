@@ -216,3 +216,31 @@ def test_job_states_decide_what_a_resumed_sweep_runs(tmp_path):
     assert job_state(job("killed-early", None, False)) == "start"
     assert job_state(tmp_path / "never") == "start"
     assert runs([2, 3, 4, 7, 9, 10]) == [(2, 3), (7, 1), (9, 2)]
+
+
+def test_ctrl_c_stops_a_sweep_that_says_how_to_resume_it(tmp_path):
+    argv = ["-m", "optimizer.lr=0.1,0.2,0.3", *SWEEP[1:]]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob("outputs/multirun/*/*/01_*/checkpoints/last.ckpt")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    sweep = sweep_folder(tmp_path)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert f"continue it with: python -m train -m resume={sweep}" in stderr
+    assert metrics(jobs(sweep)[1])["status"] in ("failed", "stopped")  # interrupted: to be resumed, not a finished failure
+    resumed = run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    assert "resume: job 1 continues from its checkpoint" in resumed.stdout and "sweep of 3 jobs: 3 completed" in resumed.stdout
+    assert [metrics(j)["steps"] for j in jobs(sweep)] == [4000] * 3
+
+
+def test_a_sweep_resumes_only_with_its_own_overrides(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {overrides: {hydra: [], task: ['optimizer.lr=0.1,0.2']}}\n")
+    from conftest import one_line_error
+
+    proc = run_cli("-m", f"resume={sweep}", "trainer.max_steps=10", cwd=tmp_path, expect=2)
+    assert "drop trainer.max_steps=10" in one_line_error(proc)
+    assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml"]

@@ -22,7 +22,8 @@ def resume_overrides(argv: list[str]) -> list[str]:
     checkpoint = folder / "checkpoints" / "last.ckpt"
     for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
         if not path.is_file():
-            exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}")
+            exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}, "
+                            "or at a sweep's folder (with its multirun.yaml)")
     import yaml
 
     original = [o for o in yaml.safe_load(saved.read_text()) or [] if not o.startswith(("resume=", "ckpt_path="))]

@@ -49,6 +49,12 @@ def sweep_resume_overrides(folder: Path, rest: list[str]) -> list[str]:
         exit_with_error(f"resume={folder}: a sweep resumes with the overrides it started with; drop {' '.join(others)} "
                         "(only hydra/launcher= and hydra.launcher.* may change)")
     saved = OmegaConf.load(folder / SAVED)
+    from descend.search import PASSWORD_ENV
+
+    needs = [o for o in saved.hydra.overrides.hydra if f"oc.env:{PASSWORD_ENV}" in o]
+    if needs and PASSWORD_ENV not in os.environ:
+        exit_with_error(f"resume={folder}: its Optuna storage reads its password from {PASSWORD_ENV}, which is not set; "
+                        f"export {PASSWORD_ENV}=… and resume again")
     launcher = [a for a in rest if a.startswith("hydra/launcher=")]
     hydra_overrides = [o for o in saved.hydra.overrides.hydra
                        if not o.startswith("hydra.sweep.dir=") and not (launcher and o.startswith("hydra/launcher="))]
