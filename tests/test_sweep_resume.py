@@ -244,3 +244,20 @@ def test_a_sweep_resumes_only_with_its_own_overrides(tmp_path):
     proc = run_cli("-m", f"resume={sweep}", "trainer.max_steps=10", cwd=tmp_path, expect=2)
     assert "drop trainer.max_steps=10" in one_line_error(proc)
     assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml"]
+
+
+def test_hydra_sweeper_optuna_and_basic_are_descends_even_beside_hydras_optuna_plugin():
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    from descend.cli import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        search = compose("train", overrides=["hparams_search=inverse_lr"], return_hydra_config=True)
+        plain = compose("train", return_hydra_config=True)
+    assert search.hydra.sweeper._target_ == "hydra_plugins.descend_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert search.hydra.sweeper.sampler.seed == 314 and search.hydra.sweeper.params["optimizer.lr"] == "tag(log, interval(0.001, 2.0))"
+    assert plain.hydra.sweeper._target_ == "hydra_plugins.descend_basic_sweeper.basic_sweeper.BasicSweeper"
+    # where Hydra's old plugin is installed (it registers hydra/sweeper=optuna too), the entry above was still descend's
+    print("hydra-optuna-sweeper installed:", importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None)
