@@ -29,6 +29,8 @@ from descend.errors import exit_with_error
 
 RESUMING = "DESCEND_RESUME_SWEEP"
 SAVED = "multirun.yaml"
+# descend's sweepers, which wrap their launcher in a ResumingLauncher
+RESUMABLE = ("hydra_plugins.descend_basic_sweeper.", "hydra_plugins.descend_optuna_sweeper.")
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,10 @@ def sweep_resume_overrides(folder: Path, rest: list[str]) -> list[str]:
         exit_with_error(f"resume={folder}: a sweep resumes with the overrides it started with; drop {' '.join(others)} "
                         "(only hydra/launcher= and hydra.launcher.* may change)")
     saved = OmegaConf.load(folder / SAVED)
+    sweeper = str(OmegaConf.select(saved, "hydra.sweeper._target_", default=""))
+    if sweeper and not sweeper.startswith(RESUMABLE):  # another sweeper would run every job again, over the finished ones
+        exit_with_error(f"resume={folder}: this sweep ran with {sweeper}, which descend cannot resume; "
+                        "only its basic and Optuna sweepers can")
     from descend.search import PASSWORD_ENV
 
     needs = [o for o in saved.hydra.overrides.hydra if f"oc.env:{PASSWORD_ENV}" in o]

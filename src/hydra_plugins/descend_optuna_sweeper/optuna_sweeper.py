@@ -71,7 +71,7 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from descend.errors import exit_with_error
-        from descend.search import masked, open_storage, search_space
+        from descend.search import JOURNAL, masked, open_storage, search_space, trial_overrides
 
         assert self.config is not None
         if self.direction not in ("minimize", "maximize"):
@@ -89,7 +89,7 @@ class OptunaSweeper(Sweeper):
                             f"{masked(str(error).splitlines()[0])}); check the URL and that the database is reachable")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # the command, for resume= (as Hydra's BasicSweeper saves it)
-        where = masked(self.storage) if self.storage else sweep_dir / "optuna_journal.log"
+        where = masked(self.storage) if self.storage else sweep_dir / JOURNAL
         log.info(f"Optuna study {study.study_name!r} in {where}, {type(study.sampler).__name__}, {self.direction}")
         mine = self.my_trials(study, sweep_dir)
         rerun = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]  # killed mid-trial: again, in its folder
@@ -165,12 +165,6 @@ class OptunaSweeper(Sweeper):
             results.update(best_params=dict(best.params), best_value=float(best.value), best_job=best.user_attrs["job"])
             log.info(f"Best: job {best.user_attrs['job']}, {best.params}, value {best.value:.6g}")
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-
-
-def trial_overrides(params: dict[str, Any], fixed: list[str]) -> list[str]:
-    from descend.search import trial_overrides as overrides
-
-    return overrides(params, fixed)
 
 
 def job_end(ret: Any) -> tuple[Any, str | None]:
