@@ -264,6 +264,7 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
     from descend.distributed import close_process_group, launched_rank
     from descend.results import new_record, record_failure, record_interrupt, report, say, stage_metrics, write_results
     from descend.resume_sweep import sweep_checkpoint
+    from hydra.core.hydra_config import HydraConfig
 
     started = time.perf_counter()
     record = new_record(task_name)
@@ -274,8 +275,8 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str) -> dict[str, Any] | No
         import lightning.pytorch as pl
         from lightning.pytorch.utilities.model_helpers import is_overridden
 
-        if hydra_multirun() and not cfg.get("ckpt_path") and sweep_checkpoint(run_dir):
-            cfg.ckpt_path = sweep_checkpoint(run_dir)  # a resumed sweep's stopped job (resume_sweep.py)
+        if hydra_multirun() and not cfg.get("ckpt_path") and sweep_checkpoint(HydraConfig.get(), run_dir):
+            cfg.ckpt_path = sweep_checkpoint(HydraConfig.get(), run_dir)  # a resumed sweep's stopped job (resume_sweep.py)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         task = build_task(cfg)
         trainer = build_trainer(cfg)

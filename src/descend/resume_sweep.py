@@ -2,8 +2,9 @@
 
 Hydra cannot resume a multirun (job numbers restart, nothing records which jobs finished). descend
 re-runs the sweep's own command (its overrides, from the multirun.yaml Hydra's sweepers save at the
-sweep's root) into the same folder, with DESCEND_RESUME_SWEEP set, and its sweepers wrap the launcher
-(ResumingLauncher) so that each job, by what its folder holds:
+sweep's root) into the same folder, with `+hydra.job.env_set.DESCEND_RESUME_SWEEP=1` (in the sweep's
+config, so recorded in each job's hydra.yaml, and no state left in the calling process), and its
+sweepers wrap the launcher (ResumingLauncher) so that each job, by what its folder holds:
 
     finished: metrics.json completed, diverged, or failed for a reason of its own  →  kept, untouched
     stopped or killed (status stopped, an interrupted failure, no metrics.json)
@@ -11,9 +12,9 @@ sweep's root) into the same folder, with DESCEND_RESUME_SWEEP set, and its sweep
         without (killed before its first checkpoint)                              →  starts over
     no folder                                                                     →  runs
 
-Jobs keep their numbers, so they get the folder names they would have had. The variable reaches
-the jobs' processes too (joblib's workers, SLURM jobs inherit the environment), where cli.train
-picks up the job folder's checkpoint (sweep_checkpoint).
+Jobs keep their numbers, so they get the folder names they would have had. The setting travels
+with each job's config to wherever its launcher runs it (joblib's workers, SLURM jobs), where
+cli.train picks up the job folder's checkpoint (sweep_checkpoint).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from descend.errors import exit_with_error
 
 RESUMING = "DESCEND_RESUME_SWEEP"
+FLAG = f"+hydra.job.env_set.{RESUMING}="
 SAVED = "multirun.yaml"
 # descend's sweepers, which wrap their launcher in a ResumingLauncher
 RESUMABLE = ("hydra_plugins.descend_basic_sweeper.", "hydra_plugins.descend_optuna_sweeper.")
@@ -62,15 +64,15 @@ def sweep_resume_overrides(folder: Path, rest: list[str]) -> list[str]:
         exit_with_error(f"resume={folder}: its Optuna storage reads its password from {PASSWORD_ENV}, which is not set; "
                         f"export {PASSWORD_ENV}=… and resume again")
     launcher = [a for a in rest if a.startswith("hydra/launcher=")]
-    hydra_overrides = [o for o in saved.hydra.overrides.hydra
-                       if not o.startswith("hydra.sweep.dir=") and not (launcher and o.startswith("hydra/launcher="))]
-    os.environ[RESUMING] = "1"
+    hydra_overrides = [o for o in saved.hydra.overrides.hydra if not o.startswith(("hydra.sweep.dir=", FLAG))
+                       and not (launcher and o.startswith("hydra/launcher="))]
     return ["-m", *hydra_overrides, *saved.hydra.overrides.task, *[a for a in rest if a not in ("-m", "--multirun")],
-            f"hydra.sweep.dir={quoted(folder.resolve())}"]
+            f"hydra.sweep.dir={quoted(folder.resolve())}", f"{FLAG}1"]
 
 
-def resuming() -> bool:
-    return os.environ.get(RESUMING) == "1"
+def resuming(hydra: Any) -> bool:
+    """Whether this config (its `hydra` node) is a resumed sweep's."""
+    return str((hydra.job.get("env_set") or {}).get(RESUMING, "")) == "1"
 
 
 def job_state(folder: Path) -> str:
@@ -84,10 +86,11 @@ def job_state(folder: Path) -> str:
     return "resume" if (folder / "checkpoints" / "last.ckpt").is_file() else "start"
 
 
-def sweep_checkpoint(run_dir: Path) -> str | None:
-    """In a resumed sweep, the checkpoint this job continues from (the launcher runs unfinished jobs only)."""
+def sweep_checkpoint(hydra: Any, run_dir: Path) -> str | None:
+    """In a resumed sweep (`hydra`: the job's Hydra config), the checkpoint this job continues from
+    (the launcher runs unfinished jobs only)."""
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    return str(checkpoint) if resuming() and checkpoint.is_file() else None
+    return str(checkpoint) if resuming(hydra) and checkpoint.is_file() else None
 
 
 def job_folder(config: Any) -> Path:
@@ -164,5 +167,5 @@ def kept_return(config: Any, folder: Path, overrides: Sequence[str]) -> Any:
 
 def wrap_launcher(sweeper: Any) -> None:
     """In a resumed sweep, the sweeper's launcher becomes a ResumingLauncher."""
-    if resuming() and not isinstance(sweeper.launcher, ResumingLauncher):
+    if resuming(sweeper.config.hydra) and not isinstance(sweeper.launcher, ResumingLauncher):
         sweeper.launcher = ResumingLauncher(sweeper.launcher, sweeper.config, sweeper.hydra_context.config_loader)

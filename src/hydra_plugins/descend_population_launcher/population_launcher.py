@@ -70,7 +70,7 @@ class PopulationLauncher(Launcher):
         task_cfgs = [job_config(c) for c in configs]
         # a resumed sweep's stopped job continues from its own checkpoint, alone, as resume=<its folder>
         # does (a population does not load its members' checkpoints)
-        resumed = [i for i, c in enumerate(configs) if resuming() and sweep_checkpoint(job_folder(c))]
+        resumed = [i for i, c in enumerate(configs) if resuming(c.hydra) and sweep_checkpoint(c.hydra, job_folder(c))]
         for index in resumed:
             print(f"population: job {configs[index].hydra.job.num} runs alone: it continues from its checkpoint")
             returns[index] = self.run_alone(configs[index])
