@@ -65,7 +65,7 @@ def sweep_exit_code() -> int:
 
 def say_how_to_resume_sweep(code: object) -> None:
     """A sweep stopped by a signal (130 Ctrl-C, 143 SIGTERM): the command that continues it."""
-    from descend.sweep import current_sweep
+    from descend.resume_sweep import current_sweep
 
     if code in (130, 143) and current_sweep:
         print(f"\ndescend: sweep stopped; continue it with: python -m train -m resume={current_sweep[0]}", file=sys.stderr)

@@ -165,7 +165,13 @@ def kept_return(config: Any, folder: Path, overrides: Sequence[str]) -> Any:
     return ret
 
 
-def wrap_launcher(sweeper: Any) -> None:
-    """In a resumed sweep, the sweeper's launcher becomes a ResumingLauncher."""
+# the folder of the sweep running in this process, for the resume= line when it is stopped (cli.main)
+current_sweep: list[Path] = []
+
+
+def setup_sweeper(sweeper: Any) -> None:
+    """What descend's sweepers add to their setup: the sweep's folder remembered, and in a resumed
+    sweep the launcher wrapped in a ResumingLauncher."""
+    current_sweep[:] = [Path(str(sweeper.config.hydra.sweep.dir)).resolve()]
     if resuming(sweeper.config.hydra) and not isinstance(sweeper.launcher, ResumingLauncher):
         sweeper.launcher = ResumingLauncher(sweeper.launcher, sweeper.config, sweeper.hydra_context.config_loader)

@@ -92,8 +92,6 @@ def register_resolvers() -> None:
 
 # the rows of the sweep that ended last in this process: the command's exit status comes from them
 finished_sweep: list[dict[str, Any]] = []
-# the folder of the sweep running in this process, for the resume= line when it is stopped
-current_sweep: list[Path] = []
 
 
 class SweepSummary(Callback):
@@ -101,7 +99,6 @@ class SweepSummary(Callback):
         """Before the first job: the job count, for the width of the job numbers, and the keys
         every job sets alike, added to override_dirname's exclude_keys as a hydra override,
         which every job composes with (Hydra's load_sweep_config), whichever launcher runs it."""
-        current_sweep[:] = [Path(str(config.hydra.sweep.dir)).resolve()]
         overrides = sweep_overrides(config)
         count = job_count(config, overrides)
         if count is None:

@@ -21,7 +21,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="basic", node=BasicSwee
 
 class BasicSweeper(HydraBasicSweeper):
     def setup(self, **kwargs: Any) -> None:
-        from descend.resume_sweep import wrap_launcher
+        from descend.resume_sweep import setup_sweeper
 
         super().setup(**kwargs)
-        wrap_launcher(self)
+        setup_sweeper(self)

@@ -61,21 +61,20 @@ class OptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
-        from descend.resume_sweep import wrap_launcher
+        from descend.resume_sweep import setup_sweeper
 
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task_function, config=config)
-        wrap_launcher(self)
+        setup_sweeper(self)
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from descend.errors import exit_with_error
         from descend.search import JOURNAL, masked, open_storage, search_space, trial_overrides
 
         assert self.config is not None
         if self.direction not in ("minimize", "maximize"):
-            exit_with_error(f"hydra.sweeper.direction={self.direction}: choose minimize or maximize")
+            refuse(f"hydra.sweeper.direction={self.direction}: choose minimize or maximize")
         space, fixed = search_space([f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments))
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # descend says what matters below
@@ -85,7 +84,7 @@ class OptunaSweeper(Sweeper):
             study = optuna.create_study(study_name=self.study_name, storage=open_storage(self.storage, sweep_dir),
                                         sampler=self.restored_sampler(sweep_dir), direction=self.direction, load_if_exists=True)
         except Exception as error:  # the database is down, the URL wrong: one line, the password masked
-            exit_with_error(f"hydra.sweeper.storage={masked(self.storage)}: cannot open the study ({type(error).__name__}: "
+            refuse(f"hydra.sweeper.storage={masked(self.storage)}: cannot open the study ({type(error).__name__}: "
                             f"{masked(str(error).splitlines()[0])}); check the URL and that the database is reachable")
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # the command, for resume= (as Hydra's BasicSweeper saves it)
@@ -165,6 +164,14 @@ class OptunaSweeper(Sweeper):
             results.update(best_params=dict(best.params), best_value=float(best.value), best_job=best.user_attrs["job"])
             log.info(f"Best: job {best.user_attrs['job']}, {best.params}, value {best.value:.6g}")
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+def refuse(message: str) -> None:
+    """One line and exit 2, from inside Hydra's run (whose handler would print an exception's traceback)."""
+    import sys
+
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def job_end(ret: Any) -> tuple[Any, str | None]:
