@@ -95,29 +95,27 @@ def scalars_steps(job: Path) -> list[int]:
     return sorted(scalars(job)["train/loss"])
 
 
-def test_a_population_sweep_killed_mid_training_resumes_its_members_from_their_checkpoints(tmp_path):
-    """Every member had checkpointed when the kill came: each continues from its own checkpoint
-    (alone: a population does not load members' checkpoints) and ends where the straight
-    population sweep's member ends, to float64 rounding."""
+def test_a_population_sweep_killed_mid_training_resumes_as_one_population_from_its_members_checkpoints(tmp_path):
+    """Every member had checkpointed when the kill came: they continue together, each from its own
+    checkpoint, and end bit for bit where the straight population sweep's members end."""
+    from conftest import scalars
+
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     killed.mkdir(), straight.mkdir()
-    argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.1,0.2,0.3", "trainer.max_steps=20000",
-            "trainer.precision=64-true", "callbacks.checkpoint.every_n_train_steps=100", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+    argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.01,0.02,0.03", "trainer.max_steps=20000",
+            "callbacks.checkpoint.every_n_train_steps=100", "callbacks.checkpoint.min_interval_s=0", *QUIET]
     kill_when(killed, argv, "outputs/multirun/*/*/02_*/checkpoints/last.ckpt")
     sweep = sweep_folder(killed)
     assert len(jobs(sweep)) == 3 and not any((j / "metrics.json").exists() for j in jobs(sweep))
     proc = run_cli("-m", f"resume={sweep}", cwd=tmp_path)
-    assert proc.stdout.count("runs alone: it continues from its checkpoint") == 3
+    assert proc.stdout.count("continues from its checkpoint") == 3
+    assert "population: jobs 0-2 train together (3 members)" in proc.stdout
     run_cli(*argv, cwd=straight)
-    assert [j.name for j in jobs(sweep)] == [j.name for j in jobs(sweep_folder(straight))]
+    assert_same_sweep(sweep, sweep_folder(straight))
     for mine, theirs in zip(jobs(sweep), jobs(sweep_folder(straight))):
-        a, b = record(mine), record(theirs)
-        assert (a["status"], a["steps"]) == (b["status"], b["steps"]) == ("completed", 20000)
-        assert a["metrics"]["loss"] == pytest.approx(b["metrics"]["loss"], rel=1e-9, abs=1e-30)
-        w = [torch.load(j / "solution.pt", weights_only=True)["W"] for j in (mine, theirs)]
-        assert torch.allclose(w[0], w[1], rtol=1e-12, atol=1e-15)  # entries that converged to 0 sit in denormals
-        assert scalars_steps(mine) == scalars_steps(theirs)  # one curve, no step twice
-    assert [r["job"] for r in summary_rows(sweep)] == [r["job"] for r in summary_rows(sweep_folder(straight))]
+        assert metrics(mine)["metrics"]["loss"] > 0  # not converged to an exact zero, where any two runs agree
+        # one curve, the straight one's, at every logged step (the killed run's tail purged)
+        assert scalars(mine)["train/loss"] == scalars(theirs)["train/loss"], mine.name
 
 
 def test_an_optuna_search_killed_after_three_trials_resumes_to_the_same_study(tmp_path):

@@ -92,12 +92,17 @@ class Population(pl.LightningModule):
         self.bind_members()
         for member in self.members:
             member.task.trainer = self.trainer  # the global step, the epoch and the device
+            member.load_training_state()  # a resumed member's parameters (into its rows) and optimiser state
         self.updater = VectorisedOptimizer([m.optimizer for m in self.members], list(self.stacked))
+        self.updater.restore(self.global_step)
         self.scheduled = {interval: any(m.schedulers(interval) for m in self.members) for interval in ("step", "epoch")}
 
     def on_train_start(self) -> None:
         for member in self.members:
             with member.logging():
+                relog, member.task.step_state.relog = member.task.step_state.relog, None
+                if relog:  # a resumed member: what the purge took from its checkpoint's step, again (Task.on_train_start)
+                    member.task.log_to_loggers(relog["metrics"], step=relog["step"])
                 member.task.start_theory(member.optimizer)
 
     def training_step(self, group: stepping.StepGroup, batch_idx: int) -> dict[str, Any]:

@@ -41,6 +41,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="population", node=Pop
 class PopulationLauncher(Launcher):
     def __init__(self, max_members: int = 1024) -> None:
         self.max_members = max_members
+        self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -52,6 +53,7 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from descend.population.grouping import plan
+        from descend.build import checkpoint_step
         from descend.resume_sweep import job_folder, resuming, sweep_checkpoint
 
         setup_globals()
@@ -68,14 +70,21 @@ class PopulationLauncher(Launcher):
             configs.append(config)
         returns: list[JobReturn | None] = [None] * len(configs)
         task_cfgs = [job_config(c) for c in configs]
-        # a resumed sweep's stopped job continues from its own checkpoint, alone, as resume=<its folder>
-        # does (a population does not load its members' checkpoints)
-        resumed = [i for i, c in enumerate(configs) if resuming(c.hydra) and sweep_checkpoint(c.hydra, job_folder(c))]
-        for index in resumed:
-            print(f"population: job {configs[index].hydra.job.num} runs alone: it continues from its checkpoint")
-            returns[index] = self.run_alone(configs[index])
-        rest = [i for i in range(len(configs)) if i not in resumed]
-        for planned, reason in plan([task_cfgs[i] for i in rest]):
+        # a resumed sweep's stopped jobs continue from their own checkpoints: those at one step train
+        # together, apart from the jobs that start now (a population's members are at one step)
+        self.resume_from = {i: sweep_checkpoint(c.hydra, job_folder(c)) for i, c in enumerate(configs) if resuming(c.hydra)}
+        by_step: dict[int | None, list[int]] = {}
+        for index in range(len(configs)):
+            checkpoint = self.resume_from.get(index)
+            by_step.setdefault(checkpoint_step(checkpoint) if checkpoint else None, []).append(index)
+        for step, indices in sorted(by_step.items(), key=lambda item: -1 if item[0] is None else item[0]):
+            self.launch_planned(indices, [task_cfgs[i] for i in indices], configs, task_cfgs, returns, plan)
+        return returns  # type: ignore[return-value]
+
+    def launch_planned(self, rest: list[int], cfgs: list[DictConfig], configs: list[DictConfig], task_cfgs: list[DictConfig],
+                       returns: list[JobReturn | None], plan: Any) -> None:
+        """The jobs `rest` (indices into configs) as plan() groups them: populations, or alone with the reason."""
+        for planned, reason in plan(cfgs):
             jobs = [rest[i] for i in planned]
             for start in range(0, len(jobs), self.max_members):
                 chunk = jobs[start : start + self.max_members]
@@ -84,9 +93,9 @@ class PopulationLauncher(Launcher):
                         print(f"population: job {configs[chunk[0]].hydra.job.num} runs alone: {reason}")
                     returns[chunk[0]] = self.run_alone(configs[chunk[0]])
                 else:
-                    for index, ret in zip(chunk, self.run_population([configs[i] for i in chunk], [task_cfgs[i] for i in chunk])):
+                    for index, ret in zip(chunk, self.run_population([configs[i] for i in chunk], [task_cfgs[i] for i in chunk],
+                                                                     [self.resume_from.get(i) for i in chunk])):
                         returns[index] = ret
-        return returns  # type: ignore[return-value]
 
     def run_alone(self, config: DictConfig) -> JobReturn:
         """As Hydra's basic launcher runs a job."""
@@ -96,14 +105,15 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def run_population(self, configs: list[DictConfig], task_cfgs: list[DictConfig]) -> list[JobReturn]:
+    def run_population(self, configs: list[DictConfig], task_cfgs: list[DictConfig], resume_from: list[str | None]) -> list[JobReturn]:
         from descend.cli import quiet_lightning
         from descend.population.members import by_data, train_population
 
         quiet_lightning()
         jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
         members = [member for _, member in jobs]
-        for member in members:
+        for member, checkpoint in zip(members, resume_from):
+            member.resume_from = Path(checkpoint) if checkpoint else None
             member.build()
         built = [m for m in members if m.running]
         for member in members:
