@@ -95,14 +95,19 @@ def scalars_steps(job: Path) -> list[int]:
     return sorted(scalars(job)["train/loss"])
 
 
-def test_a_population_sweep_killed_mid_training_resumes_as_one_population_from_its_members_checkpoints(tmp_path):
+@pytest.mark.parametrize("members", [
+    ["optimizer=momentum", "optimizer.lr=0.01,0.02,0.03"],
+    # Adam's bias correction counts the steps before the kill; StepLR's lr is the checkpoint's
+    ["task=linreg", "optimizer=adam", "optimizer.lr=0.001,0.002,0.003", "scheduler=step", "scheduler.step_size=700"],
+], ids=["inverse-momentum", "linreg-adam-steplr"])
+def test_a_population_sweep_killed_mid_training_resumes_as_one_population_from_its_members_checkpoints(tmp_path, members):
     """Every member had checkpointed when the kill came: they continue together, each from its own
     checkpoint, and end bit for bit where the straight population sweep's members end."""
     from conftest import scalars
 
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     killed.mkdir(), straight.mkdir()
-    argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.01,0.02,0.03", "trainer.max_steps=20000",
+    argv = ["-m", "hydra/launcher=population", *members, "trainer.max_steps=20000",
             "callbacks.checkpoint.every_n_train_steps=100", "callbacks.checkpoint.min_interval_s=0", *QUIET]
     kill_when(killed, argv, "outputs/multirun/*/*/02_*/checkpoints/last.ckpt")
     sweep = sweep_folder(killed)

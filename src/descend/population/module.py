@@ -94,7 +94,8 @@ class Population(pl.LightningModule):
             member.task.trainer = self.trainer  # the global step, the epoch and the device
             member.load_training_state()  # a resumed member's parameters (into its rows) and optimiser state
         self.updater = VectorisedOptimizer([m.optimizer for m in self.members], list(self.stacked))
-        self.updater.restore(self.global_step)
+        # Lightning restores the global step after this hook: the members' checkpoints say it
+        self.updater.restore(next((int(m.checkpoint["global_step"]) for m in self.members if m.checkpoint), 0))
         self.scheduled = {interval: any(m.schedulers(interval) for m in self.members) for interval in ("step", "epoch")}
 
     def on_train_start(self) -> None:
