@@ -52,7 +52,6 @@ class PopulationLauncher(Launcher):
         remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from descend.population.grouping import plan
         from descend.build import checkpoint_step
         from descend.resume_sweep import job_folder, resuming, sweep_checkpoint
 
@@ -77,15 +76,18 @@ class PopulationLauncher(Launcher):
         for index in range(len(configs)):
             checkpoint = self.resume_from.get(index)
             by_step.setdefault(checkpoint_step(checkpoint) if checkpoint else None, []).append(index)
-        for step, indices in sorted(by_step.items(), key=lambda item: -1 if item[0] is None else item[0]):
-            self.launch_planned(indices, [task_cfgs[i] for i in indices], configs, task_cfgs, returns, plan)
+        for _, indices in sorted(by_step.items(), key=lambda item: -1 if item[0] is None else item[0]):
+            self.launch_planned(indices, configs, task_cfgs, returns)
         return returns  # type: ignore[return-value]
 
-    def launch_planned(self, rest: list[int], cfgs: list[DictConfig], configs: list[DictConfig], task_cfgs: list[DictConfig],
-                       returns: list[JobReturn | None], plan: Any) -> None:
-        """The jobs `rest` (indices into configs) as plan() groups them: populations, or alone with the reason."""
-        for planned, reason in plan(cfgs):
-            jobs = [rest[i] for i in planned]
+    def launch_planned(self, indices: list[int], configs: list[DictConfig], task_cfgs: list[DictConfig],
+                       returns: list[JobReturn | None]) -> None:
+        """The jobs `indices` (of configs) as plan() groups them: populations, or alone with the reason;
+        their JobReturns go into `returns`."""
+        from descend.population.grouping import plan
+
+        for planned, reason in plan([task_cfgs[i] for i in indices]):
+            jobs = [indices[i] for i in planned]
             for start in range(0, len(jobs), self.max_members):
                 chunk = jobs[start : start + self.max_members]
                 if len(chunk) == 1:
