@@ -24,7 +24,8 @@ def test_a_built_wheel_carries_the_configs_and_trains_from_any_folder(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("descend-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("train.py", "descend/cli.py", "descend/conf/train.yaml", "descend/conf/task/inverse.yaml", "descend/conf/hydra/default.yaml",
-                 "hydra_plugins/descend_population_launcher/population_launcher.py"):
+                 "hydra_plugins/descend_population_launcher/population_launcher.py",
+                 "hydra_plugins/descend_optuna_sweeper/optuna_sweeper.py", "hydra_plugins/descend_basic_sweeper/basic_sweeper.py"):
         assert path in names, path
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site), str(wheel)], check=True, timeout=600)

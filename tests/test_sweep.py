@@ -188,7 +188,7 @@ def test_job_numbers_are_padded_to_the_sweep_size_and_names_drop_the_constants(m
     monkeypatch.delenv(JOB_COUNT)  # a sweeper that does not say how many jobs it runs
     assert job_number(7) == "07"
     # Optuna says it up front; nothing swept on the command line: the names keep their overrides
-    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    optuna = OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra_plugins.descend_optuna_sweeper.optuna_sweeper.OptunaSweeper",
                                                      "n_trials": 250}, "overrides": {"task": ["trainer.max_steps=30"]}}})
     assert job_count(optuna, sweep_overrides(optuna)) == 250
     assert constant_keys(optuna, sweep_overrides(optuna)) == ["trainer.max_steps"]

@@ -9,6 +9,7 @@ status and returns its final loss (inf unless completed), so the remaining jobs 
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ from omegaconf import DictConfig
 from descend.errors import RefusedCommand, UserError, exit_with_error
 from descend.resume import resume_overrides
 from descend.multirun import register_resolvers
+from descend.search import mask_storage_override
 from descend.stopping import exit_code
 
 # at import: a launcher's worker process imports this module to run a job, before Hydra resolves
@@ -44,7 +46,11 @@ def main() -> None:
         except RefusedCommand as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(error.code)
-        hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(job)()
+        try:
+            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(job)()
+        except SystemExit as stop:
+            say_how_to_resume_sweep(stop.code)
+            raise
         sys.exit(sweep_exit_code())
     finally:
         # On the way out Python's collector walks every object still alive (torch's, Lightning's,
@@ -57,7 +63,7 @@ def checked_argv(argv: list[str]) -> list[str]:
     """The command's overrides checked before Hydra makes any folder, and rewritten where descend
     adds to Hydra (paths made absolute, resume=, keys of swept groups); raises RefusedCommand
     with the one line."""
-    argv = resume_overrides(absolute_paths(argv), config_dir())
+    argv = mask_storage_override(resume_overrides(absolute_paths(argv), config_dir()), os.environ)
     check_group_choices(argv, config_dir())
     check_launcher(argv)
     check_overrides(argv, config_dir())
@@ -104,9 +110,17 @@ def sweep_exit_code() -> int:
     return 1 if any(row["status"] == "failed" for row in finished_sweep) else 0
 
 
-# the plugins behind hydra/launcher=… and hydra/sweeper=…, from descend's [sweeps] extra
-PLUGINS = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher",
-           "optuna": "hydra_plugins.hydra_optuna_sweeper"}
+def say_how_to_resume_sweep(code: object) -> None:
+    """A sweep stopped by a signal (130 Ctrl-C, 143 SIGTERM): the command that continues it."""
+    from descend.resume_sweep import current_sweep
+
+    if code in (130, 143) and current_sweep:
+        print(f"\ndescend: sweep stopped; continue it with: python -m train -m resume={current_sweep[0]}", file=sys.stderr)
+
+
+# what hydra/launcher=… and hydra/sweeper=… need, from descend's [sweeps] extra (descend's Optuna
+# sweeper is its own plugin, over the optuna package)
+PLUGINS = {"parallel": "hydra_plugins.hydra_joblib_launcher", "slurm": "hydra_plugins.hydra_submitit_launcher", "optuna": "optuna"}
 
 
 def check_launcher(argv: list[str]) -> None:
@@ -335,7 +349,9 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
     from descend.distributed import close_process_group, launched_rank
     from descend.results import (WRITE_ERRNOS, RecordError, new_record, record_failure, record_interrupt, record_stop, report, say,
                                  stage_metrics, write_error_line, write_results)
+    from descend.resume_sweep import sweep_checkpoint
     from descend.stopping import Stopped, signals_stop_the_run
+    from hydra.core.hydra_config import HydraConfig
 
     started = time.perf_counter()
     record = new_record(task_name)
@@ -347,6 +363,8 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
             import lightning.pytorch as pl
             from lightning.pytorch.utilities.model_helpers import is_overridden
 
+            if hydra_multirun() and not cfg.get("ckpt_path") and sweep_checkpoint(HydraConfig.get(), run_dir):
+                cfg.ckpt_path = sweep_checkpoint(HydraConfig.get(), run_dir)  # a resumed sweep's stopped job (resume_sweep.py)
             pl.seed_everything(cfg.seed, workers=True, verbose=False)
             task = build_task(cfg)
             trainer = build_trainer(cfg, overrides)
@@ -440,6 +458,13 @@ def resume_failed_before_its_first_step(trainer: Any) -> bool:
         return False
     snapshot.restore()
     return True
+
+
+def hydra_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def wait_for(path: Path, seconds: float) -> None:

@@ -13,6 +13,8 @@ refused writes nothing into the run folder (Hydra rewrites `.hydra/` as soon as 
 
 `resume=auto` (for a job that a scheduler requeues with the same command): resume the run folder
 named by `hydra.run.dir` when it holds a checkpoint, else start the run there.
+
+`resume=<sweep folder>` continues a whole sweep (resume_sweep.py).
 """
 
 from __future__ import annotations
@@ -45,11 +47,16 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
     if value == "auto":
         return auto_resume(rest, conf)
     folder = Path(value).expanduser()
+    from descend.resume_sweep import is_sweep_folder, sweep_resume_overrides
+
+    if is_sweep_folder(folder):  # a sweep's folder: the whole sweep continues (resume_sweep.py)
+        return sweep_resume_overrides(folder, rest)
     saved = folder / ".hydra" / "overrides.yaml"
     checkpoint = folder / "checkpoints" / "last.ckpt"
     for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
         if not path.is_file():
-            exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}")
+            exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}, "
+                            "or at a sweep's folder (with its multirun.yaml)")
     import yaml
 
     from descend.checkpoints import CheckpointError, read_checkpoint

@@ -43,6 +43,10 @@ class Member:
         self.running = False
         self.diverged: Any = None
         self.return_value = float("inf")  # what the job returns to Hydra (finish)
+        # a resumed sweep's member: its own last.ckpt (save_checkpoint's file), loaded in build and
+        # Population.on_fit_start, so that the population continues where its members stopped
+        self.resume_from: Path | None = None
+        self.checkpoint: dict[str, Any] | None = None
 
     # ---- building: what cli.train does before Trainer.fit ----
     def build(self) -> None:
@@ -66,13 +70,44 @@ class Member:
                 # the callbacks whose state a checkpoint of its own run holds (see save_checkpoint)
                 self.callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (self.cfg.get("callbacks") or {}).items()
                                   if node and node.get("_target_") in STATEFUL_CALLBACKS]
-                self.loggers = [instantiate(node, f"logger.{name}") for name, node in (self.cfg.get("logger") or {}).items() if node]
+                if self.resume_from is not None:
+                    self.restore(torch.load(self.resume_from, map_location="cpu", weights_only=False))
+                self.loggers = [instantiate(node, f"logger.{name}", **self.logger_resume(node)) for name, node in (self.cfg.get("logger") or {}).items() if node]
                 self.task.own_loggers = self.loggers
                 self.running = True
             except UserError as error:
                 self.record.update(error=str(error), user_error=True)
             except Exception as error:
                 record_failure(self.record, error)
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """What a single run's resume restores before its first step, from this member's checkpoint:
+        the scheduler, the callbacks' state, the random state and what was logged at its step. The
+        parameters and the optimiser's state wait for Population.on_fit_start, after Lightning has
+        converted the module (64-true), so that they keep every bit."""
+        self.checkpoint = checkpoint
+        if self.scheduler is not None and checkpoint.get("lr_schedulers"):
+            self.scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
+        for callback in self.callbacks:
+            state = (checkpoint.get("callbacks") or {}).get(callback.state_key)
+            if state:
+                callback.load_state_dict(state)
+        # Task.on_load_checkpoint's relog (its random state is this member's rng: no population draws
+        # from the global generator, dropout keeps a job out of populations)
+        self.task.step_state.relog = checkpoint.get("descend_logged_at_step")
+        self.rng = checkpoint["descend_rng"]["cpu"][0]
+
+    def logger_resume(self, node: Any) -> dict[str, Any]:
+        """TensorBoard hides what the killed run logged after the checkpoint (build.build_trainer)."""
+        if self.checkpoint is None or not str(node.get("_target_", "")).endswith("TensorBoardLogger"):
+            return {}
+        return {"purge_step": int(self.checkpoint["global_step"])}
+
+    def load_training_state(self) -> None:
+        """The parameters and the optimiser's state from the checkpoint, into the converted module."""
+        if self.checkpoint is not None:
+            self.task.load_state_dict(self.checkpoint["state_dict"])
+            self.optimizer.load_state_dict(self.checkpoint["optimizer_states"][0])
 
     def guard(self) -> Any:
         from descend.callbacks import DivergenceGuard
@@ -216,6 +251,28 @@ def population_trainer(cfg: DictConfig) -> Any:
     return trainer_with(cfg, callbacks, logger=False, enable_checkpointing=checkpointing)
 
 
+@contextlib.contextmanager
+def population_checkpoint(population: Any) -> Iterator[str | None]:
+    """For members resumed from their checkpoints (all at one step): a checkpoint of the population
+    for Lightning's own resume (its loops, global step and epoch, the same in every member's file,
+    save_checkpoint's `base`), in a temporary folder; None otherwise. The members' own state is
+    theirs (Member.restore, load_training_state)."""
+    import tempfile
+
+    first = population.members[0].checkpoint
+    if first is None:
+        yield None
+        return
+    base = {k: v for k, v in first.items() if k not in ("state_dict", "optimizer_states", "lr_schedulers", "callbacks",
+                                                       "descend_rng", "descend_logged_at_step", "hyper_parameters", "hparams_name")}
+    base.update(state_dict=population.state_dict(), lr_schedulers=[], callbacks={},
+                optimizer_states=[torch.optim.SGD(population.parameters(), lr=0.0).state_dict()])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "population.ckpt"
+        torch.save(base, path)
+        yield str(path)
+
+
 def train_population(members: list[Member]) -> bool:
     """Train the members as one population and write every member's results. Returns whether
     the run was interrupted (Ctrl-C): every member is then recorded as stopped, with its
@@ -230,8 +287,8 @@ def train_population(members: list[Member]) -> bool:
     try:
         population = population_of(members)
         trainer = population_trainer(members[0].cfg)
-        with log_to([m.run_dir for m in members]):
-            trainer.fit(population)
+        with log_to([m.run_dir for m in members]), population_checkpoint(population) as ckpt_path:
+            trainer.fit(population, ckpt_path=ckpt_path)
             if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
                 trainer.test(population, verbose=False)
         for member in members:

@@ -92,12 +92,18 @@ class Population(pl.LightningModule):
         self.bind_members()
         for member in self.members:
             member.task.trainer = self.trainer  # the global step, the epoch and the device
+            member.load_training_state()  # a resumed member's parameters (into its rows) and optimiser state
         self.updater = VectorisedOptimizer([m.optimizer for m in self.members], list(self.stacked))
+        # Lightning restores the global step after this hook: the members' checkpoints say it
+        self.updater.restore(next((int(m.checkpoint["global_step"]) for m in self.members if m.checkpoint), 0))
         self.scheduled = {interval: any(m.schedulers(interval) for m in self.members) for interval in ("step", "epoch")}
 
     def on_train_start(self) -> None:
         for member in self.members:
             with member.logging():
+                relog, member.task.step_state.relog = member.task.step_state.relog, None
+                if relog:  # a resumed member: what the purge took from its checkpoint's step, again (Task.on_train_start)
+                    member.task.log_to_loggers(relog["metrics"], step=relog["step"])
                 member.task.start_dashboard(member.optimizer)
 
     def on_train_end(self) -> None:

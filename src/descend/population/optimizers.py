@@ -149,6 +149,21 @@ class VectorisedOptimizer:
         else:
             param.addcmul_(grad / avg, neg_lr)
 
+    def restore(self, steps: int) -> None:
+        """The holders' state, stacked: resumed members' optimisers loaded from their checkpoints
+        (Member.load_training_state) at `steps` updates. The inverse of load_into; a member without
+        a buffer (no momentum) gets zeros, which its update never reads."""
+        states = [[h.state.get(p, {}) for p in h.param_groups[0]["params"]] for h in self.holders]
+        names = sorted({name for member in states for state in member for name in state if name != "step"})
+        if not names:
+            return
+        self.steps = steps
+        for name in names:
+            self.state[name] = [
+                torch.stack([member[index][name].to(param.dtype) if name in member[index] else torch.zeros_like(param[0])
+                             for member in states])
+                for index, param in enumerate(self.params)]
+
     # ---- a member's state as its own torch optimiser holds it ----
     def load_into(self, member: int) -> torch.optim.Optimizer:
         """Member `member`'s slice of the state written into its holder (copies, so that its

@@ -41,6 +41,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="population", node=Pop
 class PopulationLauncher(Launcher):
     def __init__(self, max_members: int = 1024) -> None:
         self.max_members = max_members
+        self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -51,7 +52,8 @@ class PopulationLauncher(Launcher):
         remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from descend.population.grouping import plan
+        from descend.build import checkpoint_step
+        from descend.resume_sweep import job_folder, resuming, sweep_checkpoint
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
@@ -67,7 +69,25 @@ class PopulationLauncher(Launcher):
             configs.append(config)
         returns: list[JobReturn | None] = [None] * len(configs)
         task_cfgs = [job_config(c) for c in configs]
-        for jobs, reason in plan(task_cfgs):
+        # a resumed sweep's stopped jobs continue from their own checkpoints: those at one step train
+        # together, apart from the jobs that start now (a population's members are at one step)
+        self.resume_from = {i: sweep_checkpoint(c.hydra, job_folder(c)) for i, c in enumerate(configs) if resuming(c.hydra)}
+        by_step: dict[int | None, list[int]] = {}
+        for index in range(len(configs)):
+            checkpoint = self.resume_from.get(index)
+            by_step.setdefault(checkpoint_step(checkpoint) if checkpoint else None, []).append(index)
+        for _, indices in sorted(by_step.items(), key=lambda item: -1 if item[0] is None else item[0]):
+            self.launch_planned(indices, configs, task_cfgs, returns)
+        return returns  # type: ignore[return-value]
+
+    def launch_planned(self, indices: list[int], configs: list[DictConfig], task_cfgs: list[DictConfig],
+                       returns: list[JobReturn | None]) -> None:
+        """The jobs `indices` (of configs) as plan() groups them: populations, or alone with the reason;
+        their JobReturns go into `returns`."""
+        from descend.population.grouping import plan
+
+        for planned, reason in plan([task_cfgs[i] for i in indices]):
+            jobs = [indices[i] for i in planned]
             for start in range(0, len(jobs), self.max_members):
                 chunk = jobs[start : start + self.max_members]
                 if len(chunk) == 1:
@@ -75,9 +95,9 @@ class PopulationLauncher(Launcher):
                         print(f"population: job {configs[chunk[0]].hydra.job.num} runs alone: {reason}")
                     returns[chunk[0]] = self.run_alone(configs[chunk[0]])
                 else:
-                    for index, ret in zip(chunk, self.run_population([configs[i] for i in chunk], [task_cfgs[i] for i in chunk])):
+                    for index, ret in zip(chunk, self.run_population([configs[i] for i in chunk], [task_cfgs[i] for i in chunk],
+                                                                     [self.resume_from.get(i) for i in chunk])):
                         returns[index] = ret
-        return returns  # type: ignore[return-value]
 
     def run_alone(self, config: DictConfig) -> JobReturn:
         """As Hydra's basic launcher runs a job."""
@@ -87,14 +107,15 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return ret
 
-    def run_population(self, configs: list[DictConfig], task_cfgs: list[DictConfig]) -> list[JobReturn]:
+    def run_population(self, configs: list[DictConfig], task_cfgs: list[DictConfig], resume_from: list[str | None]) -> list[JobReturn]:
         from descend.cli import quiet_lightning
         from descend.population.members import by_data, train_population
 
         quiet_lightning()
         jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
         members = [member for _, member in jobs]
-        for member in members:
+        for member, checkpoint in zip(members, resume_from):
+            member.resume_from = Path(checkpoint) if checkpoint else None
             member.build()
         built = [m for m in members if m.running]
         for member in members:
