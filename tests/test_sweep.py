@@ -263,3 +263,34 @@ def test_a_sweeps_console_and_folders_say_what_tells_the_jobs_apart(tmp_path):
     assert "Total params" not in proc.stdout and "┏" not in proc.stdout  # no model summary per job
     assert proc.stdout.count("descend: inverse completed after 5 steps") == 2
     assert "`Trainer.fit` stopped" not in proc.stdout  # descend's line names the limit instead
+
+
+def test_values_with_slashes_make_one_job_folder_each_at_the_sweeps_root(tmp_path):
+    """A sweep over data files: each job is one folder at the root (not data/a/… nested three deep),
+    named in job order with `/` shown as `∕`; the summary lists every job with its values as given,
+    and a failed job makes the sweep's exit status 1."""
+    for part in ("a", "b"):
+        (tmp_path / "data" / part).mkdir(parents=True)
+        rows = "\n".join(f"{x},{3 * x + (1 if part == 'b' else 0)}" for x in range(1, 9))
+        (tmp_path / "data" / part / "houses.csv").write_text("area,price\n" + rows + "\n")
+    files = "data/a/houses.csv,data/b/houses.csv,data/c/houses.csv"  # c is missing: that job fails
+    proc = run_cli("-m", "task=linreg", f"task.data.path={files}", "task.data.target=price", "optimizer=lbfgs",
+                   "trainer.max_steps=5", *QUIET, cwd=tmp_path, expect=1)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["00_task.data.path=data\u2215a\u2215houses.csv", "01_task.data.path=data\u2215b\u2215houses.csv",
+                    "02_task.data.path=data\u2215c\u2215houses.csv"]
+    with (sweep / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["overrides"], r["status"]) for r in rows) == [
+        ("task.data.path=data/a/houses.csv", "completed"), ("task.data.path=data/b/houses.csv", "completed"),
+        ("task.data.path=data/c/houses.csv", "failed")]
+    assert "sweep of 3 jobs: 2 completed, 1 failed" in proc.stdout
+
+
+def test_a_folder_name_too_long_for_the_file_system_is_cut_and_told_apart():
+    from descend.multirun import NAME_BYTES, folder_name
+
+    long = ",".join(f"task.data.path=/very/long/folder/{i}/" + "x" * 60 for i in range(4))
+    names = {folder_name(long), folder_name(long.replace("x", "y"))}
+    assert len(names) == 2 and all(len(n.encode()) <= NAME_BYTES + 3 and "/" not in n for n in names)

@@ -93,12 +93,36 @@ def job_number(num: int) -> str:
     return str(num).zfill(width)
 
 
+# what a job's overrides may hold that a folder name cannot: a path's separators (a sweep over
+# data files, task.data.path=data/a/houses.csv) would nest the job three folders deep, where
+# neither the summary nor TensorBoard's run names find it
+NAME_SEPARATORS = str.maketrans({"/": "\u2215", "\\": "\u2215", "\0": ""})  # ∕ DIVISION SLASH reads as a slash
+NAME_BYTES = 200  # below the 255 bytes a folder name may have, with room for the job number
+
+
+def folder_name(override_dirname: str) -> str:
+    """A job's overrides as one folder name (sweep.subdir): `/` shown as `∕`, which reads the same
+    and nests nothing; a name too long for the file system is cut and given a short hash of the
+    whole, so that jobs still get folders of their own. The summary shows the values as given."""
+    import hashlib
+
+    name = override_dirname.translate(NAME_SEPARATORS)
+    if len(name.encode()) <= NAME_BYTES:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    cut = name.encode()[: NAME_BYTES - 10].decode(errors="ignore")
+    return f"{cut}…{digest}"
+
+
 def register_resolvers() -> None:
-    """${descend.job_number:${hydra.job.num}} in conf/hydra/default.yaml's sweep.subdir."""
+    """${descend.job_number:${hydra.job.num}} and ${descend.folder_name:…} in
+    conf/hydra/default.yaml's sweep.subdir."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("descend.job_number"):
         OmegaConf.register_new_resolver("descend.job_number", job_number)
+    if not OmegaConf.has_resolver("descend.folder_name"):
+        OmegaConf.register_new_resolver("descend.folder_name", folder_name)
 
 
 # the rows of the sweep that ended last in this process: the command's exit status comes from them
