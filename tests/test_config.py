@@ -98,3 +98,12 @@ def test_a_key_of_another_option_names_the_option_it_belongs_to():
     # a key some options of a swept group lack stays refused as before: set it in a sweep of those that have it
     refused = _unknown_key("scheduler.gamma=0.1", "scheduler.gamma", ["scheduler=cosine"], config_dir(), " with scheduler=cosine", swept={"scheduler"})
     assert "set it only in a sweep of the options that have it" in refused
+
+
+def test_a_list_of_a_groups_options_is_checked_option_by_option():
+    from descend.cli import check_group_choices
+    from descend.errors import RefusedCommand
+
+    check_group_choices(["logger=[tensorboard,csv]"], config_dir())  # Hydra's several options of one group
+    with pytest.raises(RefusedCommand, match="logger=nope is unknown; choose one of: csv, none, tensorboard"):
+        check_group_choices(["logger=[tensorboard,nope]"], config_dir())

@@ -165,6 +165,8 @@ def check_group_choices(argv: list[str], conf: Path) -> None:
         if not sep or "." in group or "/" in group or not (conf / group).is_dir() or group == "hydra":
             continue
         options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        if value.startswith("[") and value.endswith("]"):  # several options of one group at once: logger=[tensorboard,csv]
+            value = value[1:-1]
         for choice in value.split(","):  # a sweep over options: task=inverse,linreg
             if choice not in options and choice != "null":
                 exit_with_error(f"{group}={choice} is unknown; choose one of: {', '.join(options)}")
