@@ -138,6 +138,9 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
     write_metrics(run_dir, {k: v for k, v in record.items() if k not in ("user_error", "interrupted", "stopped_by")})
     if task is not None:
         log_to_tensorboard(loggers, cfg, record, run_dir.name, list(chosen))
+        for logger in loggers:  # other trackers' end of the run: final/*, files, status (mlflow_logger.py)
+            if hasattr(logger, "log_run_end"):
+                logger.log_run_end(run_dir, record)
 
 
 def report(record: dict[str, Any], run_dir: Path, advice: bool = True) -> None:

@@ -37,12 +37,18 @@ class ImageLogger(pl.Callback):
         return None
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer = self._writer(trainer) if trainer.is_global_zero else None
-        if writer is None:
+        if not trainer.is_global_zero:
+            return
+        writer = self._writer(trainer)
+        others = picture_loggers(trainer.loggers)
+        if writer is None and not others:
             return
         start = time.perf_counter()
-        for tag, image in pl_module.images().items():
+        images = pl_module.images()
+        for tag, image in images.items() if writer is not None else ():
             writer.add_image(f"images/{tag}", image, trainer.global_step, dataformats="HWC")
+        for logger in others:
+            logger.log_images(images, trainer.global_step)
         self._spent += time.perf_counter() - start
 
     def _within_budget(self) -> bool:
@@ -60,3 +66,8 @@ class ImageLogger(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.every_n_steps > 0:
             self._log(trainer, pl_module)
+
+
+def picture_loggers(loggers: list[Any]) -> list[Any]:
+    """Loggers other than TensorBoard that take pictures (`log_images(images, step)`: MLflow's)."""
+    return [logger for logger in loggers if hasattr(logger, "log_images")]

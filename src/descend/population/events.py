@@ -74,12 +74,19 @@ class PopulationImages(ImageLogger):
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from descend.dashboard import tensorboard_loggers
 
+        from descend.callbacks.images import picture_loggers
+
         start = time.perf_counter()
         for index in pl_module.active:
             member = pl_module.members[index]
             for logger in tensorboard_loggers(member.loggers):
                 for tag, image in member.task.images().items():
                     logger.experiment.add_image(f"images/{tag}", image, trainer.global_step, dataformats="HWC")
+            others = picture_loggers(member.loggers)
+            if others:
+                images = member.task.images()
+                for logger in others:
+                    logger.log_images(images, trainer.global_step)
         self._spent += time.perf_counter() - start
 
 
