@@ -187,7 +187,7 @@ class MLflowLogger(MLFlowLogger):
     @rank_zero_only
     def log_images(self, images: dict[str, Any], step: int) -> None:
         """Pictures (HWC uint8 arrays) at this step, shown in the run's Images tab."""
-        self.held_pictures += [(mlflow_key(f"images/{tag}"), image, step) for tag, image in images.items()]
+        self.held_pictures += [(mlflow_key(tag), image, step) for tag, image in images.items()]
         if len(self.held_pictures) > MAX_HELD_PICTURES:
             self.send()
 
