@@ -1,4 +1,5 @@
-"""Log the task's pictures (W·M, A beside U Vᵀ, prediction against truth) to TensorBoard."""
+"""Log the task's pictures (W·M, A beside U Vᵀ, prediction against truth) to TensorBoard, and to
+the loggers that take pictures (MLflow's)."""
 
 from __future__ import annotations
 
