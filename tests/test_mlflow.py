@@ -117,18 +117,21 @@ def test_a_sweep_is_one_experiment_with_a_run_per_job(mlflow_server, tmp_path, l
 
 
 def test_a_run_resumed_with_more_steps_continues_its_mlflow_run(mlflow_server, tmp_path):
-    run_cli("trainer.max_steps=50", "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}", *QUIET, cwd=tmp_path)
+    # the first session ends on a picture's step (every 100): the resumed one draws step 100 again
+    run_cli("trainer.max_steps=100", "logger=mlflow", f"logger.mlflow.tracking_uri={mlflow_server}", *QUIET, cwd=tmp_path)
     folder = only_run(tmp_path)
     first = mlflow_run_id(folder)
-    run_cli(f"resume={folder}", "trainer.max_steps=120", *QUIET, cwd=tmp_path)
+    run_cli(f"resume={folder}", "trainer.max_steps=150", *QUIET, cwd=tmp_path)
     assert mlflow_run_id(folder) == first
     run = client(mlflow_server).get_run(first)
     assert run.info.status == "FINISHED" and run.data.tags["status"] == "completed"
-    assert [s for s, _ in history(mlflow_server, first, "train/loss")] == [*range(0, 120, 10), 120]
-    assert [s for s, _ in history(mlflow_server, first, "final/loss")] == [50, 120]
+    assert [s for s, _ in history(mlflow_server, first, "train/loss")] == [*range(0, 150, 10), 150]
+    assert [s for s, _ in history(mlflow_server, first, "final/loss")] == [100, 150]
     assert run.data.metrics["final/loss"] == pytest.approx(metrics(folder)["metrics"]["loss"], rel=1e-6)
-    assert run.data.params["trainer.max_steps"] == "50"  # MLflow keeps a param; the change is a tag
-    assert "trainer.max_steps=120 (was 50)" in run.data.tags["resumed_with"]
+    assert run.data.params["trainer.max_steps"] == "100"  # MLflow keeps a param; the change is a tag
+    assert "trainer.max_steps=150 (was 100)" in run.data.tags["resumed_with"]
+    pictures = [a.path for a in client(mlflow_server).list_artifacts(first, "images") if a.path.endswith(".png")]
+    assert sorted(int(p.split("+step+")[1].split("+")[0]) for p in pictures) == [0, 100, 150]
 
 
 STEPS = 20000  # long enough to be killed mid-run; a checkpoint at every multiple of 100 steps

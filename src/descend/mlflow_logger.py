@@ -186,7 +186,10 @@ class MLflowLogger(MLFlowLogger):
 
     @rank_zero_only
     def log_images(self, images: dict[str, Any], step: int) -> None:
-        """Pictures (HWC uint8 arrays) at this step, shown in the run's Images tab."""
+        """Pictures (HWC uint8 arrays) at this step, shown in the run's Images tab. A resumed run
+        that had ended (final/* sent) sent its pictures through that step: not again."""
+        if step <= self.sent_through.get("final/diverged", -1):
+            return
         self.held_pictures += [(mlflow_key(tag), image, step) for tag, image in images.items()]
         if len(self.held_pictures) > MAX_HELD_PICTURES:
             self.send()
