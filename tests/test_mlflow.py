@@ -205,3 +205,28 @@ def test_names_mlflow_refuses_are_made_valid_in_one_place():
     assert mlflow_key("lr-SGD/pg1") == "lr-SGD/pg1"
     for name in ("prediction@5", "images/W·M", "a:b", "x<y>"):
         assert validate_param_and_metric_name(mlflow_key(name)), name
+
+
+def test_scalars_reach_mlflow_at_a_checkpoint_or_the_end_not_before(tmp_path):
+    """What a killed run logged after its last checkpoint must never reach MLflow: points are held
+    until save() (descend's Checkpoint calls it before writing) or finalize()."""
+    from descend.mlflow_logger import MLflowLogger
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLflowLogger(run_dir=str(run_dir), tracking_uri=uri)
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    run_id = logger.run_id
+
+    def steps() -> list[int]:
+        return [m.step for m in client(uri).get_metric_history(run_id, "train/loss")]
+
+    assert steps() == []
+    logger.save()
+    assert steps() == [0]
+    logger.log_metrics({"train/loss": 0.5}, step=10)
+    assert steps() == [0]
+    logger.finalize("success")
+    assert steps() == [0, 10]
+    assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == run_id
