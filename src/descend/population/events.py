@@ -72,9 +72,8 @@ class PopulationImages(ImageLogger):
     own TensorBoard run."""
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from descend.dashboard import tensorboard_loggers
-
         from descend.callbacks.images import picture_loggers
+        from descend.dashboard import tensorboard_loggers
 
         start = time.perf_counter()
         for index in pl_module.active:
