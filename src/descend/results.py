@@ -200,8 +200,12 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
         if error.errno not in WRITE_ERRNOS:
             raise
         raise RecordError(record.get("error") or write_error_line(error, run_dir), recorded=False) from None
-    if task is not None and record["status"] != "stopped":  # a stopped run's HPARAMS entry waits for its end
-        log_to_tensorboard(loggers, cfg, record, run_dir.name, list(chosen))
+    if task is not None:
+        if record["status"] != "stopped":  # a stopped run's HPARAMS entry waits for its end
+            log_to_tensorboard(loggers, cfg, record, run_dir.name, list(chosen))
+        for logger in loggers:  # other trackers' end of the run: final/*, files, status (mlflow_logger.py)
+            if hasattr(logger, "log_run_end"):
+                logger.log_run_end(run_dir, record)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:

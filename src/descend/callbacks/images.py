@@ -1,4 +1,5 @@
-"""Log the task's pictures (W·M, A beside U Vᵀ, prediction against truth) to TensorBoard."""
+"""Log the task's pictures (W·M, A beside U Vᵀ, prediction against truth) to TensorBoard, and to
+the loggers that take pictures (MLflow's)."""
 
 from __future__ import annotations
 
@@ -37,12 +38,19 @@ class ImageLogger(pl.Callback):
         return None
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int | None = None) -> None:
-        writer = self._writer(trainer) if trainer.is_global_zero else None
-        if writer is None:
+        if not trainer.is_global_zero:
             return
+        writer = self._writer(trainer)
+        others = picture_loggers(trainer.loggers)
+        if writer is None and not others:
+            return
+        step = trainer.global_step if step is None else step
         start = time.perf_counter()
-        for tag, image in pl_module.images().items():
-            writer.add_image(f"images/{tag}", image, trainer.global_step if step is None else step, dataformats="HWC")
+        images = pl_module.images()
+        for tag, image in images.items() if writer is not None else ():
+            writer.add_image(f"images/{tag}", image, step, dataformats="HWC")
+        for logger in others:
+            logger.log_images(images, step)
         self._spent += time.perf_counter() - start
 
     def _within_budget(self) -> bool:
@@ -69,3 +77,8 @@ class ImageLogger(pl.Callback):
 
         if self.every_n_steps > 0 and isinstance(exception, (Diverged, Stopped)):
             self._log(trainer, pl_module, step=exception.step)  # a replayed group's stop lies before global_step
+
+
+def picture_loggers(loggers: list[Any]) -> list[Any]:
+    """Loggers other than TensorBoard that take pictures (`log_images(images, step)`: MLflow's)."""
+    return [logger for logger in loggers if hasattr(logger, "log_images")]

@@ -72,6 +72,7 @@ class PopulationImages(ImageLogger):
     own TensorBoard run."""
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from descend.callbacks.images import picture_loggers
         from descend.dashboard import tensorboard_loggers
 
         start = time.perf_counter()
@@ -80,6 +81,11 @@ class PopulationImages(ImageLogger):
             for logger in tensorboard_loggers(member.loggers):
                 for tag, image in member.task.images().items():
                     logger.experiment.add_image(f"images/{tag}", image, trainer.global_step, dataformats="HWC")
+            others = picture_loggers(member.loggers)
+            if others:
+                images = member.task.images()
+                for logger in others:
+                    logger.log_images(images, trainer.global_step)
         self._spent += time.perf_counter() - start
 
 
