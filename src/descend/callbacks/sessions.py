@@ -24,15 +24,16 @@ class Sessions(pl.Callback):
     and scheduler, so that a new `optimizer.lr` is the lr of every following step (the checkpoint's
     optimiser state would otherwise bring the old one back), and records the resume.
 
-    `overrides`: the run's Hydra overrides (descend's own resume= and ckpt_path= left out)."""
+    `overrides`: the run's Hydra overrides (descend's own resume= and ckpt_path= left out);
+    `task`: the run's task, for a Sessions outside a trainer (a population member's)."""
 
-    def __init__(self, overrides: list[str] | None = None) -> None:
+    def __init__(self, overrides: list[str] | None = None, task: Any = None) -> None:
         self.overrides = list(overrides or [])
         self.resumed: list[dict[str, Any]] = []
         self.saved: dict[str, Any] | None = None  # the state of the checkpoint this session resumed from
         self.seconds_before = 0.0  # training time of the earlier sessions
         self._started: float | None = None
-        self._task: Any = None
+        self._task: Any = task  # set by setup() when the trainer's; given by a population member (not the trainer's)
 
     def wall_time_s(self) -> float:
         """Seconds of training over every session of the run, this one up to now."""

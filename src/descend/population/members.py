@@ -48,6 +48,18 @@ class Member:
         self.resume_from: Path | None = None
         self.checkpoint: dict[str, Any] | None = None
 
+    def sessions(self) -> Any:
+        """The Sessions callback a single run of this job has (build.build_trainer adds it), for the
+        state its checkpoints hold: the job's overrides (its .hydra/overrides.yaml, which the
+        launcher wrote), its optimiser's and scheduler's numbers, its resumes."""
+        import yaml
+
+        from descend.callbacks import Sessions
+
+        saved = self.run_dir / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(saved.read_text()) if saved.is_file() else []
+        return Sessions([o for o in overrides or [] if not o.startswith(("resume=", "ckpt_path="))], task=self.task)
+
     # ---- building: what cli.train does before Trainer.fit ----
     def build(self) -> None:
         """The job's task with its initial values (its seed), optimiser, scheduler, loggers and
@@ -70,6 +82,7 @@ class Member:
                 # the callbacks whose state a checkpoint of its own run holds (see save_checkpoint)
                 self.callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (self.cfg.get("callbacks") or {}).items()
                                   if node and node.get("_target_") in STATEFUL_CALLBACKS]
+                self.callbacks.append(self.sessions())
                 if self.resume_from is not None:
                     self.restore(torch.load(self.resume_from, map_location="cpu", weights_only=False))
                 self.loggers = [instantiate(node, f"logger.{name}", **self.logger_resume(node)) for name, node in (self.cfg.get("logger") or {}).items() if node]
