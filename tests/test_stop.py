@@ -62,7 +62,7 @@ def test_a_signal_stops_at_its_step_and_resume_ends_bitwise_where_a_straight_run
     expected = torch.load(only_run(straight) / "solution.pt", weights_only=True)["W"]
     assert torch.equal(torch.load(run / "solution.pt", weights_only=True)["W"], expected)
     curve = scalars(run)["train/loss"]
-    assert sorted(curve) == list(range(0, STEPS, 10))  # every logged step once
+    assert sorted(curve) == [*range(0, STEPS, 10), STEPS]  # every logged step once, and the last step
     assert curve == scalars(only_run(straight))["train/loss"]
 
 
