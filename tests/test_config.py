@@ -84,6 +84,9 @@ def test_the_limit_that_ended_a_run_is_named():
 
     assert stopped_by(trainer(100, 50, 100, 7)).startswith("trainer.max_steps=100, before trainer.max_epochs=50")
     assert stopped_by(trainer(100, -1, 100, 0)) == "trainer.max_steps=100"
+    # max_steps at the end of the first of two epochs: Lightning's current_epoch is then 1
+    assert stopped_by(trainer(100, 2, 100, 1)).startswith("trainer.max_steps=100, before trainer.max_epochs=2")
+    assert stopped_by(trainer(200, 2, 200, 2)) == "trainer.max_steps=200"  # both limits at once
     assert stopped_by(trainer(-1, 50, 2250, 50)) == "trainer.max_epochs=50"
 
 

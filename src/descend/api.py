@@ -99,7 +99,15 @@ class Run:
         from descend.tags import metric_name
 
         events = EventAccumulator(str(self.folder), size_guidance={"scalars": 0})
-        events.Reload()
+        # a resumed run's purge marker is read as "out of order … likely caused by a TensorFlow
+        # restart" and warned about on every read: that purge is the resume working as designed
+        reader_log = logging.getLogger("tensorboard")
+        level = reader_log.level
+        reader_log.setLevel(logging.ERROR)
+        try:
+            events.Reload()
+        finally:
+            reader_log.setLevel(level)
         return {metric_name(tag): Curve([e.step for e in events.Scalars(tag)], [e.value for e in events.Scalars(tag)])
                 for tag in events.Tags()["scalars"]}
 

@@ -442,7 +442,8 @@ def stopped_by(trainer: Any) -> str:
     the max_epochs a user set (and Lightning's own line about it is dropped, see quiet_lightning)."""
     steps, epochs = trainer.max_steps, trainer.max_epochs
     if steps is not None and steps >= 0 and trainer.global_step >= steps:
-        unreached = epochs is not None and epochs > 0 and trainer.current_epoch + 1 < epochs
+        # current_epoch counts the epochs completed (Lightning advances it at an epoch's end)
+        unreached = epochs is not None and epochs > 0 and trainer.current_epoch < epochs
         return (f"trainer.max_steps={steps}" + (f", before trainer.max_epochs={epochs} (trainer.max_steps=-1 trains every epoch)"
                                                 if unreached else ""))
     if epochs is not None and epochs > 0 and trainer.current_epoch >= epochs:
