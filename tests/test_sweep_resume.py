@@ -52,7 +52,8 @@ def summary_rows(sweep: Path) -> list[dict[str, str]]:
 
 
 def record(job: Path) -> dict:
-    return {k: v for k, v in metrics(job).items() if k != "wall_time_s"}
+    # a resumed job's record says so ("resumed": its step, issue 26's Sessions), a straight one's does not
+    return {k: v for k, v in metrics(job).items() if k not in ("wall_time_s", "resumed")}
 
 
 def assert_same_sweep(resumed: Path, straight: Path) -> None:
@@ -84,6 +85,7 @@ def test_a_sweep_killed_in_its_third_job_resumes_to_the_straight_sweep(tmp_path,
     assert [snapshot(job) for job in jobs(sweep)[:2]] == first_two
     run_cli(*argv, cwd=straight)
     assert_same_sweep(sweep, sweep_folder(straight))
+    assert ["resumed" in metrics(job) for job in jobs(sweep)] == [False, False, True, False, False, False]  # job 2 says so
     # job 2's curve continues from its checkpoint: no step twice in TensorBoard (purge_step)
     steps = [s for s in scalars_steps(jobs(sweep)[2])]
     assert steps == sorted(set(steps))
@@ -146,14 +148,14 @@ def test_an_optuna_search_killed_after_three_trials_resumes_to_the_same_study(tm
 
 
 def test_a_nan_trial_is_told_as_the_worst_value_and_the_search_goes_on(tmp_path):
-    # without the divergence guard, lr=30 ends "completed" with a non-finite loss (metrics.json: null)
+    # without the divergence guard, lr=30 ends with a non-finite loss (metrics.json: null): diverged (issue 26)
     proc = run_cli("-m", "hparams_search=inverse_lr", "hydra.sweeper.n_trials=2", "optimizer.lr=choice(30.0,0.5)",
                    "~callbacks.divergence_guard", "trainer.max_steps=100", *QUIET, cwd=tmp_path)
     import yaml
 
     sweep = sweep_folder(tmp_path)
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert results["n_trials"] == 2 and "2 completed" in proc.stdout
+    assert results["n_trials"] == 2 and "1 completed, 1 diverged" in proc.stdout
     losses = [metrics(j)["metrics"]["loss"] for j in jobs(sweep)]
     assert None in losses  # the NaN trial
     assert results["best_value"] == min(v for v in losses if v is not None) or results["best_value"] == float("inf")
