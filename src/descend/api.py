@@ -160,6 +160,8 @@ def runs(root: str | Path = "outputs", **filters: Any) -> Any:
 def _rows(root: Path) -> Iterator[dict[str, Any]]:
     import yaml
 
+    from descend.configtext import resolved_flat
+
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     for record_file in sorted(root.rglob("metrics.json")):
         folder = record_file.parent
@@ -174,32 +176,7 @@ def _rows(root: Path) -> Iterator[dict[str, Any]]:
         sweep = folder.parent if (folder.parent / "multirun.yaml").is_file() else None
         yield {"folder": str(folder), "sweep": None if sweep is None else str(sweep), "status": record["status"],
                "task": record.get("task"), "steps": record.get("steps"), "wall_time_s": record.get("wall_time_s"),
-               **(record.get("metrics") or {}), **_resolved(_flat(config or {}), config)}
-
-
-def _resolved(flat: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """Interpolated values (`optimizer.lr: ${task.sgd_lr}`) as the run resolved them; one that
-    cannot be resolved outside the run (`${hydra:runtime.output_dir}`) is kept as written."""
-    pending = [k for k, v in flat.items() if isinstance(v, str) and "${" in v]
-    if not pending:
-        return flat
-    from omegaconf import OmegaConf
-
-    tree = OmegaConf.create(config)
-    for key in pending:
-        value = OmegaConf.select(tree, key, throw_on_resolution_failure=False)
-        if value is not None:
-            flat[key] = value
-    return flat
-
-
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+               **(record.get("metrics") or {}), **resolved_flat(config or {})}
 
 
 def _kept(row: dict[str, Any], filters: dict[str, Any]) -> bool:

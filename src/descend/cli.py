@@ -252,9 +252,11 @@ def _unknown_key(culprit: str, key: str, overrides: list[str], conf: Path, where
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from descend.configtext import flat_config
+
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            keys = _flat_keys(OmegaConf.to_container(compose("train", overrides=overrides), resolve=False))
+            keys = list(flat_config(OmegaConf.to_container(compose("train", overrides=overrides), resolve=False)))
     except Exception:  # another override is wrong too: Hydra reports that one next
         keys = []
     # a misspelt leaf is matched among its siblings (scheduler.gamma is no typo of scheduler.T_max)
@@ -279,11 +281,13 @@ def options_with_key(key: str, conf: Path) -> list[str]:
     """The options of the key's group whose YAML has it (task.model.dropout: mlp), read as files."""
     from omegaconf import OmegaConf
 
+    from descend.configtext import flat_config
+
     group, _, rest = key.partition(".")
     if not rest or not (conf / group).is_dir():
         return []
     return sorted(path.stem for path in (conf / group).glob("*.yaml")
-                  if rest in _flat_keys(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
+                  if rest in flat_config(OmegaConf.to_container(OmegaConf.load(path), resolve=False)))
 
 
 def default_option(group: str, conf: Path) -> str:
@@ -296,12 +300,6 @@ def default_option(group: str, conf: Path) -> str:
                 if name == group:
                     return str(option)
     return "?"
-
-
-def _flat_keys(node: Any, prefix: str = "") -> list[str]:
-    if not isinstance(node, dict):
-        return [prefix]
-    return [k for name, value in node.items() for k in _flat_keys(value, f"{prefix}.{name}" if prefix else str(name))]
 
 
 def _parses(parser: Any, override: str) -> bool:

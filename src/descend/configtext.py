@@ -84,3 +84,29 @@ def _nested(keys: tuple[Any, ...], value: Any) -> Any:
 def _dump(data: Any) -> str:
     # OmegaConf.to_yaml's own call
     return yaml.dump(data, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=get_omega_conf_dumper())
+
+
+def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (plain dicts) as one level: {"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def resolved_flat(config: dict[str, Any]) -> dict[str, Any]:
+    """flat_config of a saved config (.hydra/config.yaml as plain dicts), each interpolation
+    (`optimizer.lr: ${task.sgd_lr}`) resolved as the run resolved it; one that cannot be resolved
+    here (`${hydra:runtime.output_dir}` outside its run) is kept as written."""
+    flat = flat_config(config)
+    pending = [k for k, v in flat.items() if isinstance(v, str) and "${" in v]
+    if not pending:
+        return flat
+    tree = OmegaConf.create(config)
+    for key in pending:
+        value = OmegaConf.select(tree, key, throw_on_resolution_failure=False)
+        if value is not None:
+            flat[key] = value
+    return flat

@@ -59,30 +59,18 @@ def mlflow_key(name: str) -> str:
     return _INVALID.sub("_", name)
 
 
-def flat_config(node: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as one level: {"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}."""
-    if not isinstance(node, dict):
-        return {prefix: node}
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        out.update(flat_config(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def run_config(run_dir: Path) -> dict[str, str]:
-    """The config a run folder's .hydra/config.yaml holds, flattened, each value as text; an
-    interpolation resolved where it can be (inside the run, `${hydra:…}` too), else as written."""
-    from omegaconf import OmegaConf
+    """The config a run folder's .hydra/config.yaml holds, flattened as descend.runs flattens it,
+    each value as text; an interpolation resolved where it can be (inside the run, `${hydra:…}`
+    too), else as written."""
+    import yaml
+
+    from descend.configtext import resolved_flat
 
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return {}
-    tree = OmegaConf.load(path)
-    flat = flat_config(OmegaConf.to_container(tree, resolve=False))
-    for key, value in flat.items():
-        if isinstance(value, str) and "${" in value:
-            resolved = OmegaConf.select(tree, key, throw_on_resolution_failure=False)
-            flat[key] = value if resolved is None else resolved
+    flat = resolved_flat(yaml.safe_load(path.read_text()) or {})
     return {key: "null" if value is None else str(value) for key, value in flat.items()}
 
 
