@@ -89,3 +89,15 @@ def test_a_table_with_gaps_trains_at_theorys_lr_once_its_gaps_are_dropped(tmp_pa
     record = metrics(only_run(tmp_path))
     assert record["metrics"]["ref/rel_error"] < 1e-3  # the default lr (0.01) ends at 0.29 in 100 steps
     assert "warning: ref/rel_error" not in proc.stdout
+
+
+def test_a_small_table_says_what_predicts_what_and_draws_one_bar(tmp_path):
+    """An mlp on a 20-row table: an epoch is one step, so validation runs at every step. The console
+    names the columns and the split, and shows one training bar, not a validation bar per step."""
+    write_houses(tmp_path / "houses.csv", rows=20)
+    proc = run_cli("task=mlp", "task.data.path=houses.csv", "task.data.target=price", "trainer.enable_progress_bar=true",
+                   cwd=tmp_path)
+    assert "mlp: predicting price from area, rooms; left out: city (not numeric); 20 rows: 16 train, 2 val, 2 test" in proc.stdout
+    assert "Validation" not in proc.stdout and "\x1b[A" not in proc.stdout  # no per-step bar, no cursor-up escapes
+    assert proc.stdout.count("\rTraining") < 20  # redrawn at its refresh rate, not at each of the 100 validations
+    assert "100/100" in proc.stdout

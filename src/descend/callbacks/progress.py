@@ -49,6 +49,22 @@ class StepProgressBar(TQDMProgressBar):
                                        position=2 * self.process_position, disable=self.is_disabled, leave=True,
                                        dynamic_ncols=True, file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
 
+    def init_validation_tqdm(self) -> Tqdm:
+        """No bar for validation inside a fit: it lasts a blink, and a small table whose epoch is
+        one step would draw one (with its cursor-up escapes) at every step. Its metrics reach the
+        training bar's postfix; a validation outside a fit (`trainer.validate`) keeps its bar."""
+        if self.trainer.state.fn == "fit":
+            return Tqdm(disable=True)
+        return super().init_validation_tqdm()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning's, but the training bar's new postfix waits for its next refresh (every
+        # refresh_rate steps): a redraw at each validation is a redraw at each step for a small table
+        self.val_progress_bar.close()
+        self.reset_dataloader_idx_tracker()
+        if self._train_progress_bar is not None and trainer.state.fn == "fit":
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """Lightning's, plus the loss of the latest step (descend's step does not self.log it) and,
         where the run is counted in epochs, the epoch."""

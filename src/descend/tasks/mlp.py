@@ -71,8 +71,8 @@ class MLPTask(Task):
         self.noise_floor = table.noise_floor
         train, val, test = split_rows(len(table.target), list(split), data.get("seed", 0))
         x, y = table.features, table.target
-        if table.left_out or table.dropped:
-            log.info("mlp: %s", table.describe())
+        if data.get("path") or table.left_out or table.dropped:  # a user's table: say what predicts what
+            log.info("mlp: %s; %d rows: %d train, %d val, %d test", table.describe(), len(table.target), len(train), len(val), len(test))
         scaling = Scaling.fit(x[train], y[train], enabled=standardize)  # the training split's statistics only
         for name, rows in (("train", train), ("val", val), ("test", test)):
             self.register_buffer(f"x_{name}", (x[rows] - scaling.x_mean) / scaling.x_std, persistent=False)
