@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from descend import replay, stopping
+from descend import lightning_internals, replay, stopping
 from descend.tags import tensorboard_tag
 
 # devices whose losses descend's step reads on the host at every step (see run_group)
@@ -101,7 +101,7 @@ class StepPlan:
         for callback in self.trainer.callbacks:
             every = getattr(callback, "event_every_n_steps", None)
             if every is None and isinstance(callback, ModelCheckpoint):
-                every = callback._every_n_train_steps
+                every = lightning_internals.checkpoint_every_n_steps(callback)
             if every:
                 found.append(int(every))
         return found
@@ -194,7 +194,7 @@ def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
     from tensorboard.compat.proto.summary_pb2 import Summary
 
     summary = Summary(value=[Summary.Value(tag=tensorboard_tag(tag), simple_value=value) for tag, value in row.items()])
-    logger.experiment._get_file_writer().add_summary(summary, step)
+    lightning_internals.tensorboard_file_writer(logger).add_summary(summary, step)
 
 
 def log_last_step(task: Any, optimizer: torch.optim.Optimizer) -> None:
@@ -321,9 +321,7 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
                 return loss
 
             if lean:
-                optimizer._on_before_step()
-                raw.step(closure)
-                optimizer._on_after_step()
+                lightning_internals.counted_step(optimizer, raw.step, closure)
             else:
                 optimizer.step(closure=closure)
             last = evaluations[0]
@@ -338,9 +336,7 @@ def run_group(task: Any, group: StepGroup) -> dict[str, Any]:
             state.loss = loss.detach()
             loss.backward()
             after_backward(task, raw)
-            optimizer._on_before_step()
-            raw.step()
-            optimizer._on_after_step()
+            lightning_internals.counted_step(optimizer, raw.step)
             last = state.loss
         if losses is None:
             losses = last.new_empty(len(group.batches))

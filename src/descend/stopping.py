@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from descend import lightning_internals
+
 # SIGUSR1: what SLURM sends ahead of a time limit or preemption (sbatch --signal=USR1@90)
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -92,7 +94,7 @@ def agreed_stop(trainer: Any) -> int | None:
 def validation_follows(trainer: Any) -> bool:
     """Whether this batch ends the epoch and the epoch's validation runs next: a stop (and its
     checkpoint) then waits for it, as a periodic checkpoint does, or a resume would skip it."""
-    return bool(trainer.enable_validation and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+    return bool(trainer.enable_validation and lightning_internals.epoch_ends_after_this_batch(trainer))
 
 
 def exit_code(number: int) -> int:

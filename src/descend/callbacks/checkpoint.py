@@ -8,6 +8,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from descend import stopping
+
 
 class Checkpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, with three changes:
@@ -40,10 +42,10 @@ class Checkpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # a signal's stop (stopping.py) is saved at its step, due or not
-        stopping = bool(getattr(pl_module, "stop_signal", None))
-        if self._should_skip_saving_checkpoint(trainer) or not (stopping or self._due(trainer)):
+        signalled = bool(getattr(pl_module, "stop_signal", None))
+        if self._should_skip_saving_checkpoint(trainer) or not (signalled or self._due(trainer)):
             return
-        if trainer.enable_validation and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if stopping.validation_follows(trainer):
             # the epoch's validation runs next: a checkpoint taken after it resumes at the next
             # epoch; one taken before would resume with that validation skipped by Lightning
             self._save_after_validation = True

@@ -9,7 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from descend import stepping
+from descend import lightning_internals, stepping
 from descend.callbacks import Checkpoint, ImageLogger
 
 
@@ -19,7 +19,7 @@ class PopulationCheckpoint(Checkpoint):
 
     def _save(self, trainer: pl.Trainer) -> None:
         population = trainer.lightning_module
-        base = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        base = lightning_internals.dump_checkpoint(trainer)
         stepping.read_back([population.members[index].task.metric_buffer for index in population.active])
         for index in population.active:
             member = population.members[index]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from descend import lightning_internals
 from descend.errors import UserError
 from descend.results import new_record, record_failure, record_interrupt
 
@@ -153,15 +154,16 @@ class Member:
         for callback in self.callbacks:
             if isinstance(callback, ModelCheckpoint):
                 callback.last_model_path = str(path)
-                callback._last_global_step_saved = step
+                lightning_internals.mark_checkpoint_saved(callback, step)
         checkpoint = dict(base)
         self.task.on_save_checkpoint(checkpoint)  # what its own run adds (a validation logged at this step)
         checkpoint["state_dict"] = {k: v.detach().clone() for k, v in self.task.state_dict().items()}
         checkpoint["optimizer_states"] = [optimizer.state_dict()]
         checkpoint["lr_schedulers"] = [self.scheduler.state_dict()] if self.scheduler is not None else []
         checkpoint["callbacks"] = {c.state_key: c.state_dict() for c in self.callbacks if c.state_dict()}
-        if hasattr(self.task, "_hparams_name"):
-            checkpoint["hparams_name"] = self.task._hparams_name
+        name = lightning_internals.hparams_name(self.task)
+        if name is not None:
+            checkpoint["hparams_name"] = name
         checkpoint["hyper_parameters"] = dict(self.task.hparams)
         checkpoint["descend_rng"] = {"cpu": self.rng.unsqueeze(0)}
         replace_atomically(path, lambda handle: torch.save(checkpoint, handle))

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from descend import stepping
+from descend import lightning_internals, stepping
 from descend.population.optimizers import VectorisedOptimizer
 
 if TYPE_CHECKING:
@@ -124,9 +124,7 @@ class Population(pl.LightningModule):
             if every > 0 and step % every == 0:
                 self.record_metrics(step, loss, grads)
             grads = self.clipped(grads)
-            optimizer._on_before_step()
-            self.updater.step(grads)
-            optimizer._on_after_step()
+            lightning_internals.counted_step(optimizer, self.updater.step, grads)
             self.hold_stopped_members()
             losses.append(loss)
             step += 1
