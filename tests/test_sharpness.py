@@ -95,3 +95,17 @@ def test_sharpness_leaves_dropout_and_shuffling_as_they_were(tmp_path):
     solutions = [torch.load(run / "solution.pt", weights_only=True) for run in runs.values()]
     assert all(torch.equal(solutions[0][k], solutions[1][k]) for k in solutions[0])
     assert "curvature/sharpness" in scalars(runs[5]) and "curvature/sharpness" not in scalars(runs[0])
+
+
+def test_the_edge_of_stability_sweep_draws_each_jobs_sharpness_beside_2_over_lr(tmp_path):
+    run_cli("-m", "experiment=edge_of_stability", "optimizer.lr=0.2,0.4", "trainer.max_steps=60", *QUIET, cwd=tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    summary = (sweep / "summary.md").read_text()
+    rows = [line.split(" | ") for line in summary.splitlines() if line.startswith("| 0") and line.count("|") == 7]
+    assert [row[0] for row in rows] == ["| 00_optimizer.lr=0.2", "| 01_optimizer.lr=0.4"]
+    assert [float(row[4]) for row in rows] == [10.0, 5.0]  # the threshold column: 2/lr
+    for job, row in zip(sorted(p for p in sweep.iterdir() if p.is_dir()), rows):
+        series = scalars(job)["curvature/sharpness"]
+        assert sorted(series) == [0, 10, 20, 30, 40, 50, 60]
+        assert float(row[3]) == pytest.approx(series[60], rel=1e-3)  # the last sharpness, as logged
+    assert (sweep / "sharpness.png").stat().st_size > 10_000

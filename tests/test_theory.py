@@ -166,9 +166,10 @@ def test_an_lr_above_lr_critical_is_warned_and_adam_gets_no_curve(tmp_path):
 
 def test_momentum_above_its_limit_is_warned_and_its_numbers_stated(tmp_path):
     """Heavy ball at β = 0.9 on the seed inverse (λmax = 2): lr_limit (2 + 2β)/λmax = 1.9; Polyak's optimum."""
-    proc = run_cli("optimizer=momentum", "optimizer.lr=1.95", "trainer.max_steps=5", "callbacks=none", *QUIET, cwd=tmp_path)
-    assert "warning: optimizer.lr=1.95 is above lr_limit = 1.9 ((2+2β)/λmax, heavy ball)" in proc.stdout
+    proc = run_cli("optimizer=momentum", "optimizer.lr=3", "trainer.max_steps=300", *QUIET, cwd=tmp_path, expect=3)
+    assert "warning: optimizer.lr=3 is above lr_limit = 1.9 ((2+2β)/λmax, heavy ball)" in proc.stdout
     assert "grows the error" in proc.stdout
+    assert "lower it below lr_limit = 1.9, this optimiser's largest stable step size" in one_line_error(proc)
     numbers = metrics(only_run(tmp_path))["theory"]
     assert numbers["lr_limit"] == pytest.approx(1.9) and numbers["contraction"] > 1
     kappa = 16.0
@@ -301,3 +302,33 @@ def test_what_is_not_linear_is_named():
     assert "ReduceLROnPlateau" in not_linear(sgd, torch.optim.lr_scheduler.ReduceLROnPlateau(sgd), None)
     assert not_linear(torch.optim.LBFGS(params), None, None).startswith("LBFGS")
 
+
+def test_a_momentum_sweep_draws_the_stability_boundary_and_the_heavy_balls_optimum(tmp_path):
+    """quadratic's Hessian spans 0.1 … 1: heavy ball is stable for lr < 2 + 2β, fastest at
+    α* = 4/(1 + √0.1)², β* = ((1 − √0.1)/(1 + √0.1))²."""
+    run_cli("-m", "task=quadratic", "optimizer=momentum", "optimizer.lr=0.5,2.5,3.5", "optimizer.momentum=0,0.5,0.9",
+            "trainer.max_steps=60", "callbacks.images.every_n_steps=0", *QUIET, cwd=tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    summary = (sweep / "summary.md").read_text()
+    spectrum = Spectrum(torch.tensor([0.1, 1.0], dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    alpha, beta = 4 / (1 + math.sqrt(spectrum.smallest)) ** 2, ((1 - math.sqrt(0.1)) / (1 + math.sqrt(0.1))) ** 2
+    assert f"lr α* = {alpha:.4g}, momentum β* = {beta:.4g}" in summary and "stable for lr < (2 + 2β)/λmax" in summary
+    # past the boundary: lr 2.5 at β = 0 (limit 2), lr 3.5 at β = 0 and 0.5 (limit 3); all diverge, none inside
+    assert "Jobs past the boundary: 3, of which 3 diverged (and 0 diverged inside it)." in summary
+    assert (sweep / "momentum.png").stat().st_size > 10_000
+
+
+def test_a_resumed_momentum_run_is_predicted_from_its_checkpoint(tmp_path):
+    """The prediction restarts at the checkpoint's step with the optimiser's momentum buffer and the
+    scheduler's state restored: it still agrees with the measured curve after the resume."""
+    common = ["task=quadratic", "optimizer=momentum", "optimizer.lr=0.3", "scheduler=exponential", "scheduler.gamma=0.99",
+              "trainer.precision=64-true", "trainer.log_every_n_steps=1", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+    run_cli(*common, "trainer.max_steps=40", cwd=tmp_path)
+    run = only_run(tmp_path)
+    run_cli(f"resume={run}", "trainer.max_steps=120", *QUIET, cwd=tmp_path)
+    series = scalars(run)
+    measured, predicted = series["ref/excess_loss"], series["theory/excess_loss"]
+    compared = [s for s in range(41, 121) if measured[s] > 1e3 * np.finfo(np.float64).eps * measured[0]]
+    assert len(compared) > 40
+    for step in compared:
+        assert predicted[step] == pytest.approx(measured[step], rel=1e-4), step

@@ -239,6 +239,8 @@ class Schedule:
         """Step `step`'s settings (steps are asked for in order, each no earlier than the last)."""
         import warnings
 
+        if self.copy is None:
+            return self.current
         while self.next < step:
             self.next += 1
             if self.copy is not None and self.next % self.period == 0:
@@ -273,6 +275,8 @@ class LinearPrediction:
                 settings = self.schedule.at(self.step)
                 count = 1
                 if self.started or not settings.momentum or not settings.dampening:  # else the first buffer is the gradient alone
+                    if self.schedule.constant:  # no scheduler: one matrix power to the step asked for
+                        count = step - self.step
                     while self.step + count < step and self.schedule.at(self.step + count) == settings:
                         count += 1
                 self.apply(settings, count)
