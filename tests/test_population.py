@@ -290,6 +290,9 @@ def test_jobs_are_grouped_by_everything_but_per_member_numbers():
     assert why_alone(compose("+optimizer.maximize=true")) == "optimizer.maximize=true is not vectorised"
     assert why_alone(compose("optimizer=adam", "+optimizer.fused=true")) == "optimizer.fused=true is not vectorised"
     assert why_alone(compose("+optimizer.maximize=false")) is None
+    # the sharpness callback measures one run's Hessian: off (the default) it groups, on it runs alone
+    assert why_alone(compose("callbacks.sharpness.every_n_steps=0")) is None
+    assert why_alone(compose("callbacks.sharpness.every_n_steps=10")) == "callbacks.sharpness measures one run's Hessian: it runs alone"
 
 
 def test_members_hold_one_copy_of_their_data_and_split_where_it_differs():

@@ -126,7 +126,17 @@ def test_matrices_that_are_not_spd_are_refused_in_one_line(tmp_path):
     ["task=inverse", "optimizer.lr=0.9"],
     ["task=linreg", "task.data.source=linear", "task.data.features=3", "task.data.noise=0.1", "optimizer.lr=0.05"],
     ["task=quadratic", "optimizer.lr=1.5"],
-])
+    ["task=inverse", "optimizer=momentum", "optimizer.lr=0.3"],
+    ["task=quadratic", "optimizer=momentum", "optimizer.lr=0.2", "optimizer.nesterov=true"],
+    ["task=linreg", "task.data.source=linear", "task.data.features=3", "optimizer.lr=0.05", "optimizer.momentum=0.5",
+     "optimizer.weight_decay=0.05"],
+    ["task=inverse", "optimizer.lr=0.9", "optimizer.weight_decay=0.02"],
+    ["task=inverse", "optimizer.lr=0.9", "scheduler=step", "scheduler.step_size=20"],
+    ["task=quadratic", "optimizer=momentum", "optimizer.lr=0.3", "scheduler=exponential", "scheduler.gamma=0.98"],
+    ["task=inverse", "optimizer=momentum", "optimizer.lr=0.5", "optimizer.nesterov=true", "optimizer.weight_decay=0.01",
+     "scheduler=cosine"],
+], ids=["inverse", "linreg", "quadratic", "momentum", "nesterov", "momentum_weight_decay", "weight_decay", "step",
+        "exponential", "cosine_nesterov_weight_decay"])
 def test_theory_curve_agrees_with_the_measured_one(tmp_path, task):
     run_cli(*task, "trainer.precision=64-true", "trainer.max_steps=150", "trainer.log_every_n_steps=1", *QUIET, cwd=tmp_path)
     run = only_run(tmp_path)
@@ -142,15 +152,30 @@ def test_theory_curve_agrees_with_the_measured_one(tmp_path, task):
     assert theory["lr_critical"] == pytest.approx(series["theory/lr_critical"][0], rel=1e-6) and theory["contraction"] < 1
 
 
-def test_an_lr_above_lr_critical_is_warned_and_momentum_gets_no_curve(tmp_path):
+def test_an_lr_above_lr_critical_is_warned_and_adam_gets_no_curve(tmp_path):
     proc = run_cli("optimizer.lr=1.05", *QUIET, cwd=tmp_path, expect=3)
     assert "warning: optimizer.lr=1.05 is above lr_critical = 1 (2/λmax)" in proc.stdout
     assert "lower it below lr_critical = 1 (fastest: 0.9412)" in one_line_error(proc)
     (tmp_path / "m").mkdir()
-    run_cli("optimizer=momentum", "optimizer.lr=0.1", "trainer.max_steps=20", *QUIET, cwd=tmp_path / "m")
+    proc = run_cli("optimizer=adam", "optimizer.lr=0.1", "trainer.max_steps=20", *QUIET, cwd=tmp_path / "m")
+    assert proc.stdout.count("no predicted curve: Adam's update is not linear in the error") == 1
     run = only_run(tmp_path / "m")
     assert "theory/excess_loss" not in scalars(run) and "theory/lr_optimal" in scalars(run)
     assert "contraction" not in metrics(run)["theory"] and metrics(run)["theory"]["lr_critical"] == pytest.approx(1.0)
+
+
+def test_momentum_above_its_limit_is_warned_and_its_numbers_stated(tmp_path):
+    """Heavy ball at β = 0.9 on the seed inverse (λmax = 2): lr_limit (2 + 2β)/λmax = 1.9; Polyak's optimum."""
+    proc = run_cli("optimizer=momentum", "optimizer.lr=3", "trainer.max_steps=300", *QUIET, cwd=tmp_path, expect=3)
+    assert "warning: optimizer.lr=3 is above lr_limit = 1.9 ((2+2β)/λmax, heavy ball)" in proc.stdout
+    assert "grows the error" in proc.stdout
+    assert "lower it below lr_limit = 1.9, this optimiser's largest stable step size" in one_line_error(proc)
+    numbers = metrics(only_run(tmp_path))["theory"]
+    assert numbers["lr_limit"] == pytest.approx(1.9) and numbers["contraction"] > 1
+    kappa = 16.0
+    assert numbers["heavy_ball_lr_optimal"] == pytest.approx(4 / (math.sqrt(2) + math.sqrt(0.125)) ** 2)
+    assert numbers["heavy_ball_rate"] == pytest.approx((math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1))
+    assert numbers["heavy_ball_momentum_optimal"] == pytest.approx(numbers["heavy_ball_rate"] ** 2)
 
 
 def test_eigen_runs_with_its_power_method_baseline(tmp_path):
@@ -237,3 +262,73 @@ def test_a_run_far_from_its_optimum_is_told_the_lr_that_converges():
     assert "about 4 steps" in line  # (κ−1)/(κ+1) = 0.115 per step: 0.115⁴ < 1e-3
     assert far_from_optimum({**record, "metrics": {"ref/rel_error": 0.01}}) == []
     assert far_from_optimum({**record, "status": "diverged"}) == []
+
+
+@pytest.mark.parametrize(("kwargs", "scheduler"), [
+    ({"momentum": 0.8, "dampening": 0.3}, None),
+    ({"momentum": 0.9, "nesterov": True, "weight_decay": 0.1}, None),
+    ({"momentum": 0.9}, lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.6, total_steps=60)),  # lr and β per step
+    ({"momentum": 0.5, "dampening": 0.5, "weight_decay": 0.05}, lambda opt: torch.optim.lr_scheduler.StepLR(opt, 7, 0.5)),
+])
+def test_the_linear_prediction_is_torchs_own_loop(kwargs, scheduler):
+    """theory.LinearPrediction against torch.optim.SGD itself, step by step, in float64."""
+    from descend.theory import RunTheory, Schedule, not_linear
+
+    task = tasks()["inverse"].double()
+    optimizer = torch.optim.SGD(task.parameters(), lr=0.4, **kwargs)
+    sched = scheduler(optimizer) if scheduler else None
+    assert not_linear(optimizer, sched, None) is None
+    block, error = task.quadratic_form()
+    run = RunTheory(Spectrum.of(block, error), 0, None)
+    run.predict(Schedule(optimizer, sched, 0), error, task.weight.detach().clone(), None, plain=sched is None)
+    optimum = float(task.cached_reference()["loss"])
+    for step in range(60):
+        measured = task.loss(task.full_batch()).item() - optimum
+        assert run.excess_loss(step) == pytest.approx(measured, rel=1e-9, abs=1e-13), step
+        optimizer.zero_grad()
+        task.loss(task.full_batch()).backward()
+        optimizer.step()
+        if sched is not None:
+            sched.step()
+
+
+def test_what_is_not_linear_is_named():
+    from descend.theory import not_linear
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = torch.optim.SGD(params, lr=0.1)
+    assert not_linear(torch.optim.RMSprop(params), None, None) == "RMSprop's update is not linear in the error"
+    assert "clipping" in not_linear(sgd, None, 1.0)
+    assert "ReduceLROnPlateau" in not_linear(sgd, torch.optim.lr_scheduler.ReduceLROnPlateau(sgd), None)
+    assert not_linear(torch.optim.LBFGS(params), None, None).startswith("LBFGS")
+
+
+def test_a_momentum_sweep_draws_the_stability_boundary_and_the_heavy_balls_optimum(tmp_path):
+    """quadratic's Hessian spans 0.1 … 1: heavy ball is stable for lr < 2 + 2β, fastest at
+    α* = 4/(1 + √0.1)², β* = ((1 − √0.1)/(1 + √0.1))²."""
+    run_cli("-m", "task=quadratic", "optimizer=momentum", "optimizer.lr=0.5,2.5,3.5", "optimizer.momentum=0,0.5,0.9",
+            "trainer.max_steps=60", "callbacks.images.every_n_steps=0", *QUIET, cwd=tmp_path)
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    summary = (sweep / "summary.md").read_text()
+    spectrum = Spectrum(torch.tensor([0.1, 1.0], dtype=torch.float64), torch.ones(2, dtype=torch.float64))
+    alpha, beta = 4 / (1 + math.sqrt(spectrum.smallest)) ** 2, ((1 - math.sqrt(0.1)) / (1 + math.sqrt(0.1))) ** 2
+    assert f"lr α* = {alpha:.4g}, momentum β* = {beta:.4g}" in summary and "stable for lr < (2 + 2β)/λmax" in summary
+    # past the boundary: lr 2.5 at β = 0 (limit 2), lr 3.5 at β = 0 and 0.5 (limit 3); all diverge, none inside
+    assert "Jobs past the boundary: 3, of which 3 diverged (and 0 diverged inside it)." in summary
+    assert (sweep / "momentum.png").stat().st_size > 10_000
+
+
+def test_a_resumed_momentum_run_is_predicted_from_its_checkpoint(tmp_path):
+    """The prediction restarts at the checkpoint's step with the optimiser's momentum buffer and the
+    scheduler's state restored: it still agrees with the measured curve after the resume."""
+    common = ["task=quadratic", "optimizer=momentum", "optimizer.lr=0.3", "scheduler=exponential", "scheduler.gamma=0.99",
+              "trainer.precision=64-true", "trainer.log_every_n_steps=1", "callbacks.checkpoint.min_interval_s=0", *QUIET]
+    run_cli(*common, "trainer.max_steps=40", cwd=tmp_path)
+    run = only_run(tmp_path)
+    run_cli(f"resume={run}", "trainer.max_steps=120", *QUIET, cwd=tmp_path)
+    series = scalars(run)
+    measured, predicted = series["ref/excess_loss"], series["theory/excess_loss"]
+    compared = [s for s in range(41, 121) if measured[s] > 1e3 * np.finfo(np.float64).eps * measured[0]]
+    assert len(compared) > 40
+    for step in compared:
+        assert predicted[step] == pytest.approx(measured[step], rel=1e-4), step

@@ -20,9 +20,10 @@ CHARTS = (
     ("log10 loss", r"^descent/train/log10_loss$"),
     ("log10 relative error to the closed form", r"^distance/ref/log10_rel_error$"),
     ("log10 excess loss over the optimum", r"^distance/ref/log10_excess_loss$"),
-    ("log10 excess loss theory predicts (plain SGD)", r"^distance/theory/log10_excess_loss$"),
+    ("log10 excess loss theory predicts", r"^distance/theory/log10_excess_loss$"),
     ("log10 eigenvalue relative error", r"^distance/ref/log10_eigenvalue_rel_error$"),
     ("log10 eigenvalue relative error, power method", r"^distance/baseline/log10_eigenvalue_rel_error$"),
+    ("sharpness and its stability threshold", r"^stability/curvature/(sharpness|threshold)$"),  # callbacks.sharpness
     ("learning rate", r"^lr-"),  # every optimiser's name and parameter group: lr-SGD, lr-Adam/pg2
 )
 

@@ -6,7 +6,8 @@ curves a run exists for are filed under groups whose names sort first, so that t
 opens expanded: `descent/` (the loss and gradient norm, `train/*`) and `distance/` (to the
 closed-form optimum: `ref/*`, theory's predicted excess loss, eigen's power-method baseline), or
 for a task without an optimum (mlp) `evaluation/` (`val/*`). Everything else sorts after them:
-`final/*`, `images/*`, `lr-*`, `test/*`, `theory/*` (the constants). A card shows its tag without
+`final/*`, `images/*`, `lr-*`, `stability/` (`curvature/*`, callbacks.sharpness), `test/*`,
+`theory/*` (the constants). A card shows its tag without
 the group, so it reads as the metric's own name: `train/loss` under `descent`.
 """
 
@@ -21,6 +22,7 @@ GROUPS = (
     ("theory/log10_excess_loss", "distance"),
     ("reconstruction_rel_error", "distance"),
     ("val/", "evaluation"),
+    ("curvature/", "stability"),  # callbacks.sharpness: after descent/ and distance/ (or evaluation/)
 )
 
 _TAGS: dict[str, str] = {}  # a row's names recur at every logged step: each is looked up once

@@ -102,7 +102,10 @@ class DivergenceGuard(pl.Callback):
         what = f"loss = {loss:g}" + (f", over {self.max_growth:g}x its starting size" if exploded else "")
         what += f", non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
         theory = task.theory_summary() if hasattr(task, "theory_summary") else {}
-        if theory:  # a quadratic task knows its largest stable step size
+        limit = theory.get("lr_limit")
+        if limit and not math.isclose(limit, theory["lr_critical"], rel_tol=1e-12):  # momentum or weight decay: its own limit
+            fix = f"lower it below lr_limit = {limit:.4g}, this optimiser's largest stable step size (theory.py)"
+        elif theory:  # a quadratic task knows its largest stable step size
             fix = f"lower it below lr_critical = {theory['lr_critical']:.4g} (fastest: {theory['lr_optimal']:.4g})"
         else:
             fix = f"lower it (e.g. optimizer.lr={lrs[0] / 4:g}) or add a scheduler"

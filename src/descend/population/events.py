@@ -96,4 +96,5 @@ POPULATION_FORMS = {
     "descend.callbacks.DivergenceGuard": "descend.population.events.PopulationGuard",
     "descend.callbacks.ImageLogger": "descend.population.events.PopulationImages",
     "descend.callbacks.StepProgressBar": "descend.callbacks.StepProgressBar",
+    "descend.callbacks.Sharpness": "descend.callbacks.Sharpness",  # off (every_n_steps=0): on, a job runs alone (grouping.py)
 }

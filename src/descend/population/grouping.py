@@ -41,6 +41,8 @@ def why_alone(cfg: DictConfig) -> str | None:
     if cfg.get("resume") or cfg.get("ckpt_path"):
         return "a resumed run continues alone"
     for name, node in (cfg.get("callbacks") or {}).items():
+        if node and node.get("_target_") == "descend.callbacks.Sharpness" and node.get("every_n_steps"):
+            return f"callbacks.{name} measures one run's Hessian: it runs alone"
         if node and node.get("_target_") not in POPULATION_FORMS:
             return f"callbacks.{name} has no population form"
     if (cfg.task.get("model") or {}).get("dropout"):

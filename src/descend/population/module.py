@@ -104,7 +104,7 @@ class Population(pl.LightningModule):
                 relog, member.task.step_state.relog = member.task.step_state.relog, None
                 if relog:  # a resumed member: what the purge took from its checkpoint's step, again (Task.on_train_start)
                     member.task.log_to_loggers(relog["metrics"], step=relog["step"])
-                member.task.start_dashboard(member.optimizer)
+                member.task.start_dashboard(member.optimizer, member.scheduler)
 
     def on_train_end(self) -> None:
         # as Task.on_train_end, for each member still running (a diverged one stopped before)

@@ -87,8 +87,8 @@ class Task(pl.LightningModule):
         self.step_settings = stepping.StepSettings()  # set from the config by build.build_task
         self.metric_buffer = stepping.MetricBuffer()
         self.step_state = stepping.StepState()
-        # theory.py's prediction for a quadratic task: (spectrum, plain-SGD lr or None, first step)
-        self.theory: tuple[theory.Spectrum, float | None, int] | None = None
+        # theory.py's numbers and prediction for a quadratic task
+        self.theory: theory.RunTheory | None = None
         # a member of a population (population/) writes to loggers of its own, not the trainer's
         self.own_loggers: list[Any] | None = None
         self.stage_values: dict[str, float] = {}  # the last val/ and test/ metrics (log_stage_metrics)
@@ -180,19 +180,20 @@ class Task(pl.LightningModule):
         relog, self.step_state.relog = self.step_state.relog, None
         if relog:  # what the purge took from the checkpoint's step, written again
             self.log_to_loggers(relog["metrics"], step=relog["step"])
-        self.start_dashboard(self.optimizers(use_pl_optimizer=False))
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        self.start_dashboard(self.optimizers(use_pl_optimizer=False), schedulers[0] if schedulers else None)
         self.check_monitor()
 
     def on_train_end(self) -> None:
         # a completed run (a diverged one stops by an exception): the curves end where final/* stands
         stepping.log_last_step(self, self.optimizers(use_pl_optimizer=False))
 
-    def start_dashboard(self, optimizer: torch.optim.Optimizer) -> None:
+    def start_dashboard(self, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
         """What TensorBoard shows of the run from its start: theory's numbers (quadratic tasks) and
         the custom-scalars page, with a chart for each curve this task logs and no empty one."""
         from descend.dashboard import write_layout
 
-        self.start_theory(optimizer)
+        self.start_theory(optimizer, scheduler)
         if self.writing_loggers():
             write_layout(self.writing_loggers(), self.curve_names(optimizer))
 
@@ -202,44 +203,58 @@ class Task(pl.LightningModule):
         the distances' names are those of the task's own distances() (the loss given is a
         stand-in: only the names are kept)."""
         names = ["train/loss", "train/grad_norm", *self.distances(torch.zeros((), device=self.device)),
-                 *self.predicted(self.global_step), *stepping.learning_rates(optimizer)]
+                 *self.predicted(self.global_step), *stepping.learning_rates(optimizer),
+                 *[name for callback in self.trainer.callbacks for name in getattr(callback, "curve_names", ())]]
         return names + [stepping.log10_tag(name) for name in names if name in stepping.DECAYING]
 
     # ---- what theory predicts (quadratic tasks) ----
     @torch.no_grad()
-    def start_theory(self, optimizer: torch.optim.Optimizer) -> None:
-        """The Hessian's spectrum and the initial error, once, when training starts (or resumes)."""
+    def start_theory(self, optimizer: torch.optim.Optimizer, scheduler: Any = None) -> None:
+        """The Hessian's spectrum and the initial error, once, when training starts (or resumes);
+        for a linear update (theory.not_linear) the predicted curve from there on."""
         form = self.quadratic_form()
         if form is None:
             return
         spectrum = theory.Spectrum.of(*form)
-        lr = theory.plain_sgd_lr(optimizer, bool(self.scheduler_config), self.step_settings.clip_val)
-        self.theory = (spectrum, lr, self.global_step)
+        reason = theory.not_linear(optimizer, scheduler, self.step_settings.clip_val)
+        self.theory = theory.RunTheory(spectrum, self.global_step, reason)
+        if reason is None:
+            settings = self.scheduler_settings
+            schedule = theory.Schedule(optimizer, scheduler, self.global_step, settings.get("interval", "epoch"),
+                                       int(settings.get("frequency", 1)), self.hparams.steps_per_epoch)
+            self.theory.predict(schedule, form[1], self.parameter_rows(list(self.parameters())),
+                                self.momentum_rows(optimizer), plain=scheduler is None)
         summary = self.theory_summary()
         if not isinstance(optimizer, torch.optim.LBFGS):  # its steps are quasi-Newton's: theory's step sizes say nothing of them
             # a clause a line: one long line wraps mid-word in a terminal
-            log.info(theory.describe(summary, lr).replace("; ", "\n  "))
-        if lr is not None and lr > spectrum.lr_critical:
-            log.warning(f"warning: optimizer.lr={lr:g} is above lr_critical = {spectrum.lr_critical:.4g} (2/λmax): "
-                        f"plain gradient descent diverges on this task; take an lr below it (fastest: {spectrum.lr_optimal:.4g})")
+            log.info(self.theory.describe().replace("; ", "\n  "))
+        warning = self.theory.warning()
+        if warning:
+            log.warning(warning)
         self.log_to_loggers({f"theory/{k}": v for k, v in summary.items()})
         for logger in self.writing_loggers():
             if hasattr(logger.experiment, "add_text"):
-                logger.experiment.add_text("theory", theory.describe(summary, lr), self.global_step)
+                logger.experiment.add_text("theory", self.theory.describe(), self.global_step)
+
+    def parameter_rows(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Tensors laid out as the parameters, flattened in order into quadratic_form's rows (float64)."""
+        width = self.theory.spectrum.eigenvalues.numel() if self.theory else 1
+        return torch.cat([t.detach().double().cpu().flatten() for t in tensors]).reshape(-1, width)
+
+    def momentum_rows(self, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """SGD's momentum buffers as parameter_rows (a resumed run has them), or None before its first step."""
+        buffers = [optimizer.state.get(p, {}).get("momentum_buffer") for p in self.parameters()]
+        return None if any(b is None for b in buffers) else self.parameter_rows(buffers)
 
     def theory_summary(self) -> dict[str, float]:
         """The theory's numbers for metrics.json and the sweep summary ({} for other tasks)."""
-        if self.theory is None:
-            return {}
-        spectrum, lr, _ = self.theory
-        return spectrum.summary(lr)
+        return {} if self.theory is None else self.theory.summary
 
     def predicted(self, step: int) -> dict[str, float]:
-        """theory/excess_loss at this step, for plain SGD on a quadratic task."""
-        if self.theory is None or self.theory[1] is None:
+        """theory/excess_loss at this step, for a linear update on a quadratic task."""
+        if self.theory is None or not self.theory.predicts:
             return {}
-        spectrum, lr, start = self.theory
-        return {"theory/excess_loss": spectrum.excess_loss(lr, step - start)}
+        return {"theory/excess_loss": self.theory.excess_loss(step)}
 
     def monitored_value(self, key: str | None) -> torch.Tensor | None:
         """What ReduceLROnPlateau watches: the last logged train/loss, or a logged val/ metric
