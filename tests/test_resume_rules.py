@@ -158,3 +158,14 @@ def test_a_resume_that_fails_before_its_first_step_leaves_the_run_byte_identical
     line = one_line_error(run_cli(f"resume={run}", "trainer.max_steps=60", cwd=tmp_path, expect=2))
     assert f"{tmp_path / 'a.csv'}: no such file" in line and "changed nothing" in line
     assert folder_digest(run) == before
+
+
+@pytest.mark.parametrize("off", ["callbacks=none", "~callbacks.checkpoint"])
+def test_without_the_checkpoint_callback_no_checkpoint_is_written_and_resume_says_why(tmp_path, off):
+    run_cli(*RUN, off, cwd=tmp_path)
+    run = only_run(tmp_path)
+    assert not list(run.rglob("*.ckpt"))  # not Lightning's default epoch=0-step=100.ckpt either
+    before = folder_digest(run)
+    line = one_line_error(run_cli(f"resume={run}", "trainer.max_steps=200", cwd=tmp_path, expect=2))
+    assert "kept no checkpoints" in line and "callbacks.checkpoint" in line
+    assert folder_digest(run) == before

@@ -199,6 +199,12 @@ def trainer_with(cfg: DictConfig, callbacks: list[Any], **arguments: Any) -> Any
         from lightning.pytorch.callbacks import ProgressBar
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_checkpointing") is None and "enable_checkpointing" not in arguments:
+        # one checkpoint scheme: checkpoints/last.ckpt of callbacks.checkpoint, or none at all, never
+        # Lightning's default epoch=…-step=….ckpt in its place (callbacks=none, ~callbacks.checkpoint)
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        arguments["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping, **slurm_plugins(cfg))
 

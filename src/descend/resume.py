@@ -54,6 +54,9 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
     saved = folder / ".hydra" / "overrides.yaml"
     checkpoint = folder / "checkpoints" / "last.ckpt"
     for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
+        if path == checkpoint and not path.is_file() and saved.is_file() and not keeps_checkpoints(folder):
+            exit_with_error(f"resume={folder}: the run kept no checkpoints (it ran without callbacks.checkpoint, e.g. "
+                            "callbacks=none); start it again, with the default callbacks to be able to resume it")
         if not path.is_file():
             exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}, "
                             "or at a sweep's folder (with its multirun.yaml)")
@@ -128,6 +131,14 @@ def auto_resume(argv: list[str], conf: Path | None) -> list[str]:
         rest = [a for a in argv if not a.startswith("hydra.run.dir=")]
         return resume_overrides([*rest, f"resume={quoted(folder)}"], conf)
     return argv
+
+
+def keeps_checkpoints(folder: Path) -> bool:
+    """Whether the run in `folder` was configured with descend's checkpoint callback."""
+    try:
+        return bool(saved_value(folder, "callbacks.checkpoint"))
+    except Exception:  # an unreadable config: the not-found line says enough
+        return True
 
 
 def key_of(override: str) -> str:
