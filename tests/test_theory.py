@@ -237,3 +237,14 @@ def test_a_run_far_from_its_optimum_is_told_the_lr_that_converges():
     assert "about 4 steps" in line  # (κ−1)/(κ+1) = 0.115 per step: 0.115⁴ < 1e-3
     assert far_from_optimum({**record, "metrics": {"ref/rel_error": 0.01}}) == []
     assert far_from_optimum({**record, "status": "diverged"}) == []
+
+
+def test_lbfgs_shows_no_closed_form_step_sizes(tmp_path):
+    proc = run_cli("optimizer=lbfgs", "trainer.max_steps=5", "logger=[tensorboard,csv]", *QUIET, cwd=tmp_path)
+    run = only_run(tmp_path)
+    console = proc.stdout + proc.stderr
+    assert "theory" not in console and "lr_optimal" not in console and "lr_critical" not in console
+    assert "theory" not in metrics(run)
+    assert not [tag for tag in scalars(run) if tag.startswith("theory/")]
+    assert "theory" not in "".join(p.read_text() for p in run.rglob("*.csv"))
+    assert "theory" not in (run / "train.log").read_text()

@@ -210,15 +210,15 @@ class Task(pl.LightningModule):
     def start_theory(self, optimizer: torch.optim.Optimizer) -> None:
         """The Hessian's spectrum and the initial error, once, when training starts (or resumes)."""
         form = self.quadratic_form()
-        if form is None:
+        if form is None or isinstance(optimizer, torch.optim.LBFGS):
+            # LBFGS's steps are quasi-Newton's: theory's step sizes say nothing of them, so no
+            # theory line, theory/* scalars, metrics.json block or closing-summary line
             return
         spectrum = theory.Spectrum.of(*form)
         lr = theory.plain_sgd_lr(optimizer, bool(self.scheduler_config), self.step_settings.clip_val)
         self.theory = (spectrum, lr, self.global_step)
         summary = self.theory_summary()
-        if not isinstance(optimizer, torch.optim.LBFGS):  # its steps are quasi-Newton's: theory's step sizes say nothing of them
-            # a clause a line: one long line wraps mid-word in a terminal
-            log.info(theory.describe(summary, lr).replace("; ", "\n  "))
+        log.info(theory.describe(summary, lr).replace("; ", "\n  "))  # a clause a line: one long line wraps mid-word
         if lr is not None and lr > spectrum.lr_critical:
             log.warning(f"warning: optimizer.lr={lr:g} is above lr_critical = {spectrum.lr_critical:.4g} (2/λmax): "
                         f"plain gradient descent diverges on this task; take an lr below it (fastest: {spectrum.lr_optimal:.4g})")
