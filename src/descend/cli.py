@@ -67,7 +67,21 @@ def checked_argv(argv: list[str]) -> list[str]:
     check_group_choices(argv, config_dir())
     check_launcher(argv)
     check_overrides(argv, config_dir())
+    check_run_dir_free(argv)
     return keys_of_swept_groups(argv, config_dir())
+
+
+def check_run_dir_free(argv: list[str]) -> None:
+    """A single run into a folder another live process trains in (a second resume= of a running
+    run, two commands with one hydra.run.dir) is refused before Hydra writes there (runlock.py)."""
+    from descend.resume import unquoted
+    from descend.runlock import check_free
+
+    run_dir = next((unquoted(a.split("=", 1)[1]) for a in reversed(argv) if a.startswith("hydra.run.dir=")), None)
+    if run_dir is None or "${" in run_dir or any(a in ("-m", "--multirun") for a in argv):
+        return
+    resume = next((unquoted(a.split("=", 1)[1]) for a in reversed(argv) if a.startswith("resume=")), None)
+    check_free(Path(run_dir), f"resume={resume}" if resume else f"hydra.run.dir={run_dir}")
 
 
 def job(cfg: DictConfig) -> float:
@@ -324,12 +338,13 @@ def run(cfg: DictConfig) -> float:
     from descend.distributed import ddp_children_join_this_job
     from descend.hparams import chosen_keys
     from descend.results import report
+    from descend.runlock import held
 
     quiet_lightning()
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    with ddp_children_join_this_job(hydra_cfg):
+    with held(run_dir), ddp_children_join_this_job(hydra_cfg):  # one process per run folder
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "ckpt_path="))]
         record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), overrides=overrides,
                        chosen=chosen_keys(hydra_cfg))
