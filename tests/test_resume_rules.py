@@ -82,6 +82,10 @@ def test_a_resume_applies_a_new_lr_from_its_step_and_records_it(tmp_path):
     keys = [o.split("=")[0] for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())]
     assert len(keys) == len(set(keys))  # each key once, at its final value
     assert "optimizer.lr=0.1" in (run / ".hydra" / "overrides.yaml").read_text()
+    # what the user typed: not the resume=, ckpt_path= and hydra.run.dir= descend hands Hydra (metrics.json records the resume)
+    hydra_record = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["overrides"]["task"]
+    for recorded in (keys, [o.split("=")[0] for o in hydra_record]):
+        assert not {"resume", "ckpt_path", "hydra.run.dir"} & set(recorded), recorded
     assert "theory" in record  # a real resume keeps every block of the record
 
 

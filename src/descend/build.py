@@ -38,6 +38,24 @@ def validate(cfg: DictConfig) -> None:
         )
 
 
+def check_files(cfg: DictConfig) -> None:
+    """The task's data or matrix file, where a path is given, exists and is of a type descend
+    reads (its contents are read when the task is built); MLflow is installed where a logger needs it."""
+    import importlib.util
+
+    from descend.data.files import MATRIX_SUFFIXES, existing_file
+
+    for node in (cfg.get("logger") or {}).values():
+        if node and "mlflow" in str(node.get("_target_", "")).lower() and importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("logger=mlflow needs the mlflow package; install it with: pip install 'descend[mlflow]'")
+
+    for key, suffixes in (("data", (".csv",)), ("matrix", MATRIX_SUFFIXES)):
+        node = cfg.task.get(key) if "task" in cfg else None
+        path = node.get("path") if isinstance(node, DictConfig) else None
+        if path:
+            existing_file(path, f"task.{key}.path", suffixes)
+
+
 def unbounded(trainer: DictConfig) -> str:
     """The refusal of a run without an end (Lightning would train until killed, without a word); '' otherwise."""
     if trainer.get("max_steps") == -1 and trainer.get("max_epochs") == -1 and not trainer.get("max_time"):
