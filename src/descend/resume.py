@@ -99,7 +99,10 @@ class FolderSnapshot:
         self.contents = {p: p.read_bytes() for p in files if p.parent.name == ".hydra" or p.name == "metrics.json"}
 
     def _files(self) -> list[Path]:
-        return [p for p in self.folder.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(self.folder).parts]
+        from descend.runlock import LOCK  # the lock is the running process's, not the run's record
+
+        return [p for p in self.folder.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(self.folder).parts
+                and p.name != LOCK]
 
     def restore(self) -> None:
         for path in self._files():
