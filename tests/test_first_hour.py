@@ -108,3 +108,14 @@ def test_multi_task_sweep_is_ranked_task_by_task(tmp_path):
     for task in ("inverse", "linreg"):
         losses = [row["loss"] for row in rows if row["task"] == task]
         assert losses == sorted(losses)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_slurm_sweeps_gpus_are_not_looked_for_on_the_login_node():
+    from descend.cli import check_overrides, config_dir
+    from descend.errors import RefusedCommand
+
+    sweep = ["-m", "trainer.accelerator=gpu", "optimizer.lr=0.1,0.2"]
+    check_overrides(["hydra/launcher=slurm", *sweep], config_dir())  # the jobs run on the cluster's GPU nodes
+    with pytest.raises(RefusedCommand, match="torch sees none"):
+        check_overrides(sweep, config_dir())  # the basic launcher runs them here

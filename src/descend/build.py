@@ -15,8 +15,9 @@ from descend.errors import ConfigError, UserError, require_int
 log = logging.getLogger(__name__)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that no library makes before it is too late to say which key is wrong."""
+def validate(cfg: DictConfig, gpu: bool = True) -> None:
+    """Checks that no library makes before it is too late to say which key is wrong. `gpu=False`:
+    not whether this machine has the GPU asked for (a SLURM sweep's jobs run on other machines)."""
     lr = cfg.optimizer.get("lr")
     if lr != AUTO and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.1, or auto (quadratic tasks, sgd)")
@@ -29,7 +30,8 @@ def validate(cfg: DictConfig) -> None:
     require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
     if unbounded(cfg.trainer):
         raise ConfigError(unbounded(cfg.trainer))
-    check_gpu(cfg.trainer)
+    if gpu:
+        check_gpu(cfg.trainer)
     check_loss_scaling(cfg)
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError(

@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from descend.errors import RefusedCommand, UserError, exit_with_error
-from descend.resume import resume_overrides
+from descend.resume import resume_overrides, unquoted
 from descend.multirun import register_resolvers
 from descend.search import mask_storage_override
 from descend.stopping import exit_code
@@ -86,7 +86,6 @@ def checked_argv(argv: list[str]) -> list[str]:
 def check_run_dir_free(argv: list[str]) -> None:
     """A single run into a folder another live process trains in (a second resume= of a running
     run, two commands with one hydra.run.dir) is refused before Hydra writes there (runlock.py)."""
-    from descend.resume import unquoted
     from descend.runlock import check_free
 
     run_dir = next((unquoted(a.split("=", 1)[1]) for a in reversed(argv) if a.startswith("hydra.run.dir=")), None)
@@ -116,7 +115,7 @@ def absolute_paths(argv: list[str]) -> list[str]:
     (which moves into the run folder) reads the same file."""
     import os
 
-    from descend.resume import quoted, unquoted
+    from descend.resume import quoted
 
     out = []
     for arg in argv:
@@ -220,12 +219,12 @@ def check_overrides(argv: list[str], conf: Path) -> None:
         culprit = next((o for o in overrides if not _parses(parser, o)), " ".join(overrides))
         exit_with_error(f"{culprit}: cannot parse this override ({_one_line(error)}); quote lists and strings, e.g. 'task.model.hidden=[64,64]'")
     jobs = [overrides] if not multirun else _jobs_to_check(parsed, conf)
-    from descend.resume import unquoted
-
     resume = next((unquoted(a.split("=", 1)[1]) for a in reversed(argv) if a.startswith("resume=")), None)
     note = f" (resume={resume} changed nothing in the run)" if resume and not multirun else ""
+    # a SLURM sweep's jobs run on the cluster's nodes: their GPUs are not this machine's
+    here = not any(a.startswith("hydra/launcher=") and "slurm" in a for a in argv)
     for job in jobs or []:
-        _compose_or_exit(job, conf, given=overrides if multirun else None, note=note)
+        _compose_or_exit(job, conf, given=overrides if multirun else None, note=note, here=here)
 
 
 def _jobs_to_check(parsed: list[Any], conf: Path, most: int = 32) -> list[list[str]] | None:
@@ -249,10 +248,11 @@ def _jobs_to_check(parsed: list[Any], conf: Path, most: int = 32) -> list[list[s
     return [list(job) for job in itertools.islice(itertools.product(*choices), most)]
 
 
-def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None, note: str = "") -> None:
+def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None, note: str = "", here: bool = True) -> None:
     """Compose one job's config; on failure exit with one line naming the override as given.
     The checks that need no data read (descend's own, the data file's existence, a GPU that is
-    not there) refuse here too, before Hydra makes a run folder. `note` ends a refusal's line."""
+    not there where the job runs `here`) refuse here too, before Hydra makes a run folder.
+    `note` ends a refusal's line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -263,7 +263,7 @@ def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None, 
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         check_files(cfg)
-        validate(cfg)
+        validate(cfg, gpu=here)
     except RefusedCommand:
         raise
     except UserError as error:  # a ConfigError or DataError of the composed config
@@ -367,9 +367,9 @@ def run(cfg: DictConfig) -> float:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode != RunMode.MULTIRUN and rank_zero():
-        record_overrides(run_dir)  # a resume's .hydra/ says what the user typed, not descend's resume= and ckpt_path=
     with held(run_dir), ddp_children_join_this_job(hydra_cfg):  # one process per run folder
+        if hydra_cfg.mode != RunMode.MULTIRUN and rank_zero():
+            record_overrides(run_dir)  # a resume's .hydra/ says what the user typed, not descend's resume= and ckpt_path=
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "ckpt_path="))]
         record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), overrides=overrides,
                        chosen=chosen_keys(hydra_cfg))
