@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import QUIET, metrics, one_line_error, only_run, run_cli
+from conftest import QUIET, one_line_error, only_run, run_cli
 
 
 def no_outputs(cwd) -> bool:
@@ -48,19 +48,15 @@ def test_slurm_launcher_without_slurm_is_one_line(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_failure_before_the_first_step_leaves_the_error_and_no_results(tmp_path):
-    proc = run_cli("trainer=ddp", *QUIET, cwd=tmp_path, expect=2)
-    assert "use trainer=ddp_cpu" in one_line_error(proc)  # the fix that keeps data-parallel training
-    run = only_run(tmp_path)
-    record = metrics(run)
-    assert record["status"] == "failed" and record["steps"] == 0 and record["metrics"] == {}
-    assert "trainer=ddp_cpu" in record["error"]
-    assert not (run / "solution.pt").exists() and not (run / "solution.npz").exists()
-    assert not list(run.rglob("events.out.tfevents*"))
-    assert "failed before its first step" in proc.stdout
-    assert "tensorboard --logdir" not in proc.stdout and "loss" not in proc.stdout
-    log = (run / "train.log").read_text()  # the console's record
-    assert "failed before its first step" in log and "use trainer=ddp_cpu" in log
+@pytest.mark.parametrize(("overrides", "culprit"), [
+    (["trainer=ddp"], "use trainer=ddp_cpu"),  # the fix that keeps data-parallel training
+    (["task=linreg", "task.data.path=missing.csv"], "missing.csv: no such file"),
+])
+def test_a_refusal_found_before_training_is_one_line_and_writes_nothing(tmp_path, overrides, culprit):
+    proc = run_cli(*overrides, *QUIET, cwd=tmp_path, expect=2)
+    assert culprit in one_line_error(proc)
+    assert proc.stdout.strip() == ""  # no summary lines before the error
+    assert no_outputs(tmp_path)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
@@ -112,3 +108,14 @@ def test_multi_task_sweep_is_ranked_task_by_task(tmp_path):
     for task in ("inverse", "linreg"):
         losses = [row["loss"] for row in rows if row["task"] == task]
         assert losses == sorted(losses)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_slurm_sweeps_gpus_are_not_looked_for_on_the_login_node():
+    from descend.cli import check_overrides, config_dir
+    from descend.errors import RefusedCommand
+
+    sweep = ["-m", "trainer.accelerator=gpu", "optimizer.lr=0.1,0.2"]
+    check_overrides(["hydra/launcher=slurm", *sweep], config_dir())  # the jobs run on the cluster's GPU nodes
+    with pytest.raises(RefusedCommand, match="torch sees none"):
+        check_overrides(sweep, config_dir())  # the basic launcher runs them here

@@ -230,3 +230,11 @@ def test_scalars_reach_mlflow_at_a_checkpoint_or_the_end_not_before(tmp_path):
     logger.finalize("success")
     assert steps() == [0, 10]
     assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == run_id
+
+
+def test_a_new_local_store_is_set_up_quietly(tmp_path):
+    proc = run_cli("logger=mlflow", "trainer.max_steps=20", *QUIET, cwd=tmp_path)
+    console = proc.stdout + proc.stderr
+    assert "mlflow.store" not in console and "Creating" not in console and " INFO " not in console
+    assert (tmp_path / "outputs" / "mlflow.db").is_file()  # the store was created in this run
+    assert metrics(only_run(tmp_path))["status"] == "completed"

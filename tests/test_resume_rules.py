@@ -82,6 +82,10 @@ def test_a_resume_applies_a_new_lr_from_its_step_and_records_it(tmp_path):
     keys = [o.split("=")[0] for o in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())]
     assert len(keys) == len(set(keys))  # each key once, at its final value
     assert "optimizer.lr=0.1" in (run / ".hydra" / "overrides.yaml").read_text()
+    # what the user typed: not the resume=, ckpt_path= and hydra.run.dir= descend hands Hydra (metrics.json records the resume)
+    hydra_record = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["overrides"]["task"]
+    for recorded in (keys, [o.split("=")[0] for o in hydra_record]):
+        assert not {"resume", "ckpt_path", "hydra.run.dir"} & set(recorded), recorded
     assert "theory" in record  # a real resume keeps every block of the record
 
 
@@ -157,4 +161,15 @@ def test_a_resume_that_fails_before_its_first_step_leaves_the_run_byte_identical
     before = folder_digest(run)
     line = one_line_error(run_cli(f"resume={run}", "trainer.max_steps=60", cwd=tmp_path, expect=2))
     assert f"{tmp_path / 'a.csv'}: no such file" in line and "changed nothing" in line
+    assert folder_digest(run) == before
+
+
+@pytest.mark.parametrize("off", ["callbacks=none", "~callbacks.checkpoint"])
+def test_without_the_checkpoint_callback_no_checkpoint_is_written_and_resume_says_why(tmp_path, off):
+    run_cli(*RUN, off, cwd=tmp_path)
+    run = only_run(tmp_path)
+    assert not list(run.rglob("*.ckpt"))  # not Lightning's default epoch=0-step=100.ckpt either
+    before = folder_digest(run)
+    line = one_line_error(run_cli(f"resume={run}", "trainer.max_steps=200", cwd=tmp_path, expect=2))
+    assert "kept no checkpoints" in line and "callbacks.checkpoint" in line
     assert folder_digest(run) == before

@@ -332,3 +332,14 @@ def test_a_resumed_momentum_run_is_predicted_from_its_checkpoint(tmp_path):
     assert len(compared) > 40
     for step in compared:
         assert predicted[step] == pytest.approx(measured[step], rel=1e-4), step
+
+
+def test_lbfgs_shows_no_closed_form_step_sizes(tmp_path):
+    proc = run_cli("optimizer=lbfgs", "trainer.max_steps=5", "logger=[tensorboard,csv]", *QUIET, cwd=tmp_path)
+    run = only_run(tmp_path)
+    console = proc.stdout + proc.stderr
+    assert "theory" not in console and "lr_optimal" not in console and "lr_critical" not in console
+    assert "theory" not in metrics(run)
+    assert not [tag for tag in scalars(run) if tag.startswith("theory/")]
+    assert "theory" not in "".join(p.read_text() for p in run.rglob("*.csv"))
+    assert "theory" not in (run / "train.log").read_text()

@@ -15,8 +15,9 @@ from descend.errors import ConfigError, UserError, require_int
 log = logging.getLogger(__name__)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Checks that no library makes before it is too late to say which key is wrong."""
+def validate(cfg: DictConfig, gpu: bool = True) -> None:
+    """Checks that no library makes before it is too late to say which key is wrong. `gpu=False`:
+    not whether this machine has the GPU asked for (a SLURM sweep's jobs run on other machines)."""
     lr = cfg.optimizer.get("lr")
     if lr != AUTO and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.1, or auto (quadratic tasks, sgd)")
@@ -29,13 +30,32 @@ def validate(cfg: DictConfig) -> None:
     require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
     if unbounded(cfg.trainer):
         raise ConfigError(unbounded(cfg.trainer))
-    check_gpu(cfg.trainer)
+    if gpu:
+        check_gpu(cfg.trainer)
     check_loss_scaling(cfg)
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
             "step is one optimiser step; use a larger task.batch_size instead"
         )
+
+
+def check_files(cfg: DictConfig) -> None:
+    """The task's data or matrix file, where a path is given, exists and is of a type descend
+    reads (its contents are read when the task is built); MLflow is installed where a logger needs it."""
+    import importlib.util
+
+    from descend.data.files import MATRIX_SUFFIXES, existing_file
+
+    for node in (cfg.get("logger") or {}).values():
+        if node and "mlflow" in str(node.get("_target_", "")).lower() and importlib.util.find_spec("mlflow") is None:
+            raise ConfigError("logger=mlflow needs the mlflow package; install it with: pip install 'descend[mlflow]'")
+
+    for key, suffixes in (("data", (".csv",)), ("matrix", MATRIX_SUFFIXES)):
+        node = cfg.task.get(key) if "task" in cfg else None
+        path = node.get("path") if isinstance(node, DictConfig) else None
+        if path:
+            existing_file(path, f"task.{key}.path", suffixes)
 
 
 def unbounded(trainer: DictConfig) -> str:
@@ -199,6 +219,12 @@ def trainer_with(cfg: DictConfig, callbacks: list[Any], **arguments: Any) -> Any
         from lightning.pytorch.callbacks import ProgressBar
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_checkpointing") is None and "enable_checkpointing" not in arguments:
+        # one checkpoint scheme: checkpoints/last.ckpt of callbacks.checkpoint, or none at all, never
+        # Lightning's default epoch=…-step=….ckpt in its place (callbacks=none, ~callbacks.checkpoint)
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        arguments["enable_checkpointing"] = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     no_clipping = dict.fromkeys(STEP_TRAINER_KEYS)
     return instantiate(cfg.trainer, "trainer", callbacks=callbacks, **arguments, **no_clipping, **slurm_plugins(cfg))
 

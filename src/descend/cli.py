@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from descend.errors import RefusedCommand, UserError, exit_with_error
-from descend.resume import resume_overrides
+from descend.resume import resume_overrides, unquoted
 from descend.multirun import register_resolvers
 from descend.search import mask_storage_override
 from descend.stopping import exit_code
@@ -44,8 +44,7 @@ def main() -> None:
         try:
             sys.argv[1:] = checked_argv(sys.argv[1:])
         except RefusedCommand as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(error.code)
+            refused_before_hydra(error)
         try:
             hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(job)()
         except SystemExit as stop:
@@ -59,6 +58,19 @@ def main() -> None:
         gc.freeze()
 
 
+def refused_before_hydra(error: RefusedCommand) -> None:
+    """Print the refusal and exit with its code. torchrun starts every rank with the same command:
+    rank 0 says it once, the others exit quietly a little later (an earlier exit would have torchrun
+    stop rank 0 before it could say anything)."""
+    from descend.distributed import launched_rank
+
+    if launched_rank() > 0:
+        time.sleep(10)
+    else:
+        print(f"error: {error}", file=sys.stderr)
+    sys.exit(error.code)
+
+
 def checked_argv(argv: list[str]) -> list[str]:
     """The command's overrides checked before Hydra makes any folder, and rewritten where descend
     adds to Hydra (paths made absolute, resume=, keys of swept groups); raises RefusedCommand
@@ -67,7 +79,20 @@ def checked_argv(argv: list[str]) -> list[str]:
     check_group_choices(argv, config_dir())
     check_launcher(argv)
     check_overrides(argv, config_dir())
+    check_run_dir_free(argv)
     return keys_of_swept_groups(argv, config_dir())
+
+
+def check_run_dir_free(argv: list[str]) -> None:
+    """A single run into a folder another live process trains in (a second resume= of a running
+    run, two commands with one hydra.run.dir) is refused before Hydra writes there (runlock.py)."""
+    from descend.runlock import check_free
+
+    run_dir = next((unquoted(a.split("=", 1)[1]) for a in reversed(argv) if a.startswith("hydra.run.dir=")), None)
+    if run_dir is None or "${" in run_dir or any(a in ("-m", "--multirun") for a in argv):
+        return
+    resume = next((unquoted(a.split("=", 1)[1]) for a in reversed(argv) if a.startswith("resume=")), None)
+    check_free(Path(run_dir), f"resume={resume}" if resume else f"hydra.run.dir={run_dir}")
 
 
 def job(cfg: DictConfig) -> float:
@@ -90,7 +115,7 @@ def absolute_paths(argv: list[str]) -> list[str]:
     (which moves into the run folder) reads the same file."""
     import os
 
-    from descend.resume import quoted, unquoted
+    from descend.resume import quoted
 
     out = []
     for arg in argv:
@@ -194,8 +219,12 @@ def check_overrides(argv: list[str], conf: Path) -> None:
         culprit = next((o for o in overrides if not _parses(parser, o)), " ".join(overrides))
         exit_with_error(f"{culprit}: cannot parse this override ({_one_line(error)}); quote lists and strings, e.g. 'task.model.hidden=[64,64]'")
     jobs = [overrides] if not multirun else _jobs_to_check(parsed, conf)
+    resume = next((unquoted(a.split("=", 1)[1]) for a in reversed(argv) if a.startswith("resume=")), None)
+    note = f" (resume={resume} changed nothing in the run)" if resume and not multirun else ""
+    # a SLURM sweep's jobs run on the cluster's nodes: their GPUs are not this machine's
+    here = not any(a.startswith("hydra/launcher=") and "slurm" in a for a in argv)
     for job in jobs or []:
-        _compose_or_exit(job, conf, given=overrides if multirun else None)
+        _compose_or_exit(job, conf, given=overrides if multirun else None, note=note, here=here)
 
 
 def _jobs_to_check(parsed: list[Any], conf: Path, most: int = 32) -> list[list[str]] | None:
@@ -219,19 +248,26 @@ def _jobs_to_check(parsed: list[Any], conf: Path, most: int = 32) -> list[list[s
     return [list(job) for job in itertools.islice(itertools.product(*choices), most)]
 
 
-def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None) -> None:
-    """Compose one job's config; on failure exit with one line naming the override as given."""
+def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None, note: str = "", here: bool = True) -> None:
+    """Compose one job's config; on failure exit with one line naming the override as given.
+    The checks that need no data read (descend's own, the data file's existence, a GPU that is
+    not there where the job runs `here`) refuse here too, before Hydra makes a run folder.
+    `note` ends a refusal's line."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from descend.build import unbounded
+    from descend.build import check_files, validate
 
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
-        if unbounded(cfg.trainer):  # refused here, before Hydra makes a run folder
-            exit_with_error(unbounded(cfg.trainer))
+        check_files(cfg)
+        validate(cfg, gpu=here)
+    except RefusedCommand:
+        raise
+    except UserError as error:  # a ConfigError or DataError of the composed config
+        exit_with_error(f"{error}{note}")
     except (HydraException, OmegaConfBaseException) as error:
         message = _one_line(error)
         groups = [o for o in overrides if "=" in o and (conf / o.split("=")[0].lstrip("+~")).is_dir()]
@@ -324,12 +360,16 @@ def run(cfg: DictConfig) -> float:
     from descend.distributed import ddp_children_join_this_job
     from descend.hparams import chosen_keys
     from descend.results import report
+    from descend.resume import record_overrides
+    from descend.runlock import held, rank_zero
 
     quiet_lightning()
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    with ddp_children_join_this_job(hydra_cfg):
+    with held(run_dir), ddp_children_join_this_job(hydra_cfg):  # one process per run folder
+        if hydra_cfg.mode != RunMode.MULTIRUN and rank_zero():
+            record_overrides(run_dir)  # a resume's .hydra/ says what the user typed, not descend's resume= and ckpt_path=
         overrides = [o for o in hydra_cfg.overrides.task if not o.startswith(("resume=", "ckpt_path="))]
         record = train(cfg, run_dir, task_name=hydra_cfg.runtime.choices.get("task", "?"), overrides=overrides,
                        chosen=chosen_keys(hydra_cfg))
@@ -399,7 +439,9 @@ def train(cfg: DictConfig, run_dir: Path, task_name: str, overrides: list[str] |
         close_process_group()
     sessions = next((c for c in trainer.callbacks if isinstance(c, Sessions)), None) if trainer is not None else None
     # the time of every session of the run: a resumed run's earlier ones come with its checkpoint
-    record["wall_time_s"] = round(time.perf_counter() - started + (sessions.seconds_before if sessions else 0.0), 4)
+    # not the trackers' own setup (MLflow creating its database's tables: seconds, against a short run's training)
+    trackers = sum(getattr(logger, "setup_s", 0.0) for logger in trainer.loggers) if trainer is not None else 0.0
+    record["wall_time_s"] = round(time.perf_counter() - started - trackers + (sessions.seconds_before if sessions else 0.0), 4)
     if sessions is not None and sessions.resumed:
         record["resumed"] = sessions.resumed  # each resume: its step and the overrides it changed
     if trainer is None and launched_rank() > 0 and record["status"] == "failed":

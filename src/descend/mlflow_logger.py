@@ -92,7 +92,9 @@ class MLflowLogger(MLFlowLogger):
     def __init__(self, run_dir: str, tracking_uri: str = "sqlite:///outputs/mlflow.db", experiment_name: str | None = None,
                  multirun: Any = None, sweep_dir: str | None = None, resume: str | None = None, task: str = "?",
                  artifact_location: str | None = None) -> None:
+        began = time.perf_counter()
         check_available(tracking_uri)
+        quiet_mlflow()
         self.run_dir = Path(run_dir)
         self.sweep = str(sweep_dir) if sweep_dir and "MULTIRUN" in str(multirun) else None
         experiment_name = experiment_name or self.sweep or DEFAULT_EXPERIMENT
@@ -109,14 +111,18 @@ class MLflowLogger(MLFlowLogger):
         self.held_pictures: list[tuple[str, Any, int]] = []
         self.sent_through: dict[str, int] = {}  # a resumed run: the last step MLflow holds of each metric
         self.started = False
+        # the tracker's own setup (a new database's tables, an experiment): not the run's wall time
+        self.setup_s = time.perf_counter() - began
 
     # ---- the run ----
     @property
     def experiment(self) -> Any:
+        began = time.perf_counter()
         client = super().experiment  # creates the experiment and the run, or reopens the run
         if not self.started and rank_zero_only.rank == 0:
             self.started = True  # before start(), whose calls come back here
             self.start(client)
+            self.setup_s += time.perf_counter() - began
         return client
 
     def start(self, client: Any) -> None:
@@ -243,6 +249,19 @@ def previous_run_id(run_dir: Path, tracking_uri: str) -> str | None:
                     "the resumed run starts a new MLflow run")
         return None
     return saved.get("run_id")
+
+
+def quiet_mlflow() -> None:
+    """MLflow's INFO lines (creating and migrating its database's tables) and Lightning's warning
+    that a new experiment is created are the tracker's business, not the run's: not printed
+    (MLflow's warnings and errors still are). mlflow sets its logger's level and handler at import."""
+    import logging
+
+    import mlflow  # noqa: F401  (configures the "mlflow" logger, which this then quiets)
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(
+        lambda record: "not found. Creating it" not in record.getMessage())
 
 
 def check_available(tracking_uri: str) -> None:

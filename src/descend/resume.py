@@ -39,6 +39,8 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
     """Turn `resume=<folder>` into the run's original overrides, each key once at its latest value,
     plus its folder and last checkpoint. Exits with one line (code 2) for a refused resume, and with
     code 0 when a completed run has nothing left to train."""
+    global snapshot, recorded
+    snapshot = recorded = None  # of an earlier command in this process (the Python API)
     resume = [a for a in argv if a.startswith("resume=")]
     if not resume:
         return argv
@@ -54,6 +56,9 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
     saved = folder / ".hydra" / "overrides.yaml"
     checkpoint = folder / "checkpoints" / "last.ckpt"
     for path, what in ((saved, "its saved config"), (checkpoint, "a checkpoint to resume from")):
+        if path == checkpoint and not path.is_file() and saved.is_file() and not keeps_checkpoints(folder):
+            exit_with_error(f"resume={folder}: the run kept no checkpoints (it ran without callbacks.checkpoint, e.g. "
+                            "callbacks=none); start it again, with the default callbacks to be able to resume it")
         if not path.is_file():
             exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}, "
                             "or at a sweep's folder (with its multirun.yaml)")
@@ -65,7 +70,8 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
         step = int(read_checkpoint(checkpoint, key=f"resume={folder}")["global_step"])
     except CheckpointError as error:
         exit_with_error(str(error))
-    original = [o for o in yaml.safe_load(saved.read_text()) or [] if key_of(o) not in OWN]
+    typed = [o for o in yaml.safe_load(saved.read_text()) or [] if key_of(o) not in ("resume", "ckpt_path")]
+    original = [o for o in typed if key_of(o) not in OWN]
     check_changes(folder, original, rest)
     merged = merge(original, rest)
     if conf is not None:
@@ -73,8 +79,8 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
     if not started_by_rank_zero():
         nothing_left(folder, step, original, merged)
     folder = folder.resolve()
-    global snapshot
     snapshot = FolderSnapshot(folder, step)
+    recorded = merge(typed, rest)
     return [*merged, f"hydra.run.dir={quoted(folder)}", f"ckpt_path={quoted(checkpoint.resolve())}", f"resume={quoted(folder)}"]
 
 
@@ -93,7 +99,10 @@ class FolderSnapshot:
         self.contents = {p: p.read_bytes() for p in files if p.parent.name == ".hydra" or p.name == "metrics.json"}
 
     def _files(self) -> list[Path]:
-        return [p for p in self.folder.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(self.folder).parts]
+        from descend.runlock import LOCK  # the lock is the running process's, not the run's record
+
+        return [p for p in self.folder.rglob("*") if p.is_file() and "checkpoints" not in p.relative_to(self.folder).parts
+                and p.name != LOCK]
 
     def restore(self) -> None:
         for path in self._files():
@@ -110,6 +119,25 @@ class FolderSnapshot:
 
 
 snapshot: FolderSnapshot | None = None  # set by resume_overrides for the job this process runs
+# the run's overrides as the user typed them (the first command's, then each resume's), without
+# the resume=, ckpt_path= and hydra.run.dir= descend adds for Hydra: what record_overrides writes
+recorded: list[str] | None = None
+
+
+def record_overrides(run_dir: Path) -> None:
+    """After Hydra wrote the resumed run's .hydra/: its overrides say what the user typed (the
+    resume itself is recorded in metrics.json's "resumed", callbacks.Sessions), in overrides.yaml
+    and in hydra.yaml's hydra.overrides.task alike."""
+    from omegaconf import OmegaConf
+
+    if recorded is None:
+        return
+    OmegaConf.save(OmegaConf.create(list(recorded)), run_dir / ".hydra" / "overrides.yaml")
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        saved = OmegaConf.load(hydra_file)
+        saved.hydra.overrides.task = list(recorded)
+        OmegaConf.save(saved, hydra_file)
 
 
 def auto_resume(argv: list[str], conf: Path | None) -> list[str]:
@@ -128,6 +156,14 @@ def auto_resume(argv: list[str], conf: Path | None) -> list[str]:
         rest = [a for a in argv if not a.startswith("hydra.run.dir=")]
         return resume_overrides([*rest, f"resume={quoted(folder)}"], conf)
     return argv
+
+
+def keeps_checkpoints(folder: Path) -> bool:
+    """Whether the run in `folder` was configured with descend's checkpoint callback."""
+    try:
+        return bool(saved_value(folder, "callbacks.checkpoint"))
+    except Exception:  # an unreadable config: the not-found line says enough
+        return True
 
 
 def key_of(override: str) -> str:

@@ -77,10 +77,28 @@ def open_storage(url: str | None, sweep_dir: Path) -> Any:
     import optuna
 
     if url:
-        return optuna.storages.RDBStorage(url)
+        return database_storage(url)
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(sweep_dir / JOURNAL)))
+
+
+def database_storage(url: str, attempts: int = 5) -> Any:
+    """optuna.storages.RDBStorage(url), tried again when another process is creating the same new
+    database at that moment: Optuna creates its tables and stamps their version on first use, and
+    the second of two searches started at once on a new SQLite file fails there (IntegrityError on
+    alembic_version) although the database is fine a moment later."""
+    import time
+
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(1, attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (IntegrityError, OperationalError):
+            time.sleep(0.5 * attempt)
+    return optuna.storages.RDBStorage(url)  # the last try's error is the one reported
 
 
 _PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:)(?P<password>[^@/]*)(?P<tail>@.*)$")

@@ -38,6 +38,12 @@ def initial(init: str, *shape: int) -> torch.Tensor:
     raise ConfigError(f"task.init={init!r} is unknown; use one of {', '.join(INITS)}")
 
 
+def flat_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors flattened into one vector; a single one as a view, not a copy (a 2000×2000
+    float64 reference is 32 MB, held for the whole run)."""
+    return tensors[0].reshape(-1) if len(tensors) == 1 else torch.cat([t.reshape(-1) for t in tensors])
+
+
 def follow(cached: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """`cached` (a tensor, or a tuple, list or dict of them and other values) moved as `fn` moves a
     module's tensors, keeping each tensor's dtype: fn may also convert dtypes (.half(), a
@@ -213,7 +219,9 @@ class Task(pl.LightningModule):
         """The Hessian's spectrum and the initial error, once, when training starts (or resumes);
         for a linear update (theory.not_linear) the predicted curve from there on."""
         form = self.quadratic_form()
-        if form is None:
+        if form is None or isinstance(optimizer, torch.optim.LBFGS):
+            # LBFGS's steps are quasi-Newton's: theory's step sizes say nothing of them, so no
+            # theory line, theory/* scalars, metrics.json block or closing-summary line
             return
         spectrum = theory.Spectrum.of(*form)
         reason = theory.not_linear(optimizer, scheduler, self.step_settings.clip_val)
@@ -225,9 +233,8 @@ class Task(pl.LightningModule):
             self.theory.predict(schedule, form[1], self.parameter_rows(list(self.parameters())),
                                 self.momentum_rows(optimizer), plain=scheduler is None)
         summary = self.theory_summary()
-        if not isinstance(optimizer, torch.optim.LBFGS):  # its steps are quasi-Newton's: theory's step sizes say nothing of them
-            # a clause a line: one long line wraps mid-word in a terminal
-            log.info(self.theory.describe().replace("; ", "\n  "))
+        # a clause a line: one long line wraps mid-word in a terminal
+        log.info(self.theory.describe().replace("; ", "\n  "))
         warning = self.theory.warning()
         if warning:
             log.warning(warning)
@@ -344,14 +351,14 @@ class Task(pl.LightningModule):
         if names:
             solution = self.solution()
             flat, norm = self._flat_reference(names)
-            error = torch.cat([solution[k].double().flatten() for k in names]) - flat
+            error = flat_cat([solution[k].double() for k in names]) - flat
             out["ref/rel_error"] = torch.linalg.vector_norm(error) / norm
         return out
 
     def _flat_reference(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference tensors flattened into one, and its norm: computed once, used at every logging step."""
         if self._reference_flat is None:
-            flat = torch.cat([self.cached_reference()[k].flatten() for k in names])
+            flat = flat_cat([self.cached_reference()[k] for k in names])
             self._reference_flat = (flat, torch.linalg.vector_norm(flat).clamp_min(1e-300))
         return self._reference_flat
 

@@ -47,7 +47,8 @@ class InverseTask(Task):
     def quadratic_form(self) -> tuple[torch.Tensor, torch.Tensor]:
         """mean((W·M − I)²) over n² entries: each row w of W sees the Hessian (2/n²)·M·Mᵀ."""
         m = self.matrix.double()
-        return 2.0 / m.shape[0] ** 2 * (m @ m.T), self.weight.detach().double() - self.cached_reference()["W"]
+        # scaled in place: the same numbers as 2/n² · (M·Mᵀ) without a third n×n float64 copy at the peak
+        return (m @ m.T).mul_(2.0 / m.shape[0] ** 2), self.weight.detach().double() - self.cached_reference()["W"]
 
     def images(self) -> dict[str, Any]:
         return {"W·M": heatmap(self.weight.detach() @ self.matrix)}
