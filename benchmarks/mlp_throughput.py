@@ -33,7 +33,7 @@ def plain_loop(epochs: int, device: str, rows: int, batch_size: int) -> float:
     from hydra import compose, initialize_config_dir
 
     from descend.build import build_task
-    from descend.cli import config_dir
+    from descend.prechecks import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=overrides(rows, batch_size, epochs))

@@ -49,7 +49,8 @@ def descend_run(steps: int, device: str, out: Path, *extra: str) -> float:
     from omegaconf import open_dict
 
     from descend.build import build_task, build_trainer
-    from descend.cli import config_dir, quiet_lightning
+    from descend.cli import quiet_lightning
+    from descend.prechecks import config_dir
 
     overrides = [f"trainer.max_steps={steps}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
                  "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]

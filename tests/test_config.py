@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from descend.cli import config_dir
+from descend.prechecks import config_dir
 
 CONF = config_dir()
 GROUPS = ("task", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment")
@@ -91,7 +91,7 @@ def test_the_limit_that_ended_a_run_is_named():
 
 
 def test_a_key_of_another_option_names_the_option_it_belongs_to():
-    from descend.cli import _unknown_key, config_dir, options_with_key
+    from descend.prechecks import _unknown_key, config_dir, options_with_key
 
     assert options_with_key("task.model.dropout", config_dir()) == ["mlp"]
     # a sweep over optimizers, with a key of task=mlp: the optimizer is not the culprit
@@ -104,7 +104,7 @@ def test_a_key_of_another_option_names_the_option_it_belongs_to():
 
 
 def test_a_list_of_a_groups_options_is_checked_option_by_option():
-    from descend.cli import check_group_choices
+    from descend.prechecks import check_group_choices
     from descend.errors import RefusedCommand
 
     check_group_choices(["logger=[tensorboard,csv]"], config_dir())  # Hydra's several options of one group

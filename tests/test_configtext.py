@@ -11,7 +11,7 @@ from hydra_plugins.descend_population_launcher.population_launcher import job_co
 from omegaconf import OmegaConf
 
 from descend import configtext
-from descend.cli import config_dir
+from descend.prechecks import config_dir
 
 TRICKY = [
     0, 1, -3, 1.0, 0.46, 1e-12, float("inf"), float("nan"), True, False, None, "", " ", "true", "1", "1.5", "no",

@@ -23,7 +23,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from descend.cli import config_dir
+    from descend.prechecks import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))

@@ -112,7 +112,7 @@ def test_multi_task_sweep_is_ranked_task_by_task(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_slurm_sweeps_gpus_are_not_looked_for_on_the_login_node():
-    from descend.cli import check_overrides, config_dir
+    from descend.prechecks import check_overrides, config_dir
     from descend.errors import RefusedCommand
 
     sweep = ["-m", "trainer.accelerator=gpu", "optimizer.lr=0.1,0.2"]

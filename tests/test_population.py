@@ -245,7 +245,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from descend.cli import config_dir
+    from descend.prechecks import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))
@@ -258,7 +258,7 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from descend.cli import config_dir
+    from descend.prechecks import config_dir
     from hydra_plugins.descend_population_launcher.population_launcher import derive_sweep_config, plain_signature
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -199,7 +199,7 @@ def test_job_numbers_are_padded_to_the_sweep_size_and_names_drop_the_constants(m
 def test_a_key_set_once_for_every_swept_option_is_left_out_of_the_folder_names():
     from omegaconf import OmegaConf
 
-    from descend.cli import config_dir, keys_of_swept_groups
+    from descend.prechecks import config_dir, keys_of_swept_groups
     from descend.multirun import constant_keys, sweep_overrides
 
     argv = keys_of_swept_groups(["-m", "scheduler=step,exponential", "scheduler.gamma=0.5"], config_dir())
@@ -213,7 +213,7 @@ def test_a_key_set_once_for_every_swept_option_is_left_out_of_the_folder_names()
 def test_slurm_launcher_preset_composes_against_the_plugin_schema():
     from hydra import compose, initialize_config_dir
 
-    from descend.cli import config_dir
+    from descend.prechecks import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)

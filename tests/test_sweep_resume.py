@@ -256,7 +256,7 @@ def test_hydra_sweeper_optuna_and_basic_are_descends_even_beside_hydras_optuna_p
 
     from hydra import compose, initialize_config_dir
 
-    from descend.cli import config_dir
+    from descend.prechecks import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         search = compose("train", overrides=["hparams_search=inverse_lr"], return_hydra_config=True)

@@ -224,7 +224,7 @@ def test_the_theory_line_says_growth_above_lr_critical_and_stays_at_it():
 def composed(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from descend.cli import config_dir
+    from descend.prechecks import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return compose("train", overrides=list(overrides))

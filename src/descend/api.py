@@ -223,10 +223,10 @@ def keyword_overrides(config: dict[str, Any]) -> list[str]:
 
 
 def _run(argv: list[str], multirun: bool, quiet: bool) -> list[Run]:
-    from descend import cli
+    from descend import prechecks
 
     try:
-        argv = cli.checked_argv([*argv, "-m"] if multirun else argv)
+        argv = prechecks.checked_argv([*argv, "-m"] if multirun else argv)
     except UserError as error:
         raise DescendError(str(error)) from None
     argv = [a for a in argv if a not in ("-m", "--multirun")]

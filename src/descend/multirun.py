@@ -79,7 +79,7 @@ def constant_keys(config: DictConfig, overrides: list[Any] | None) -> list[str]:
 
 
 def one_value(override: Any) -> bool:
-    """A sweep of a single value, choice(0.5): what cli.keys_of_swept_groups makes of a key set once
+    """A sweep of a single value, choice(0.5): what prechecks.keys_of_swept_groups makes of a key set once
     for every option of a swept group (`-m scheduler=step,exponential scheduler.gamma=0.5`)."""
     return override.is_choice_sweep() and len(list(override.sweep_string_iterator())) == 1
 

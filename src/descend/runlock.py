@@ -4,7 +4,7 @@ A second `resume=` of a run that is still running, or a second command given the
 `hydra.run.dir`, would interleave two runs' checkpoints, event files and records. The process that
 trains a run holds the lock file (JSON: pid, host, the process's start time, command, when); a
 command that finds it held by a live process is refused in one line naming that process, before
-Hydra writes anything (cli.checked_argv), and again when the job starts (a race between two).
+Hydra writes anything (prechecks.checked_argv), and again when the job starts (a race between two).
 
 A lock whose process is gone is stale and is taken over with a word: on this host, when its pid is
 not running (or now belongs to a later process: the start time differs); from another host, which
