@@ -145,7 +145,7 @@ def test_generated_tables_are_seeded():
 def test_repeat_batch_yields_the_same_tensors_without_copying():
     batch = (torch.ones(3),)
     trainer = SimpleNamespace(world_size=1, val_check_interval=None, limit_train_batches=None, callbacks=[], global_step=0, max_steps=-1)
-    groups = list(RepeatBatch(batch, 4, StepPlan(trainer, most=3)))
+    groups = list(RepeatBatch(batch, 4, StepPlan(trainer, steps_per_batch=3)))
     seen = [b for group in groups for b in group.batches]
     assert [len(g) for g in groups] == [3, 1]  # at most 3 steps per group, 4 in the epoch
     assert len(seen) == 4 and all(b[0] is batch[0] for b in seen)

@@ -100,7 +100,7 @@ def test_divergence_inside_a_batch_is_reported_at_its_exact_step(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("start", "end", "intervals", "most", "expected"),
+    ("start", "end", "intervals", "steps_per_batch", "expected"),
     [
         (0, 100, [20, 50], 100, [20, 20, 10, 10, 20, 20]),
         (0, 10, [], 4, [4, 4, 2]),
@@ -109,8 +109,8 @@ def test_divergence_inside_a_batch_is_reported_at_its_exact_step(tmp_path):
         (5, 5, [3], 10, []),
     ],
 )
-def test_group_sizes_end_on_every_event(start, end, intervals, most, expected):
-    assert group_sizes(start, end, intervals, most) == expected
+def test_group_sizes_end_on_every_event(start, end, intervals, steps_per_batch, expected):
+    assert group_sizes(start, end, intervals, steps_per_batch) == expected
 
 
 def test_buffered_rows_get_log10_companions_where_a_logarithm_exists():

@@ -140,7 +140,7 @@ def build_task(cfg: DictConfig) -> Any:
     clip_val, clip_algorithm = (cfg.trainer.get(k) for k in STEP_TRAINER_KEYS)
     if clip_algorithm not in (None, "norm", "value"):
         raise ConfigError(f"trainer.gradient_clip_algorithm={clip_algorithm!r} is unknown; use norm or value")
-    task.step_settings = StepSettings(most=cfg.get("steps_per_batch", 100), clip_val=clip_val, clip_algorithm=clip_algorithm or "norm")
+    task.step_settings = StepSettings(steps_per_batch=cfg.get("steps_per_batch", 100), clip_val=clip_val, clip_algorithm=clip_algorithm or "norm")
     return task
 
 

@@ -37,7 +37,7 @@ class StepSettings:
     Lightning refuses `gradient_clip_val` with manual optimisation, so descend takes it from
     `trainer.*` and clips itself, with Lightning's own `clip_gradients`."""
 
-    most: int = 100
+    steps_per_batch: int = 100  # the config's steps_per_batch: optimiser steps in one Lightning batch, at most
     clip_val: float | None = None
     clip_algorithm: str | None = None
 
@@ -57,14 +57,14 @@ class StepGroup:
         return len(self.batches)
 
 
-def group_sizes(start: int, end: int, intervals: Iterable[int], most: int) -> list[int]:
+def group_sizes(start: int, end: int, intervals: Iterable[int], steps_per_batch: int) -> list[int]:
     """Sizes of consecutive groups covering steps [start, end): every multiple of each interval
-    is a group boundary, and no group is longer than `most`."""
+    is a group boundary, and no group is longer than `steps_per_batch`."""
     intervals = [n for n in intervals if n > 0]
     sizes = []
     step = start
     while step < end:
-        following = min([end, step + most, *((step // n + 1) * n for n in intervals)])
+        following = min([end, step + steps_per_batch, *((step // n + 1) * n for n in intervals)])
         sizes.append(following - step)
         step = following
     return sizes
@@ -79,9 +79,9 @@ class StepPlan:
     hooks without declaring them needs `steps_per_batch=1`.
     """
 
-    def __init__(self, trainer: Any, most: int) -> None:
+    def __init__(self, trainer: Any, steps_per_batch: int) -> None:
         self.trainer = trainer
-        self.most = most if self._groups_allowed() else 1
+        self.steps_per_batch = steps_per_batch if self._groups_allowed() else 1
 
     def _groups_allowed(self) -> bool:
         trainer = self.trainer
@@ -113,7 +113,7 @@ class StepPlan:
         max_steps = self.trainer.max_steps
         if max_steps is not None and max_steps >= 0:
             end = min(end, max_steps)
-        return group_sizes(start, end, self.intervals(), self.most)
+        return group_sizes(start, end, self.intervals(), self.steps_per_batch)
 
 
 class MetricBuffer:
@@ -260,7 +260,7 @@ def lean_steps(trainer: Any, settings: StepSettings) -> bool:
     most of a step. They do real work only for loss scaling (16-mixed) and are the per-step
     hooks a user asks for with steps_per_batch=1; otherwise the step runs plain PyTorch,
     counted by the LightningOptimizer's step-progress hooks."""
-    if settings.most == 1 or trainer.world_size > 1:
+    if settings.steps_per_batch == 1 or trainer.world_size > 1:
         return False
     return getattr(trainer.precision_plugin, "scaler", None) is None
 

@@ -123,7 +123,7 @@ class Task(pl.LightningModule):
 
     # ---- training: see stepping.py for how one step runs ----
     def step_plan(self) -> stepping.StepPlan:
-        return stepping.StepPlan(self.trainer, self.step_settings.most)
+        return stepping.StepPlan(self.trainer, self.step_settings.steps_per_batch)
 
     def training_batch(self) -> tuple[torch.Tensor, ...]:
         """What this process trains on: the full batch (a data-parallel task returns its shard)."""
