@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from descend.errors import UserError
-from descend.results import new_record, record_failure, record_interrupt
+from descend.results import new_record, record_failure, record_interrupt, record_stop
 
 log = logging.getLogger(__name__)
 
@@ -286,29 +286,39 @@ def population_checkpoint(population: Any) -> Iterator[str | None]:
         yield str(path)
 
 
-def train_population(members: list[Member]) -> bool:
-    """Train the members as one population and write every member's results. Returns whether
-    the run was interrupted (Ctrl-C): every member is then recorded as stopped, with its
-    resume command, and the sweep ends as a single run's Ctrl-C ends it."""
+def train_population(members: list[Member]) -> int | None:
+    """Train the members as one population and write every member's results. Returns the signal
+    that stopped it (stopping.py: SIGTERM, SIGINT, SIGUSR1), or None: every member still training
+    is then recorded as stopped at that step, with its checkpoint there and its resume command,
+    and the sweep ends as a single run's stop ends it (exit 128 + the signal)."""
+    import signal
+
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
     from descend.population.module import population_of
+    from descend.stopping import Stopped, signals_stop_the_run
 
     started = time.perf_counter()
     trainer = None
-    interrupted = False
+    stopped: int | None = None
     try:
-        population = population_of(members)
-        trainer = population_trainer(members[0].cfg)
-        with log_to([m.run_dir for m in members]), population_checkpoint(population) as ckpt_path:
-            trainer.fit(population, ckpt_path=ckpt_path)
-            if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
-                trainer.test(population, verbose=False)
+        with signals_stop_the_run():
+            population = population_of(members)
+            trainer = population_trainer(members[0].cfg)
+            with log_to([m.run_dir for m in members]), population_checkpoint(population) as ckpt_path:
+                trainer.fit(population, ckpt_path=ckpt_path)
+                if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
+                    trainer.test(population, verbose=False)
         for member in members:
             if member.running:
                 member.record["status"] = "completed"
-    except (KeyboardInterrupt, SystemExit):
-        interrupted = True
+    except Stopped as error:  # at a step: every running member's checkpoint is at that step
+        stopped = error.signal
+        for member in members:
+            if member.running:
+                record_stop(member.record, error, member.run_dir)
+    except (KeyboardInterrupt, SystemExit):  # a second signal: at once, from the last checkpoint
+        stopped = signal.SIGINT
         step = trainer.global_step if trainer is not None else 0
         for member in members:
             if member.running:
@@ -322,4 +332,4 @@ def train_population(members: list[Member]) -> bool:
     wall_time_s = round(time.perf_counter() - started, 4)
     for member in members:
         member.return_value = member.finish(trainer, wall_time_s)
-    return interrupted
+    return stopped

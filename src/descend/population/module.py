@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from descend import stepping
+from descend import stepping, stopping
 from descend.population.optimizers import VectorisedOptimizer
 
 if TYPE_CHECKING:
@@ -57,7 +57,9 @@ class Population(pl.LightningModule):
         self.updater: VectorisedOptimizer | None = None
         self.scheduled: dict[str, bool] = {}  # whether any member has a scheduler of that interval
         self._stopped_values: dict[int, list[torch.Tensor]] = {}
+        self.guards: Any = None  # events.MemberGuards, where the guards check every step on the host
         self._vmapped: dict[tuple[str, tuple[bool, ...]], Any] = {}  # per_member's batched methods
+        self.stop_signal: int | None = None  # a signal stops every member after this batch (stopping.py)
 
     # ---- the members' parameters as views of ours ----
     def bind_members(self) -> None:
@@ -76,6 +78,12 @@ class Population(pl.LightningModule):
 
     @property
     def active(self) -> list[int]:
+        """The members still training: running, and not held at a step (diverged, pruned)."""
+        return [i for i, m in enumerate(self.members) if m.running and i not in self._stopped_values]
+
+    @property
+    def running(self) -> list[int]:
+        """The members whose job is not over yet (a member held this batch ends at its end)."""
         return [i for i, m in enumerate(self.members) if m.running]
 
     # ---- Lightning's hooks ----
@@ -94,11 +102,17 @@ class Population(pl.LightningModule):
             member.task.trainer = self.trainer  # the global step, the epoch and the device
             member.load_training_state()  # a resumed member's parameters (into its rows) and optimiser state
         self.updater = VectorisedOptimizer([m.optimizer for m in self.members], list(self.stacked))
+        # the guards at every step on the host, as a single run's on the CPU (stepping.run_group)
+        from descend.population.events import MemberGuards
+
+        guards = MemberGuards(self.members)
+        self.guards = guards if guards and self.device.type in stepping.HOST_CHECKED else None
         # Lightning restores the global step after this hook: the members' checkpoints say it
         self.updater.restore(next((int(m.checkpoint["global_step"]) for m in self.members if m.checkpoint), 0))
         self.scheduled = {interval: any(m.schedulers(interval) for m in self.members) for interval in ("step", "epoch")}
 
     def on_train_start(self) -> None:
+        stopping.install()  # in place of the SIGTERM handler Lightning registered as fit started
         for member in self.members:
             with member.logging():
                 relog, member.task.step_state.relog = member.task.step_state.relog, None
@@ -117,10 +131,18 @@ class Population(pl.LightningModule):
         every = self.trainer.log_every_n_steps
         first_step = step = self.global_step
         losses = []
+        stop = stopping.stop_request  # a signal ends the group before its next step, as stepping.run_group
+        bad_steps: dict[int, tuple[int, float]] = {}  # member → (step, loss) where its guard stopped it
         for batch in group.batches:
+            if stop.signal is not None:
+                break
             loss = self.member_losses(batch)
             grads = list(torch.autograd.grad(loss.sum(), list(self.stacked)))
             loss = loss.detach()
+            if self.guards is not None:  # before the update: a bad member is held at this step's state
+                for index, value in self.guards.bad_members(step, loss, self.active):
+                    bad_steps[index] = (step, value)
+                    self.stop(index)
             if every > 0 and step % every == 0:
                 self.record_metrics(step, loss, grads)
             grads = self.clipped(grads)
@@ -131,9 +153,12 @@ class Population(pl.LightningModule):
             losses.append(loss)
             step += 1
             self.step_schedulers(step, "step")
+        self.stop_signal = stop.signal  # read by the checkpoint callback, then on_train_batch_end
+        if not losses:  # stopped before the group's first step
+            return {"losses": self.stacked[0].new_empty(0, len(self.members)), "first_step": first_step, "bad_steps": {}}
         stacked = torch.stack(losses)  # [steps, members]
         self.step_state.loss = stacked[-1][self.active].min() if self.active else stacked[-1, 0]
-        return {"losses": stacked, "first_step": first_step}
+        return {"losses": stacked, "first_step": first_step, "bad_steps": bad_steps if self.guards is not None else None}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks (checkpoints, the divergence guard), as Task.on_train_batch_end
@@ -141,8 +166,13 @@ class Population(pl.LightningModule):
         stepping.read_back([member.task.metric_buffer for member in self.members])
         for member in self.members:
             member.task.metric_buffer.flush(member.task.writing_loggers())
+        # after the checkpoint callback too, which has saved every running member at this step
+        if self.stop_signal and not stopping.validation_follows(self.trainer):
+            raise stopping.Stopped(self.global_step, self.stop_signal)
 
     def on_train_epoch_end(self) -> None:
+        if self.stop_signal:  # a stop at the epoch's last batch, after its validation and checkpoint
+            raise stopping.Stopped(self.global_step, self.stop_signal)
         self.step_schedulers(self.current_epoch + 1, "epoch")
 
     # ---- one vectorised step ----
@@ -215,7 +245,9 @@ class Population(pl.LightningModule):
 
     # ---- members that stopped (diverged) keep their parameters ----
     def stop(self, index: int) -> None:
-        self._stopped_values[index] = [p.detach()[index].clone() for p in self.stacked]
+        """Hold member `index` at its current parameters from now on (the first call decides)."""
+        if index not in self._stopped_values:
+            self._stopped_values[index] = [p.detach()[index].clone() for p in self.stacked]
 
     def hold_stopped_members(self) -> None:
         with torch.no_grad():

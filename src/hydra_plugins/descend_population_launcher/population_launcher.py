@@ -109,6 +109,7 @@ class PopulationLauncher(Launcher):
 
     def run_population(self, configs: list[DictConfig], task_cfgs: list[DictConfig], resume_from: list[str | None]) -> list[JobReturn]:
         from descend.cli import quiet_lightning
+        from descend.stopping import exit_code
         from descend.population.members import by_data, train_population
 
         quiet_lightning()
@@ -121,18 +122,18 @@ class PopulationLauncher(Launcher):
         for member in members:
             if not member.running:  # a bad config: this job's one-line error, the others train
                 member.return_value = member.finish(None, 0.0)
-        interrupted = False
+        stopped = None
         for population in by_data(built):
             numbers = [m.number for m in population]
             print(f"population: jobs {describe(numbers)} train together ({len(population)} members)")
-            interrupted = train_population(population)
-            if interrupted:
+            stopped = train_population(population)
+            if stopped:
                 break
         returns = [self.end_job(config, ret, member) for config, (ret, member) in zip(configs, jobs)]
         HydraConfig.instance().cfg = self.hydra_config  # as run_job leaves it
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        if interrupted:
-            sys.exit(130)  # as for SIGINT; Ctrl-C ends the sweep, as it ends a basic launcher's
+        if stopped:
+            sys.exit(exit_code(stopped))  # 143 SIGTERM, 130 SIGINT: the sweep ends as a stopped single run does
         return returns
 
     def start_job(self, config: DictConfig, task_cfg: DictConfig, first: bool) -> tuple[JobReturn, Any]:
