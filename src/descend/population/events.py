@@ -51,6 +51,13 @@ class MemberGuards:
         everies = {g.every_n_steps for g in self.guards if g is not None}
         self.every = everies.pop() if len(everies) == 1 else 1  # different intervals: each guard's own test below
 
+    def keep(self, rows: list[int]) -> None:
+        """Only the members `rows` from now on (Population.release)."""
+        self.guards = [self.guards[i] for i in rows]
+        self.watched = self.watched[rows]
+        if self.limits is not None:
+            self.limits = self.limits[rows]
+
     def __bool__(self) -> bool:
         return bool(self.watched.any())
 

@@ -166,6 +166,7 @@ class Population(pl.LightningModule):
         stepping.read_back([member.task.metric_buffer for member in self.members])
         for member in self.members:
             member.task.metric_buffer.flush(member.task.writing_loggers())
+        self.release([i for i, m in enumerate(self.members) if not m.running])  # diverged or pruned: out of the population
         # after the checkpoint callback too, which has saved every running member at this step
         if self.stop_signal and not stopping.validation_follows(self.trainer):
             raise stopping.Stopped(self.global_step, self.stop_signal)
@@ -173,6 +174,7 @@ class Population(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if self.stop_signal:  # a stop at the epoch's last batch, after its validation and checkpoint
             raise stopping.Stopped(self.global_step, self.stop_signal)
+        self.release([i for i, m in enumerate(self.members) if not m.running])  # pruned after the validation
         self.step_schedulers(self.current_epoch + 1, "epoch")
 
     # ---- one vectorised step ----
@@ -254,6 +256,35 @@ class Population(pl.LightningModule):
             for index, values in self._stopped_values.items():
                 for stacked, value in zip(self.stacked, values):
                     stacked[index] = value
+
+
+    # ---- members that left (diverged, pruned): the population shrinks to the others ----
+    @torch.no_grad()
+    def release(self, indices: list[int]) -> None:
+        """Members `indices` leave the population: each keeps its parameters as tensors of its own
+        (the held ones), and the stacked parameters, the optimiser's state and the guards keep the
+        other members' rows only, so that every later step computes those alone. A member's rows
+        are computed independently of the others' (vmap), so the others' numbers do not move."""
+        if not indices:
+            return
+        gone = set(indices)
+        keep = [i for i in range(len(self.members)) if i not in gone]
+        for index in indices:
+            values = self._stopped_values.get(index) or [p.detach()[index] for p in self.stacked]
+            task = self.members[index].task
+            for name, value in zip(self.names, values):
+                task.get_parameter(name).data = value.clone()
+        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for position, stacked in enumerate(list(self.stacked)):
+            self.stacked[position] = nn.Parameter(stacked.detach().index_select(0, rows), requires_grad=stacked.requires_grad)
+        self.members = [self.members[i] for i in keep]
+        for index, member in enumerate(self.members):
+            for name, stacked in zip(self.names, self.stacked):
+                member.task.get_parameter(name).data = stacked.data[index]
+        self._stopped_values = {keep.index(i): v for i, v in self._stopped_values.items() if i not in gone}
+        self.updater.keep(keep, list(self.stacked))
+        if self.guards is not None:
+            self.guards.keep(keep)
 
 
 def member_norms(grads: list[torch.Tensor]) -> torch.Tensor:
