@@ -10,7 +10,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from descend import stepping
+from descend import stepping, stopping
+from descend.population import pruning
 from descend.callbacks import Checkpoint, ImageLogger
 
 
@@ -151,6 +152,89 @@ class PopulationImages(ImageLogger):
             images = member.task.images()
             for logger in others:
                 logger.log_images(images, step)
+
+
+class PopulationPruner(pl.Callback):
+    """hydra.launcher.pruner's rule (pruning.py) applied at its steps to the running members."""
+
+    def __init__(self, conf: pruning.PrunerConf) -> None:
+        self.conf = conf
+        self._latest: dict[int, float] = {}  # member number → its metric's latest value
+        self._after_validation = False
+
+    @property
+    def event_every_n_steps(self) -> int:
+        """Read by descend's step planner: a group of steps ends at every multiple (the rungs are some)."""
+        return self.conf.min_steps if self.conf.rule == "halving" else self.conf.every_n_steps
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        step, conf = trainer.global_step, self.conf
+        if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
+            return False
+        if conf.rule == "halving":
+            return pruning.halving_rung(step, conf.min_steps, conf.eta)
+        return step >= conf.min_steps and step % conf.every_n_steps == 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.conf.metric == "train/loss" and len(outputs["losses"]):
+            last = outputs["losses"][-1].tolist()  # the group's last step, one value per member
+            for index in pl_module.active:
+                self._latest[pl_module.members[index].number] = last[index]
+        if pl_module.stop_signal or not self.due(trainer):
+            return
+        if stopping.validation_follows(trainer):  # its validation first, as a checkpoint waits for it
+            self._after_validation = True
+            return
+        self.prune(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.conf.metric.startswith("val/"):
+            for index in pl_module.active:
+                _, logged = pl_module.members[index].task.step_state.last_logged
+                if self.conf.metric not in logged:  # a name the task does not log: say which it does
+                    names = ", ".join(sorted(k for k in logged if k.startswith("val/") and "log10_" not in k))
+                    raise pruning.ConfigError(f"hydra.launcher.pruner.metric={self.conf.metric} is not logged by this task; it logs {names}")
+                self._latest[pl_module.members[index].number] = float(logged[self.conf.metric])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self._after_validation and not pl_module.stop_signal:
+            self.prune(trainer, pl_module)
+        self._after_validation = False
+
+    def prune(self, trainer: pl.Trainer, population: Any) -> None:
+        candidates = population.active
+        members = [population.members[i] for i in candidates]
+        values = [self._latest.get(m.number, math.nan) for m in members]
+        numbers = [m.number for m in members]
+        if self.conf.rule == "halving":
+            stopped = pruning.halving_pruned(values, numbers, self.conf.eta)
+        else:
+            stopped = pruning.median_pruned(values, numbers)
+        order = pruning.ranked(values, numbers)
+        for position in stopped:
+            details = {"rule": self.conf.rule, "step": trainer.global_step, "metric": self.conf.metric,
+                       "value": values[position] if math.isfinite(values[position]) else None,
+                       "rank": order.index(position) + 1, "of": len(members)}
+            end_member(trainer, population, candidates[position], details)
+        if not population.active:
+            trainer.should_stop = True
+
+
+def end_member(trainer: pl.Trainer, population: Any, index: int, details: dict[str, Any]) -> None:
+    """Member `index` stops here, pruned: its curves up to this step and their last point, its
+    checkpoint at this step (where the sweep checkpoints), its record; held until the batch ends."""
+    member = population.members[index]
+    task = member.task
+    stepping.read_back([task.metric_buffer])
+    task.metric_buffer.flush(member.loggers)
+    stepping.log_last_step(task, member.optimizer)
+    if any(isinstance(c, PopulationCheckpoint) for c in trainer.callbacks):
+        for logger in member.loggers:
+            logger.save()
+        base = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+        member.save_checkpoint(base, population.updater.load_into(index), trainer.global_step)
+    member.stop_pruned(trainer.global_step, details)
+    population.stop(index)
 
 
 # descend's callbacks (conf/callbacks/default.yaml) and the form each takes in a population.
