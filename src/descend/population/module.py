@@ -210,13 +210,20 @@ class Population(pl.LightningModule):
         """A logging step: what a single run logs (stepping.after_backward), member by member."""
         norms = member_norms(grads)
         together = self.member_distances(loss)
+        # On the host (the CPU) every member's numbers become Python floats at once, the values the
+        # buffer's read_back would give: a tensor index per member per metric cost more than the step.
+        # Elsewhere they stay device tensors, read back once per batch (a read here would wait for the device).
+        on_host = self.device.type in stepping.HOST_CHECKED
+        values = loss.tolist() if on_host else loss
+        norm_values = norms.tolist() if on_host else norms
+        shared = None if together is None else {k: v.tolist() if on_host else v for k, v in together.items()}
         for index in self.active:
             member = self.members[index]
             task, state = member.task, member.task.step_state
             state.loss = state.logged_loss = loss[index]
-            distances = task.distances(loss[index]) if together is None else {k: v[index] for k, v in together.items()}
-            metrics = {"train/loss": loss[index], **distances, **task.predicted(step),
-                       **stepping.learning_rates(member.optimizer), "train/grad_norm": norms[index]}
+            distances = task.distances(loss[index]) if shared is None else {k: v[index] for k, v in shared.items()}
+            metrics = {"train/loss": values[index], **distances, **task.predicted(step),
+                       **stepping.learning_rates(member.optimizer), "train/grad_norm": norm_values[index]}
             task.metric_buffer.add(step, metrics)
 
     def clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
