@@ -91,6 +91,21 @@ def test_a_sweep_killed_in_its_third_job_resumes_to_the_straight_sweep(tmp_path,
     assert steps == sorted(set(steps))
 
 
+def resume_three_members_to_the_straight_sweep(sweep: Path, argv: list[str], tmp_path: Path, straight: Path) -> None:
+    """Resume the stopped 3-member population sweep; it ends bit for bit where the same sweep run
+    straight in `straight` ends, one curve each (the stopped run's tail purged)."""
+    from conftest import scalars
+
+    proc = run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    assert proc.stdout.count("continues from its checkpoint") == 3
+    assert "population: jobs 0-2 train together (3 members)" in proc.stdout
+    run_cli(*argv, cwd=straight)
+    assert_same_sweep(sweep, sweep_folder(straight))
+    for mine, theirs in zip(jobs(sweep), jobs(sweep_folder(straight))):
+        assert metrics(mine)["metrics"]["loss"] > 0  # not converged to an exact zero, where any two runs agree
+        assert scalars(mine)["train/loss"] == scalars(theirs)["train/loss"], mine.name
+
+
 def scalars_steps(job: Path) -> list[int]:
     from conftest import scalars
 
@@ -105,8 +120,6 @@ def scalars_steps(job: Path) -> list[int]:
 def test_a_population_sweep_killed_mid_training_resumes_as_one_population_from_its_members_checkpoints(tmp_path, members):
     """Every member had checkpointed when the kill came: they continue together, each from its own
     checkpoint, and end bit for bit where the straight population sweep's members end."""
-    from conftest import scalars
-
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     killed.mkdir(), straight.mkdir()
     argv = ["-m", "hydra/launcher=population", *members, "trainer.max_steps=20000",
@@ -114,15 +127,7 @@ def test_a_population_sweep_killed_mid_training_resumes_as_one_population_from_i
     kill_when(killed, argv, "outputs/multirun/*/*/02_*/checkpoints/last.ckpt")
     sweep = sweep_folder(killed)
     assert len(jobs(sweep)) == 3 and not any((j / "metrics.json").exists() for j in jobs(sweep))
-    proc = run_cli("-m", f"resume={sweep}", cwd=tmp_path)
-    assert proc.stdout.count("continues from its checkpoint") == 3
-    assert "population: jobs 0-2 train together (3 members)" in proc.stdout
-    run_cli(*argv, cwd=straight)
-    assert_same_sweep(sweep, sweep_folder(straight))
-    for mine, theirs in zip(jobs(sweep), jobs(sweep_folder(straight))):
-        assert metrics(mine)["metrics"]["loss"] > 0  # not converged to an exact zero, where any two runs agree
-        # one curve, the straight one's, at every logged step (the killed run's tail purged)
-        assert scalars(mine)["train/loss"] == scalars(theirs)["train/loss"], mine.name
+    resume_three_members_to_the_straight_sweep(sweep, argv, tmp_path, straight)
 
 
 def test_an_optuna_search_killed_after_three_trials_resumes_to_the_same_study(tmp_path):
@@ -266,3 +271,39 @@ def test_hydra_sweeper_optuna_and_basic_are_descends_even_beside_hydras_optuna_p
     assert plain.hydra.sweeper._target_ == "hydra_plugins.descend_basic_sweeper.basic_sweeper.BasicSweeper"
     # where Hydra's old plugin is installed (it registers hydra/sweeper=optuna too), the entry above was still descend's
     print("hydra-optuna-sweeper installed:", importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_a_population_sweep_at_its_step_and_resume_ends_bitwise_where_the_straight_sweep_ends(tmp_path, sig, code):
+    """A real signal at a random moment of training: every member stops at that step with its
+    checkpoint there (none was due: every 500 steps but at most one per 30 s), exit 143 / 130, and the
+    sweep resumed as one population ends bit for bit where the uninterrupted sweep ends."""
+    import random
+
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    stopped.mkdir(), straight.mkdir()
+    argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.01,0.02,0.03", "trainer.max_steps=30000",
+            "trainer.log_every_n_steps=10", *QUIET]
+    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=stopped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        logs = list((stopped / "outputs").rglob("events.out.tfevents.*"))
+        if len(logs) >= 3 and all(log.stat().st_size > 2000 for log in logs):  # the members have logged their first steps
+            time.sleep(random.uniform(0.0, 1.0))
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == code, stderr[-3000:]
+    sweep = sweep_folder(stopped)
+    assert f"continue it with: python -m train -m resume={sweep}" in stderr and "Traceback" not in stderr
+    steps = set()
+    for job in jobs(sweep):
+        record = metrics(job)
+        assert record["status"] == "stopped" and f"resume='{job}'" in record["error"], record
+        assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == record["steps"]
+        steps.add(record["steps"])
+    (step,) = steps  # one step for every member
+    assert 0 < step < 30000
+    resume_three_members_to_the_straight_sweep(sweep, argv, tmp_path, straight)

@@ -162,7 +162,7 @@ def print_closing_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     if not rows:
         print(f"\ndescend: sweep ended with no finished job\n  sweep folder: {sweep_dir}")
         return
-    counts = ", ".join(f"{n} {s}" for s in ("completed", "diverged", "stopped", "failed") if (n := sum(r["status"] == s for r in rows)))
+    counts = ", ".join(f"{n} {s}" for s in ("completed", "pruned", "diverged", "stopped", "failed") if (n := sum(r["status"] == s for r in rows)))
     print(f"\ndescend: sweep of {len(rows)} jobs: {counts}")
     tasks = sorted({r["task"] for r in rows})
     for task in tasks:
@@ -196,10 +196,17 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
     metrics = {task: ranking_metric([r for r in rows if r["task"] == task]) for task in {r["task"] for r in rows}}
 
-    def key(row: dict[str, Any]) -> tuple[str, int, float]:
-        # jobs of different tasks have losses of different problems: each task is ranked on its own
+    def key(row: dict[str, Any]) -> tuple[str, int, float, float]:
+        # jobs of different tasks have losses of different problems: each task is ranked on its own;
+        # pruned jobs after the completed ones, the later a job was stopped the higher, then by its loss
         loss = finite_loss(row, metrics[row["task"]])
-        return (row["task"], 0, loss) if loss is not None else (row["task"], 1, math.inf)
+        if loss is not None:
+            return (row["task"], 0, 0.0, loss)
+        if row["status"] == "pruned":
+            value = row.get(metrics[row["task"]])
+            value = float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+            return (row["task"], 1, -float(row.get("steps") or 0), value)
+        return (row["task"], 2, 0.0, math.inf)
 
     return sorted(rows, key=key)
 
@@ -223,6 +230,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     table += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "diverged", "failed")}
+    if any(r["status"] == "pruned" for r in rows):  # a pruner stopped these (population/pruning.py)
+        counts["pruned"] = sum(r["status"] == "pruned" for r in rows)
     if any(r["status"] == "stopped" for r in rows):  # a signal ended the sweep
         counts["stopped"] = sum(r["status"] == "stopped" for r in rows)
     header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". {ranking_text(rows)}.\n\n"

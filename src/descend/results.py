@@ -1,6 +1,8 @@
 """What a run leaves behind besides TensorBoard and checkpoints: metrics.json and the solution.
 
-    metrics.json   {"status": completed|diverged|stopped|failed, "task", "steps",
+    metrics.json   {"status": completed|pruned|diverged|stopped|failed, "task", "steps",
+                    "pruned": {"rule", "step", "metric", "value", "rank", "of", "continue"} for a
+                    population member a pruner stopped (population/pruning.py),
                     "wall_time_s": seconds of every session of the run added up (a resumed run's too),
                     "metrics": {...}, "error": one line or null, "traceback": text or null,
                     "theory": {...} for quadratic tasks (theory.py),
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-STATUSES = ("completed", "diverged", "stopped", "failed")
+STATUSES = ("completed", "pruned", "diverged", "stopped", "failed")
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -130,10 +130,13 @@ def mask_storage_override(argv: list[str], environ: dict[str, str]) -> list[str]
 
 def outcome(value: Any, status: str | None, direction: str) -> tuple[str, float | None]:
     """How a job's end is told to the study: ("COMPLETE", value) or ("FAIL", None), see the module's
-    docstring; ("RUNNING", None) for a job stopped by a signal, which a resumed sweep continues."""
+    docstring; ("RUNNING", None) for a job stopped by a signal, which a resumed sweep continues;
+    ("PRUNED", None) for a member a population's pruner stopped."""
     worst = math.inf if direction == "minimize" else -math.inf
     if status == "stopped":
         return "RUNNING", None
+    if status == "pruned":  # a population's pruner stopped it (population/pruning.py): Optuna's own state for that
+        return "PRUNED", None
     if status in ("failed", None):
         return "FAIL", None
     try:

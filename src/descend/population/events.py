@@ -3,13 +3,15 @@ does for a run, at the same steps (the step planner reads the same `event_every_
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from descend import lightning_internals, stepping
+from descend import lightning_internals, stepping, stopping
+from descend.population import pruning
 from descend.callbacks import Checkpoint, ImageLogger
 
 
@@ -36,10 +38,57 @@ class PopulationCheckpoint(Checkpoint):
             self._save(trainer)
 
 
+class MemberGuards:
+    """Every member's DivergenceGuard checked at once on the host, before a step's update, as
+    stepping.run_group checks a single run's on the CPU: a member whose loss went bad is held at
+    that step's state (Population.stop), so its solution, final/* and ref/* are the bad step's,
+    as its single run's are. One comparison of the [members] losses with the guards' bounds per
+    checked step, and one host read; the members' own guards only where one went bad."""
+
+    def __init__(self, members: list[Any]) -> None:
+        self.guards = [m.guard() if m.guard() is not None and m.guard().every_n_steps >= 1 else None for m in members]
+        self.limits: torch.Tensor | None = None  # each guard's bound on |loss|, inf where none; known once every first loss is
+        self.watched = torch.tensor([g is not None for g in self.guards])
+        everies = {g.every_n_steps for g in self.guards if g is not None}
+        self.every = everies.pop() if len(everies) == 1 else 1  # different intervals: each guard's own test below
+
+    def keep(self, rows: list[int]) -> None:
+        """Only the members `rows` from now on (Population.release)."""
+        self.guards = [self.guards[i] for i in rows]
+        self.watched = self.watched[rows]
+        if self.limits is not None:
+            self.limits = self.limits[rows]
+
+    def __bool__(self) -> bool:
+        return bool(self.watched.any())
+
+    def bad_members(self, step: int, losses: torch.Tensor, active: list[int]) -> list[tuple[int, float]]:
+        """The running members (indices into `losses`, [members]) whose loss at `step` stops them, with that loss."""
+        if step % self.every:
+            return []
+        if self.limits is None:  # the first check: each guard takes its first loss (DivergenceGuard.is_bad)
+            values = losses.tolist()
+            bad = [(i, values[i]) for i in active if self.due(i, step) and self.guards[i].is_bad(values[i])]
+            self.limits = torch.tensor([(g.limit() or math.inf) if g is not None else math.inf for g in self.guards], dtype=losses.dtype)
+            return bad
+        flagged = (~(losses.abs() <= self.limits) & self.watched).nonzero().flatten().tolist()  # NaN fails <= too
+        if not flagged:
+            return []
+        values = losses.tolist()
+        running = set(active)
+        return [(i, values[i]) for i in flagged if i in running and self.due(i, step) and self.guards[i].is_bad(values[i])]
+
+    def due(self, index: int, step: int) -> bool:
+        return step % self.guards[index].every_n_steps == 0
+
+
 class PopulationGuard(pl.Callback):
     """Each member's own DivergenceGuard on its column of the losses: a member that diverges stops
     there (its parameters are held, its error is its own) and the others train on. When none is
-    left, training ends."""
+    left, training ends. On the CPU the population checks every step before its update
+    (MemberGuards, in Population.training_step) and hands the bad steps here; elsewhere (a GPU,
+    where a read per step would wait for the device) the group's losses are read once here and a
+    diverged member keeps its group's last state."""
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings  # the members' guards carry them; kept for the config's sake
@@ -48,21 +97,33 @@ class PopulationGuard(pl.Callback):
         # every member's losses of the group read back at once (one transfer from a GPU, where a
         # read per member would wait for the device each time), then each member's guard reads its column
         losses, first_step = outputs["losses"].detach().cpu(), outputs["first_step"]
-        for index in pl_module.active:
+        found_on_host = outputs.get("bad_steps")
+        for index in pl_module.running:
             member = pl_module.members[index]
             guard = member.guard()
             if guard is None or guard.every_n_steps < 1:
                 continue
-            found = guard.find(losses[:, index], first_step)
-            if found is None:
-                continue
+            if found_on_host is not None:
+                if index not in found_on_host:
+                    continue
+                step, loss = found_on_host[index]
+                limit = guard.limit()
+                found = (step, loss, limit is not None and math.isfinite(loss) and abs(loss) > limit)
+                exact = True
+            else:
+                found = guard.find(losses[:, index], first_step) if len(losses) else None
+                if found is None:
+                    continue
+                exact = found[0] == first_step + len(losses) - 1
             step, loss, exploded = found
             task = member.task
             task.metric_buffer.flush(member.loggers, through_step=step - 1)
             task.log_to_loggers({"train/loss": torch.tensor(loss)}, step=step)
-            last_of_batch = step == first_step + len(losses) - 1
-            member.stop_diverged(guard.error(step, loss, exploded, task, [member.optimizer], check_parameters=last_of_batch))
+            member.stop_diverged(guard.error(step, loss, exploded, task, [member.optimizer], check_parameters=exact))
             pl_module.stop(index)
+            for images in trainer.callbacks:  # its last picture at its stop, as its own run draws one
+                if isinstance(images, PopulationImages) and images.every_n_steps > 0:
+                    images.draw(member, step)
         if not pl_module.active:
             trainer.should_stop = True
 
@@ -71,22 +132,109 @@ class PopulationImages(ImageLogger):
     """ImageLogger's schedule and time budget, drawing every running member's pictures into its
     own TensorBoard run."""
 
-    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int | None = None) -> None:
+        start = time.perf_counter()
+        for index in pl_module.active:
+            self.draw(pl_module.members[index], trainer.global_step if step is None else step)
+        self._spent += time.perf_counter() - start
+
+    @staticmethod
+    def draw(member: Any, step: int) -> None:
+        """Member's pictures at `step` into its own loggers (a diverged member's last, as its run's ImageLogger.on_exception)."""
         from descend.callbacks.images import picture_loggers
         from descend.dashboard import tensorboard_loggers
 
-        start = time.perf_counter()
-        for index in pl_module.active:
-            member = pl_module.members[index]
-            for logger in tensorboard_loggers(member.loggers):
-                for tag, image in member.task.images().items():
-                    logger.experiment.add_image(f"images/{tag}", image, trainer.global_step, dataformats="HWC")
-            others = picture_loggers(member.loggers)
-            if others:
-                images = member.task.images()
-                for logger in others:
-                    logger.log_images(images, trainer.global_step)
-        self._spent += time.perf_counter() - start
+        for logger in tensorboard_loggers(member.loggers):
+            for tag, image in member.task.images().items():
+                logger.experiment.add_image(f"images/{tag}", image, step, dataformats="HWC")
+        others = picture_loggers(member.loggers)
+        if others:
+            images = member.task.images()
+            for logger in others:
+                logger.log_images(images, step)
+
+
+class PopulationPruner(pl.Callback):
+    """hydra.launcher.pruner's rule (pruning.py) applied at its steps to the running members."""
+
+    def __init__(self, conf: pruning.PrunerConf) -> None:
+        self.conf = conf
+        self._latest: dict[int, float] = {}  # member number → its metric's latest value
+        self._after_validation = False
+
+    @property
+    def event_every_n_steps(self) -> int:
+        """Read by descend's step planner: a group of steps ends at every multiple (the rungs are some)."""
+        return self.conf.min_steps if self.conf.rule == "halving" else self.conf.every_n_steps
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        step, conf = trainer.global_step, self.conf
+        if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
+            return False
+        if conf.rule == "halving":
+            return pruning.halving_rung(step, conf.min_steps, conf.eta)
+        return step >= conf.min_steps and step % conf.every_n_steps == 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.conf.metric == "train/loss" and len(outputs["losses"]):
+            last = outputs["losses"][-1].tolist()  # the group's last step, one value per member
+            for index in pl_module.active:
+                self._latest[pl_module.members[index].number] = last[index]
+        if pl_module.stop_signal or not self.due(trainer):
+            return
+        if stopping.validation_follows(trainer):  # its validation first, as a checkpoint waits for it
+            self._after_validation = True
+            return
+        self.prune(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self.conf.metric.startswith("val/"):
+            for index in pl_module.active:
+                _, logged = pl_module.members[index].task.step_state.last_logged
+                if self.conf.metric not in logged:  # a name the task does not log: say which it does
+                    names = ", ".join(sorted(k for k in logged if k.startswith("val/") and "log10_" not in k))
+                    raise pruning.ConfigError(f"hydra.launcher.pruner.metric={self.conf.metric} is not logged by this task; it logs {names}")
+                self._latest[pl_module.members[index].number] = float(logged[self.conf.metric])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        if self._after_validation and not pl_module.stop_signal:
+            self.prune(trainer, pl_module)
+        self._after_validation = False
+
+    def prune(self, trainer: pl.Trainer, population: Any) -> None:
+        candidates = population.active
+        members = [population.members[i] for i in candidates]
+        values = [self._latest.get(m.number, math.nan) for m in members]
+        numbers = [m.number for m in members]
+        if self.conf.rule == "halving":
+            stopped = pruning.halving_pruned(values, numbers, self.conf.eta)
+        else:
+            stopped = pruning.median_pruned(values, numbers)
+        order = pruning.ranked(values, numbers)
+        for position in stopped:
+            details = {"rule": self.conf.rule, "step": trainer.global_step, "metric": self.conf.metric,
+                       "value": values[position] if math.isfinite(values[position]) else None,
+                       "rank": order.index(position) + 1, "of": len(members)}
+            end_member(trainer, population, candidates[position], details)
+        if not population.active:
+            trainer.should_stop = True
+
+
+def end_member(trainer: pl.Trainer, population: Any, index: int, details: dict[str, Any]) -> None:
+    """Member `index` stops here, pruned: its curves up to this step and their last point, its
+    checkpoint at this step (where the sweep checkpoints), its record; held until the batch ends."""
+    member = population.members[index]
+    task = member.task
+    stepping.read_back([task.metric_buffer])
+    task.metric_buffer.flush(member.loggers)
+    stepping.log_last_step(task, member.optimizer)
+    if any(isinstance(c, PopulationCheckpoint) for c in trainer.callbacks):
+        for logger in member.loggers:
+            logger.save()
+        base = lightning_internals.dump_checkpoint(trainer)
+        member.save_checkpoint(base, population.updater.load_into(index), trainer.global_step)
+    member.stop_pruned(trainer.global_step, details)
+    population.stop(index)
 
 
 # descend's callbacks (conf/callbacks/default.yaml) and the form each takes in a population.

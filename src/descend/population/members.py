@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from descend import lightning_internals
 from descend.errors import UserError
-from descend.results import new_record, record_failure, record_interrupt
+from descend.results import new_record, record_failure, record_interrupt, record_stop
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class Member:
         self.rng: torch.Tensor | None = None
         self.running = False
         self.diverged: Any = None
+        self.stopped_at: int | None = None  # the step a pruner stopped it at (pruning.py)
         self.return_value = float("inf")  # what the job returns to Hydra (finish)
         # a resumed sweep's member: its own last.ckpt (save_checkpoint's file), loaded in build and
         # Population.on_fit_start, so that the population continues where its members stopped
@@ -135,6 +136,14 @@ class Member:
             return []
         return [(self.scheduler, int(settings.get("frequency", 1)), settings.get("monitor"))]
 
+    def stop_pruned(self, step: int, details: dict[str, Any]) -> None:
+        """Pruned at `step` (pruning.py): its record says by which rule, and how to continue it alone."""
+        from descend.results import continue_from
+
+        self.record.update(status="pruned", pruned={**details, "continue": continue_from(self.run_dir)})
+        self.stopped_at = step
+        self.running = False
+
     def stop_diverged(self, error: Any) -> None:
         self.record.update(status="diverged", error=str(error))
         self.diverged = error
@@ -183,7 +192,7 @@ class Member:
         record = self.record
         record["wall_time_s"] = wall_time_s
         if trainer is not None and self.task is not None:
-            record["steps"] = self.diverged.step if self.diverged else trainer.global_step
+            record["steps"] = self.diverged.step if self.diverged else self.stopped_at if self.stopped_at is not None else trainer.global_step
         trained = trainer is not None and self.task is not None and (trainer.global_step > 0 or record["status"] == "completed")
         with self.logging():
             stage = self.task.stage_values if trained else {}
@@ -248,9 +257,10 @@ def by_data(members: list[Member]) -> list[list[Member]]:
     return groups
 
 
-def population_trainer(cfg: DictConfig) -> Any:
+def population_trainer(cfg: DictConfig, pruner: Any = None) -> Any:
     """The population's Trainer: the members' trainer settings, descend's callbacks in their
-    population form (events.py), no logger of its own (every member has its own)."""
+    population form (events.py), the pruner where one is set (pruning.PrunerConf), no logger of
+    its own (every member has its own)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from descend.build import instantiate, trainer_with
@@ -262,6 +272,10 @@ def population_trainer(cfg: DictConfig) -> Any:
             continue
         arguments = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
         callbacks.append(instantiate({"_target_": POPULATION_FORMS[node["_target_"]], **arguments}, f"callbacks.{name}"))
+    if pruner is not None:
+        from descend.population.events import PopulationPruner
+
+        callbacks.append(PopulationPruner(pruner))
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # else none: not Lightning's default
     return trainer_with(cfg, callbacks, logger=False, enable_checkpointing=checkpointing)
 
@@ -288,29 +302,71 @@ def population_checkpoint(population: Any) -> Iterator[str | None]:
         yield str(path)
 
 
-def train_population(members: list[Member]) -> bool:
-    """Train the members as one population and write every member's results. Returns whether
-    the run was interrupted (Ctrl-C): every member is then recorded as stopped, with its
-    resume command, and the sweep ends as a single run's Ctrl-C ends it."""
+# PyTorch's own threshold (at::internal::GRAIN_SIZE) below which an operation is not worth splitting
+# between threads; a population's batched matmul is split over its members whatever their size
+GRAIN_SIZE = 32768
+
+
+@contextlib.contextmanager
+def threads_for(members: list[Member]) -> Iterator[None]:
+    """One intra-op thread while the population trains, where each member's tensors (parameters and
+    data) are small: torch splits a batched matmul over the members however small each matrix is,
+    and the threads' synchronisation then costs more than the work (256 members of a 4×4 inverse:
+    0.2 ms a step with one thread, 30-60 ms with two on a loaded 2-core machine). Larger members
+    keep torch's threads. The numbers do not move: each member's matrix is computed whole either way."""
+    task = members[0].task
+    sizes = [t.numel() for t in (*task.parameters(), *task.buffers())]
+    if max(sizes, default=0) >= GRAIN_SIZE:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def train_population(members: list[Member], pruner: Any = None) -> int | None:
+    """Train the members as one population and write every member's results. Returns the signal
+    that stopped it (stopping.py: SIGTERM, SIGINT, SIGUSR1), or None: every member still training
+    is then recorded as stopped at that step, with its checkpoint there and its resume command,
+    and the sweep ends as a single run's stop ends it (exit 128 + the signal)."""
+    import signal
+
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
-    from descend.population.module import population_of
+    from descend.population.module import Population, population_of
+    from descend.stopping import Stopped, signals_stop_the_run
 
     started = time.perf_counter()
     trainer = None
-    interrupted = False
+    stopped: int | None = None
     try:
-        population = population_of(members)
-        trainer = population_trainer(members[0].cfg)
-        with log_to([m.run_dir for m in members]), population_checkpoint(population) as ckpt_path:
-            trainer.fit(population, ckpt_path=ckpt_path)
-            if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
-                trainer.test(population, verbose=False)
+        with signals_stop_the_run(), threads_for(members):
+            population = population_of(members)
+            if pruner is not None and pruner.metric.startswith("val/") and type(population) is Population:
+                raise UserError(f"hydra.launcher.pruner.metric={pruner.metric}: task {members[0].record['task']} does not validate; "
+                                "use train/loss")
+            trainer = population_trainer(members[0].cfg, pruner)
+            with log_to([m.run_dir for m in members]), population_checkpoint(population) as ckpt_path:
+                trainer.fit(population, ckpt_path=ckpt_path)
+                if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
+                    trainer.test(population, verbose=False)
         for member in members:
             if member.running:
                 member.record["status"] = "completed"
-    except (KeyboardInterrupt, SystemExit):
-        interrupted = True
+    except UserError as error:  # the pruner's metric does not fit the task
+        for member in members:
+            if member.running:
+                member.record.update(error=str(error), user_error=True)
+    except Stopped as error:  # at a step: every running member's checkpoint is at that step
+        stopped = error.signal
+        for member in members:
+            if member.running:
+                record_stop(member.record, error, member.run_dir)
+    except (KeyboardInterrupt, SystemExit):  # a second signal: at once, from the last checkpoint
+        stopped = signal.SIGINT
         step = trainer.global_step if trainer is not None else 0
         for member in members:
             if member.running:
@@ -324,4 +380,4 @@ def train_population(members: list[Member]) -> bool:
     wall_time_s = round(time.perf_counter() - started, 4)
     for member in members:
         member.return_value = member.finish(trainer, wall_time_s)
-    return interrupted
+    return stopped

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from descend import lightning_internals, stepping
+from descend import lightning_internals, stepping, stopping
 from descend.population.optimizers import VectorisedOptimizer
 
 if TYPE_CHECKING:
@@ -57,7 +57,9 @@ class Population(pl.LightningModule):
         self.updater: VectorisedOptimizer | None = None
         self.scheduled: dict[str, bool] = {}  # whether any member has a scheduler of that interval
         self._stopped_values: dict[int, list[torch.Tensor]] = {}
+        self.guards: Any = None  # events.MemberGuards, where the guards check every step on the host
         self._vmapped: dict[tuple[str, tuple[bool, ...]], Any] = {}  # per_member's batched methods
+        self.stop_signal: int | None = None  # a signal stops every member after this batch (stopping.py)
 
     # ---- the members' parameters as views of ours ----
     def bind_members(self) -> None:
@@ -76,6 +78,12 @@ class Population(pl.LightningModule):
 
     @property
     def active(self) -> list[int]:
+        """The members still training: running, and not held at a step (diverged, pruned)."""
+        return [i for i, m in enumerate(self.members) if m.running and i not in self._stopped_values]
+
+    @property
+    def running(self) -> list[int]:
+        """The members whose job is not over yet (a member held this batch ends at its end)."""
         return [i for i, m in enumerate(self.members) if m.running]
 
     # ---- Lightning's hooks ----
@@ -94,11 +102,17 @@ class Population(pl.LightningModule):
             member.task.trainer = self.trainer  # the global step, the epoch and the device
             member.load_training_state()  # a resumed member's parameters (into its rows) and optimiser state
         self.updater = VectorisedOptimizer([m.optimizer for m in self.members], list(self.stacked))
+        # the guards at every step on the host, as a single run's on the CPU (stepping.run_group)
+        from descend.population.events import MemberGuards
+
+        guards = MemberGuards(self.members)
+        self.guards = guards if guards and self.device.type in stepping.HOST_CHECKED else None
         # Lightning restores the global step after this hook: the members' checkpoints say it
         self.updater.restore(next((int(m.checkpoint["global_step"]) for m in self.members if m.checkpoint), 0))
         self.scheduled = {interval: any(m.schedulers(interval) for m in self.members) for interval in ("step", "epoch")}
 
     def on_train_start(self) -> None:
+        stopping.install()  # in place of the SIGTERM handler Lightning registered as fit started
         for member in self.members:
             with member.logging():
                 relog, member.task.step_state.relog = member.task.step_state.relog, None
@@ -117,10 +131,18 @@ class Population(pl.LightningModule):
         every = self.trainer.log_every_n_steps
         first_step = step = self.global_step
         losses = []
+        stop = stopping.stop_request  # a signal ends the group before its next step, as stepping.run_group
+        bad_steps: dict[int, tuple[int, float]] = {}  # member → (step, loss) where its guard stopped it
         for batch in group.batches:
+            if stop.signal is not None:
+                break
             loss = self.member_losses(batch)
             grads = list(torch.autograd.grad(loss.sum(), list(self.stacked)))
             loss = loss.detach()
+            if self.guards is not None:  # before the update: a bad member is held at this step's state
+                for index, value in self.guards.bad_members(step, loss, self.active):
+                    bad_steps[index] = (step, value)
+                    self.stop(index)
             if every > 0 and step % every == 0:
                 self.record_metrics(step, loss, grads)
             grads = self.clipped(grads)
@@ -129,9 +151,12 @@ class Population(pl.LightningModule):
             losses.append(loss)
             step += 1
             self.step_schedulers(step, "step")
+        self.stop_signal = stop.signal  # read by the checkpoint callback, then on_train_batch_end
+        if not losses:  # stopped before the group's first step
+            return {"losses": self.stacked[0].new_empty(0, len(self.members)), "first_step": first_step, "bad_steps": {}}
         stacked = torch.stack(losses)  # [steps, members]
         self.step_state.loss = stacked[-1][self.active].min() if self.active else stacked[-1, 0]
-        return {"losses": stacked, "first_step": first_step}
+        return {"losses": stacked, "first_step": first_step, "bad_steps": bad_steps if self.guards is not None else None}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # after the callbacks (checkpoints, the divergence guard), as Task.on_train_batch_end
@@ -139,8 +164,15 @@ class Population(pl.LightningModule):
         stepping.read_back([member.task.metric_buffer for member in self.members])
         for member in self.members:
             member.task.metric_buffer.flush(member.task.writing_loggers())
+        self.release([i for i, m in enumerate(self.members) if not m.running])  # diverged or pruned: out of the population
+        # after the checkpoint callback too, which has saved every running member at this step
+        if self.stop_signal and not stopping.validation_follows(self.trainer):
+            raise stopping.Stopped(self.global_step, self.stop_signal)
 
     def on_train_epoch_end(self) -> None:
+        if self.stop_signal:  # a stop at the epoch's last batch, after its validation and checkpoint
+            raise stopping.Stopped(self.global_step, self.stop_signal)
+        self.release([i for i, m in enumerate(self.members) if not m.running])  # pruned after the validation
         self.step_schedulers(self.current_epoch + 1, "epoch")
 
     # ---- one vectorised step ----
@@ -176,13 +208,20 @@ class Population(pl.LightningModule):
         """A logging step: what a single run logs (stepping.after_backward), member by member."""
         norms = member_norms(grads)
         together = self.member_distances(loss)
+        # On the host (the CPU) every member's numbers become Python floats at once, the values the
+        # buffer's read_back would give: a tensor index per member per metric cost more than the step.
+        # Elsewhere they stay device tensors, read back once per batch (a read here would wait for the device).
+        on_host = self.device.type in stepping.HOST_CHECKED
+        values = loss.tolist() if on_host else loss
+        norm_values = norms.tolist() if on_host else norms
+        shared = None if together is None else {k: v.tolist() if on_host else v for k, v in together.items()}
         for index in self.active:
             member = self.members[index]
             task, state = member.task, member.task.step_state
             state.loss = state.logged_loss = loss[index]
-            distances = task.distances(loss[index]) if together is None else {k: v[index] for k, v in together.items()}
-            metrics = {"train/loss": loss[index], **distances, **task.predicted(step),
-                       **stepping.learning_rates(member.optimizer), "train/grad_norm": norms[index]}
+            distances = task.distances(loss[index]) if shared is None else {k: v[index] for k, v in shared.items()}
+            metrics = {"train/loss": values[index], **distances, **task.predicted(step),
+                       **stepping.learning_rates(member.optimizer), "train/grad_norm": norm_values[index]}
             task.metric_buffer.add(step, metrics)
 
     def clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -213,13 +252,44 @@ class Population(pl.LightningModule):
 
     # ---- members that stopped (diverged) keep their parameters ----
     def stop(self, index: int) -> None:
-        self._stopped_values[index] = [p.detach()[index].clone() for p in self.stacked]
+        """Hold member `index` at its current parameters from now on (the first call decides)."""
+        if index not in self._stopped_values:
+            self._stopped_values[index] = [p.detach()[index].clone() for p in self.stacked]
 
     def hold_stopped_members(self) -> None:
         with torch.no_grad():
             for index, values in self._stopped_values.items():
                 for stacked, value in zip(self.stacked, values):
                     stacked[index] = value
+
+
+    # ---- members that left (diverged, pruned): the population shrinks to the others ----
+    @torch.no_grad()
+    def release(self, indices: list[int]) -> None:
+        """Members `indices` leave the population: each keeps its parameters as tensors of its own
+        (the held ones), and the stacked parameters, the optimiser's state and the guards keep the
+        other members' rows only, so that every later step computes those alone. A member's rows
+        are computed independently of the others' (vmap), so the others' numbers do not move."""
+        if not indices:
+            return
+        gone = set(indices)
+        keep = [i for i in range(len(self.members)) if i not in gone]
+        for index in indices:
+            values = self._stopped_values.get(index) or [p.detach()[index] for p in self.stacked]
+            task = self.members[index].task
+            for name, value in zip(self.names, values):
+                task.get_parameter(name).data = value.clone()
+        rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+        for position, stacked in enumerate(list(self.stacked)):
+            self.stacked[position] = nn.Parameter(stacked.detach().index_select(0, rows), requires_grad=stacked.requires_grad)
+        self.members = [self.members[i] for i in keep]
+        for index, member in enumerate(self.members):
+            for name, stacked in zip(self.names, self.stacked):
+                member.task.get_parameter(name).data = stacked.data[index]
+        self._stopped_values = {keep.index(i): v for i, v in self._stopped_values.items() if i not in gone}
+        self.updater.keep(keep, list(self.stacked))
+        if self.guards is not None:
+            self.guards.keep(keep)
 
 
 def member_norms(grads: list[torch.Tensor]) -> torch.Tensor:

@@ -164,6 +164,16 @@ class VectorisedOptimizer:
                              for member in states])
                 for index, param in enumerate(self.params)]
 
+    def keep(self, rows: list[int], params: Sequence[torch.Tensor]) -> None:
+        """Only the members `rows` from now on (the population released the others): their holders,
+        their rows of the state, `params` (the shrunk stacked parameters)."""
+        self.holders = [self.holders[i] for i in rows]
+        self.params = list(params)
+        index = torch.tensor(rows, dtype=torch.long, device=self.params[0].device)
+        self.state = {name: [b.index_select(0, index) if b is not None else None for b in buffers] for name, buffers in self.state.items()}
+        self._host_values = None
+        self.refresh()
+
     # ---- a member's state as its own torch optimiser holds it ----
     def load_into(self, member: int) -> torch.optim.Optimizer:
         """Member `member`'s slice of the state written into its holder (copies, so that its

@@ -13,7 +13,7 @@ import os
 import pickle
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from descend.population.pruning import PrunerConf
+
 log = logging.getLogger(__name__)
 
 
@@ -33,20 +35,32 @@ class PopulationLauncherConf:
     _target_: str = "hydra_plugins.descend_population_launcher.population_launcher.PopulationLauncher"
     # the most members trained together; larger sweeps train as several populations in turn
     max_members: int = 1024
+    # members stopped early: successive halving or the median rule (descend.population.pruning)
+    pruner: PrunerConf = field(default_factory=PrunerConf)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf, provider="descend")
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 1024) -> None:
+    def __init__(self, max_members: int = 1024, pruner: Any = None) -> None:
         self.max_members = max_members
+        self.pruner_settings = OmegaConf.to_container(pruner) if isinstance(pruner, DictConfig) else pruner
+        self.pruner: Any = None  # pruning.PrunerConf, checked in setup
         self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from descend.errors import ConfigError
+        from descend.population.pruning import checked
+
+        try:
+            self.pruner = checked(self.pruner_settings)
+        except ConfigError as error:  # before any job's folder exists; inside Hydra's run, as the Optuna sweeper refuses
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         self.hydra_config = HydraConfig.instance().cfg
         remember_sweep_configs(hydra_context.config_loader)
@@ -109,6 +123,7 @@ class PopulationLauncher(Launcher):
 
     def run_population(self, configs: list[DictConfig], task_cfgs: list[DictConfig], resume_from: list[str | None]) -> list[JobReturn]:
         from descend.cli import quiet_lightning
+        from descend.stopping import exit_code
         from descend.population.members import by_data, train_population
 
         quiet_lightning()
@@ -121,18 +136,18 @@ class PopulationLauncher(Launcher):
         for member in members:
             if not member.running:  # a bad config: this job's one-line error, the others train
                 member.return_value = member.finish(None, 0.0)
-        interrupted = False
+        stopped = None
         for population in by_data(built):
             numbers = [m.number for m in population]
             print(f"population: jobs {describe(numbers)} train together ({len(population)} members)")
-            interrupted = train_population(population)
-            if interrupted:
+            stopped = train_population(population, self.pruner)
+            if stopped:
                 break
         returns = [self.end_job(config, ret, member) for config, (ret, member) in zip(configs, jobs)]
         HydraConfig.instance().cfg = self.hydra_config  # as run_job leaves it
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        if interrupted:
-            sys.exit(130)  # as for SIGINT; Ctrl-C ends the sweep, as it ends a basic launcher's
+        if stopped:
+            sys.exit(exit_code(stopped))  # 143 SIGTERM, 130 SIGINT: the sweep ends as a stopped single run does
         return returns
 
     def start_job(self, config: DictConfig, task_cfg: DictConfig, first: bool) -> tuple[JobReturn, Any]:

@@ -1,0 +1,121 @@
+"""hydra.launcher.pruner: members stopped early inside a population (population/pruning.py)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUIET, metrics, only_run, run_cli, scalars
+from test_population import files, jobs, sweep_folder
+
+LRS = "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.3,0.4,0.46"
+# momentum: the final W depends on every step; 64-true: compared bit for bit
+SWEEP = ["-m", "hydra/launcher=population", "optimizer=momentum", "trainer.max_steps=400", "trainer.precision=64-true",
+         "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=100", *QUIET]
+HALVING = ["hydra.launcher.pruner.rule=halving", "hydra.launcher.pruner.min_steps=60", "hydra.launcher.pruner.eta=2"]
+# rungs 60, 120, 240: inside epochs (100 steps each; a resume at an epoch's end is issue 26's, see the note)
+
+
+def run_sweep(cwd: Path, *extra: str) -> Path:
+    cwd.mkdir()
+    run_cli(*SWEEP, LRS, *extra, cwd=cwd)
+    return sweep_folder(cwd)
+
+
+@pytest.fixture(scope="module")
+def halving(tmp_path_factory) -> tuple[Path, Path]:
+    """The same sweep with successive halving and without a pruner: their sweep folders."""
+    root = tmp_path_factory.mktemp("halving")
+    return run_sweep(root / "pruned", *HALVING), run_sweep(root / "full")
+
+
+def test_halving_keeps_exactly_the_members_its_rule_names_at_each_rung(halving):
+    pruned, _ = halving
+    still = jobs(pruned)
+    for rung in (60, 120, 240):  # rungs r, rη, rη²
+        # each member's train/loss at the last step before the rung, from its own TensorBoard run
+        values = {job: scalars(job)["train/loss"][rung - 1] for job in still}
+        ranked = sorted(still, key=lambda job: (values[job], job.name))  # folder names sort in job order
+        keep = ranked[: len(still) // 2]
+        for job in still:
+            record = metrics(job)
+            if job in keep:
+                assert record["status"] == "completed" or record["pruned"]["step"] > rung, job.name
+            else:
+                assert record["status"] == "pruned" and record["steps"] == rung and record["pruned"]["step"] == rung, job.name
+                assert record["pruned"]["value"] == pytest.approx(values[job], rel=1e-6)  # TensorBoard keeps float32
+        still = keep
+    assert [metrics(j)["status"] for j in jobs(pruned)].count("completed") == 1
+
+
+def test_members_that_continue_end_bit_for_bit_where_they_end_unpruned(halving):
+    pruned, full = halving
+    for mine, theirs in zip(jobs(pruned), jobs(full)):
+        if metrics(mine)["status"] != "completed":
+            continue
+        assert metrics(mine)["metrics"] == metrics(theirs)["metrics"], mine.name
+        a, b = (torch.load(j / "solution.pt", weights_only=True)["W"] for j in (mine, theirs))
+        assert torch.equal(a, b), mine.name
+        assert scalars(mine)["train/loss"] == scalars(theirs)["train/loss"], mine.name
+
+
+def test_a_pruned_member_leaves_a_runs_files_at_its_step_and_resumes_alone_exactly(halving, tmp_path):
+    pruned, full = halving
+    first = jobs(pruned)[0]
+    record = metrics(first)
+    assert record["status"] == "pruned" and record["steps"] == 60 and record["error"] is None
+    assert f"resume='{first}'" in record["pruned"]["continue"]
+    assert files(first) == files(jobs(full)[0])  # the same files as a member that trained to the end
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 60
+    curves = scalars(first)
+    assert max(curves["train/loss"]) == 60 and list(curves["final/loss"]) == [60]
+    # its final state is step 60's: the unpruned member's curve there (the loss logged at step 60)
+    assert record["metrics"]["loss"] == pytest.approx(scalars(jobs(full)[0])["train/loss"][60], rel=1e-6)
+    assert "pruned" in (pruned / "summary.md").read_text()
+
+    run_cli(f"resume={first}", cwd=tmp_path)  # alone, to the sweep's max_steps
+    assert metrics(first)["status"] == "completed" and metrics(first)["steps"] == 400
+    assert sorted(scalars(first)["train/loss"]) == list(range(401))  # one curve: every step once
+    # exactly as the same job run alone to step 60 and resumed to 400: the member's checkpoint is that run's
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    run = ["optimizer=momentum", "optimizer.lr=0.01", "trainer.precision=64-true", "trainer.log_every_n_steps=1", *QUIET]
+    run_cli(*run, "trainer.max_steps=60", cwd=alone)
+    run_cli(f"resume={only_run(alone)}", "trainer.max_steps=400", cwd=tmp_path)
+    resumed, expected = (torch.load(j / "solution.pt", weights_only=True)["W"] for j in (first, only_run(alone)))
+    assert torch.equal(resumed, expected)
+    assert metrics(first)["metrics"] == metrics(only_run(alone))["metrics"]
+
+
+def test_the_median_rule_stops_the_members_worse_than_the_median_of_the_others(tmp_path):
+    sweep = run_sweep(tmp_path / "median", "hydra.launcher.pruner.rule=median", "hydra.launcher.pruner.min_steps=50",
+                      "hydra.launcher.pruner.every_n_steps=50")
+    still = jobs(sweep)
+    for step in range(50, 400, 50):
+        values = {job: scalars(job)["train/loss"][step - 1] for job in still}
+        worse = {job for job in still if len(still) > 1 and values[job] > statistics.median([v for j, v in values.items() if j != job])}
+        for job in still:
+            assert (metrics(job)["status"] == "pruned" and metrics(job)["steps"] == step) == (job in worse), (job.name, step)
+        still = [job for job in still if job not in worse]
+    assert still and all(metrics(j)["status"] == "completed" for j in still)
+
+
+def test_the_rules_rank_ties_by_job_number_and_non_finite_values_last():
+    from descend.population.pruning import halving_pruned, halving_rung, median_pruned
+
+    assert [s for s in range(1, 1000) if halving_rung(s, 100, 3)] == [100, 300, 900]
+    assert halving_pruned([1.0, 0.5, 0.5, float("nan")], [0, 1, 2, 3], eta=2) == [0, 3]
+    assert halving_pruned([0.5, 0.5, 0.5], [4, 2, 9], eta=2) == [0, 2]  # keeps job 2: the lowest number of the tie
+    assert halving_pruned([0.3], [0], eta=2) == []
+    assert median_pruned([1.0, 2.0, 3.0, float("inf")], [0, 1, 2, 3]) == [2, 3]
+    assert median_pruned([1.0], [0]) == []
+
+
+def test_a_bad_pruner_setting_is_refused_in_one_line_before_any_job_folder(tmp_path):
+    proc = run_cli("-m", "hydra/launcher=population", "optimizer.lr=0.1,0.2", "hydra.launcher.pruner.rule=hyperband", *QUIET,
+                   cwd=tmp_path, expect=2)
+    assert "hydra.launcher.pruner.rule=hyperband is not a pruner" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("outputs/multirun/*/*/0*"))
