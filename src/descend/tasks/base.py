@@ -170,6 +170,14 @@ class Task(pl.LightningModule):
             checkpoint["descend_logged_at_step"] = {"step": step, "metrics": metrics}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning loads the weights before its precision plugin converts the module (Trainer._run
+        # restores, then strategy.setup converts): a 64-true checkpoint would be copied into float32
+        # parameters, rounding every resumed weight (1e-8 after one step). The plugin's own
+        # conversion, done first here, is the one setup would do next (and then finds done).
+        try:
+            self.trainer.precision_plugin.convert_module(self)
+        except RuntimeError:  # not attached to a Trainer: nothing converts it later either
+            pass
         if "descend_rng" in checkpoint:
             # the CPU's state now; the GPU's in on_train_start: Lightning restores the module
             # before it moves it to its device, so a CUDA state restored here would be skipped
