@@ -1,5 +1,7 @@
 """One LightningModule training a whole population of members: one vectorised loss and backward
 over the shared data, one optimiser update for every member (optimizers.py), one `Trainer.fit`.
+This is what torch.func calls model ensembling (`stack_module_state` + `functional_call` under
+`vmap`; https://pytorch.org/tutorials/intermediate/ensembling.html), applied to a sweep's jobs.
 
 Each member is the task its own job would build (same seed, same initial values), kept outside
 this module's children: its parameters are views into rows of this module's stacked parameters,
