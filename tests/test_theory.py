@@ -343,3 +343,16 @@ def test_lbfgs_shows_no_closed_form_step_sizes(tmp_path):
     assert not [tag for tag in scalars(run) if tag.startswith("theory/")]
     assert "theory" not in "".join(p.read_text() for p in run.rglob("*.csv"))
     assert "theory" not in (run / "train.log").read_text()
+
+
+def test_momentum_of_one_or_more_converges_at_no_lr(tmp_path):
+    """The heavy ball's 2×2 map has determinant β: from β = 1 on no lr is stable, so theory's limit is 0,
+    the warning names the momentum (not the lr), and so does the divergence error."""
+    from descend.theory import SGDStep
+
+    assert SGDStep(0.1, 1.5).lr_limit(2.0)[0] == 0.0 and SGDStep(0.1, 1.0).lr_limit(2.0)[0] == 0.0
+    assert SGDStep(0.1, 0.5).lr_limit(2.0)[0] == pytest.approx(1.5)
+    proc = run_cli("optimizer=momentum", "optimizer.momentum=1.5", *QUIET, cwd=tmp_path, expect=3)
+    assert "warning: optimizer.momentum=1.5 is 1 or more" in proc.stdout and "take a momentum below 1" in proc.stdout
+    assert "optimizer.momentum=1.5 is 1 or more, where heavy-ball momentum converges at no learning rate" in proc.stderr
+    assert "lower it below lr_limit" not in proc.stderr

@@ -174,6 +174,8 @@ class SGDStep:
         beta, c = self.momentum, 1.0 - self.dampening
         if not beta:
             return 2.0 / mu_max, "2/λmax"
+        if beta >= 1:  # the 2×2 map's determinant is β (heavy ball): |β| < 1 is needed at every lr
+            return 0.0, "none: momentum 1 or more converges at no lr"
         if self.nesterov:
             limit = (2 + 2 * beta) / ((1 + 2 * beta * c) * mu_max)
             return min(limit, (1 + beta) / (beta * mu_max)), "(2+2β)/((1+2β)λmax), Nesterov"
@@ -370,6 +372,13 @@ class RunTheory:
         if self.settings is None or not self.settings.lr > self.summary["lr_limit"]:
             return None
         lr = self.settings.lr
+        if self.settings.momentum >= 1:
+            best = ""
+            if "heavy_ball_rate" in self.summary:
+                best = (f" (fastest: optimizer.lr={self.summary['heavy_ball_lr_optimal']:.4g} "
+                        f"optimizer.momentum={self.summary['heavy_ball_momentum_optimal']:.4g})")
+            return (f"warning: optimizer.momentum={self.settings.momentum:g} is 1 or more: {self.settings.describe()} "
+                    f"converges at no lr; take a momentum below 1{best}")
         if self.settings.plain:
             return (f"warning: optimizer.lr={lr:g} is above lr_critical = {self.spectrum.lr_critical:.4g} (2/λmax): "
                     f"plain gradient descent diverges on this task; take an lr below it (fastest: {self.spectrum.lr_optimal:.4g})")

@@ -103,8 +103,12 @@ class DivergenceGuard(pl.Callback):
         what += f", non-finite parameters: {', '.join(bad_params)}" if bad_params else ""
         theory = task.theory_summary() if hasattr(task, "theory_summary") else {}
         limit = theory.get("lr_limit")
+        momenta = sorted({group.get("momentum", 0) for opt in optimizers for group in opt.param_groups})
+        if theory and limit == 0 and momenta and momenta[-1] >= 1:  # theory.SGDStep.lr_limit: no lr converges
+            return Diverged(f"training diverged at step {step} ({what}); optimizer.momentum={momenta[-1]:g} is 1 or more, "
+                            "where heavy-ball momentum converges at no learning rate: take a momentum below 1", step=step, loss=loss)
         if limit and not math.isclose(limit, theory["lr_critical"], rel_tol=1e-12):  # momentum or weight decay: its own limit
-            fix = f"lower it below lr_limit = {limit:.4g}, this optimiser's largest stable step size (theory.py)"
+            fix = f"lower it below lr_limit = {limit:.4g}, this optimiser's largest stable step size"
         elif theory:  # a quadratic task knows its largest stable step size
             fix = f"lower it below lr_critical = {theory['lr_critical']:.4g} (fastest: {theory['lr_optimal']:.4g})"
         else:
