@@ -264,3 +264,14 @@ def test_a_plateau_scheduler_waits_for_a_validation_metric_and_refuses_one_never
     assert metrics(only_run(tmp_path))["status"] == "completed"
     line = one_line_error(run_cli(*common, "scheduler.monitor=val/nope", cwd=tmp_path, expect=2))
     assert "scheduler.monitor='val/nope' is never logged" in line
+
+
+@pytest.mark.parametrize(("overrides", "culprit"), [
+    (["ckpt_path=nope.ckpt"], "nope.ckpt: no such file; give a checkpoint file"),
+    (["-m", "optimizer.lr=0.1,0.2", "hydra.launcher.pruner.rule=halving"],
+     "hydra.launcher.pruner.rule=halving: pruner works inside a population sweep; add hydra/launcher=population"),
+])
+def test_refused_before_any_folder_is_made(tmp_path, overrides, culprit):
+    proc = run_cli(*overrides, *QUIET, cwd=tmp_path, expect=2)
+    assert culprit in one_line_error(proc)
+    assert not (tmp_path / "outputs").exists()  # nothing written: no run folder, no sweep folder

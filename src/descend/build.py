@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from descend.checkpoints import checkpoint_step
-from descend.errors import ConfigError, UserError, require_int
+from descend.errors import ConfigError, DataError, UserError, require_int
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ def check_files(cfg: DictConfig) -> None:
         path = node.get("path") if isinstance(node, DictConfig) else None
         if path:
             existing_file(path, f"task.{key}.path", suffixes)
+    if cfg.get("ckpt_path"):  # the checkpoint to start from (resume= sets it too, to a file it has found)
+        if not Path(str(cfg.ckpt_path)).expanduser().is_file():
+            raise DataError(f"ckpt_path={cfg.ckpt_path}: no such file; give a checkpoint file (a run's checkpoints/last.ckpt), "
+                            "or resume=<run folder>")
 
 
 def unbounded(trainer: DictConfig) -> str:

@@ -79,6 +79,12 @@ def check_launcher(argv: list[str]) -> None:
     import importlib.util
     import shutil
 
+    launcher = next((a.partition("=")[2] for a in reversed(argv) if a.startswith("hydra/launcher=")), "basic")
+    for arg in argv:
+        key = arg.lstrip("+~").partition("=")[0]
+        if key.startswith(("hydra.launcher.pruner", "hydra.launcher.pbt")) and launcher != "population":
+            # Hydra would say the key is not in BasicLauncherConf, and suggest a '+' that then fails
+            exit_with_error(f"{arg}: {key.split('.')[2]} works inside a population sweep; add hydra/launcher=population")
     for arg in argv:
         group, _, option = arg.partition("=")
         if group not in ("hydra/launcher", "hydra/sweeper", "hparams_search"):
