@@ -243,6 +243,8 @@ def test_lr_auto_is_theorys_lr_optimal(task):
 @pytest.mark.parametrize(("overrides", "message"), [
     (["optimizer=adam"], "optimizer.lr=auto is theory's lr_optimal for plain gradient descent"),
     (["task=mlp"], "optimizer.lr=auto needs a quadratic task"),
+    (["optimizer=momentum"], r"optimizer.lr=auto is plain SGD's lr_optimal, not the best step with optimizer.momentum=0.9; give both "
+                             r"numbers: heavy ball is fastest at optimizer.lr=1.28 optimizer.momentum=0.36"),
 ])
 def test_lr_auto_is_refused_where_theory_does_not_apply(overrides, message):
     from descend.build import build_task
@@ -260,8 +262,13 @@ def test_a_run_far_from_its_optimum_is_told_the_lr_that_converges():
     [line] = far_from_optimum(record)
     assert line.startswith("warning: ref/rel_error 1.43 after 100 steps") and "optimizer.lr=0.5025" in line
     assert "about 4 steps" in line  # (κ−1)/(κ+1) = 0.115 per step: 0.115⁴ < 1e-3
+    assert "(theory's lr_optimal; optimizer.lr=auto takes it)" not in line  # Adam's theory has no lr_limit: not plain SGD
     assert far_from_optimum({**record, "metrics": {"ref/rel_error": 0.01}}) == []
     assert far_from_optimum({**record, "status": "diverged"}) == []
+    plain = {**theory, "lr_critical": 0.9, "lr_limit": 0.9}
+    assert "(theory's lr_optimal; optimizer.lr=auto takes it)" in far_from_optimum({**record, "theory": plain})[0]
+    heavy = {**plain, "lr_limit": 1.71, "heavy_ball_lr_optimal": 1.28, "heavy_ball_momentum_optimal": 0.36, "heavy_ball_rate": 0.6}
+    assert far_from_optimum({**record, "theory": heavy})[0].endswith("heavy ball at optimizer.lr=1.28 optimizer.momentum=0.36")
 
 
 @pytest.mark.parametrize(("kwargs", "scheduler"), [

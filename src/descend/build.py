@@ -165,7 +165,15 @@ def optimal_lr(task: Any, cfg: DictConfig) -> float:
     if form is None:
         raise ConfigError(f"optimizer.lr=auto needs a quadratic task whose Hessian theory knows (inverse, linreg, "
                           f"quadratic), not {type(task).__name__}; give a number, e.g. optimizer.lr=0.01")
-    lr = theory.Spectrum.of(*form).lr_optimal
+    spectrum = theory.Spectrum.of(*form)
+    extras = [f"optimizer.{key}={cfg.optimizer.get(key)}" for key in ("momentum", "nesterov", "weight_decay")
+              if cfg.optimizer.get(key)]
+    if extras:  # lr_optimal is plain SGD's: with momentum (or decay) it is neither the fastest nor the stable step
+        best = theory.heavy_ball_optimum(spectrum.smallest, spectrum.largest)
+        raise ConfigError(f"optimizer.lr=auto is plain SGD's lr_optimal, not the best step with {' '.join(extras)}; give both "
+                          f"numbers: heavy ball is fastest at optimizer.lr={best['heavy_ball_lr_optimal']:.4g} "
+                          f"optimizer.momentum={best['heavy_ball_momentum_optimal']:.4g}")
+    lr = spectrum.lr_optimal
     log.info(f"optimizer.lr=auto: {lr:.6g}, theory's lr_optimal 2/(λmin + λmax) for this task's Hessian")
     return lr
 

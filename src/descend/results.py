@@ -278,9 +278,16 @@ def far_from_optimum(record: dict[str, Any]) -> list[str]:
     kappa = theory["condition_number"]
     contraction = (kappa - 1) / (kappa + 1)
     steps = math.ceil(math.log(1e-3) / math.log(contraction)) if 0 < contraction < 1 else 1
-    return [f"warning: ref/rel_error {error:.3g} after {record['steps']} steps: the run stopped far from the optimum. Plain "
-            f"SGD is fastest at optimizer.lr={theory['lr_optimal']:.4g} (theory's lr_optimal; optimizer.lr=auto takes it), "
-            f"where about {steps} steps shrink the error 1000x (trainer.max_steps)"]
+    # lr=auto (build.optimal_lr) serves plain SGD only: its summary's lr_limit is lr_critical
+    plain = "lr_limit" in theory and math.isclose(theory["lr_limit"], theory["lr_critical"]) and "heavy_ball_rate" not in theory
+    auto = "optimizer.lr=auto takes it" if plain else "optimizer=sgd optimizer.lr=auto takes it"
+    line = (f"warning: ref/rel_error {error:.3g} after {record['steps']} steps: the run stopped far from the optimum. Plain "
+            f"SGD is fastest at optimizer.lr={theory['lr_optimal']:.4g} (theory's lr_optimal; {auto}), "
+            f"where about {steps} steps shrink the error 1000x (trainer.max_steps)")
+    if "heavy_ball_rate" in theory:
+        line += (f"; heavy ball at optimizer.lr={theory['heavy_ball_lr_optimal']:.4g} "
+                 f"optimizer.momentum={theory['heavy_ball_momentum_optimal']:.4g}")
+    return [line]
 
 
 def say(lines: list[str], errors: list[str] = ()) -> None:
