@@ -33,3 +33,11 @@ def test_a_resumed_run_starts_at_its_step_and_counts_its_rate_from_there(capsys)
     assert tqdm.n == 194200
     bar.on_train_end(trainer)
     assert "194200/200000" in capsys.readouterr().out
+
+
+def test_without_callbacks_the_bar_is_still_the_runs(tmp_path):
+    """callbacks=none leaves no bar in the callbacks: descend's is added, not Lightning's `Epoch 0: 1/100`."""
+    from conftest import run_cli
+
+    proc = run_cli("callbacks=none", "trainer.enable_progress_bar=true", cwd=tmp_path)
+    assert "100/100" in proc.stdout and "Epoch 0" not in proc.stdout

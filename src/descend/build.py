@@ -228,10 +228,15 @@ def build_trainer(cfg: DictConfig, overrides: list[str] | None = None) -> Any:
 def trainer_with(cfg: DictConfig, callbacks: list[Any], **arguments: Any) -> Any:
     """The Trainer of `cfg.trainer` with these callbacks: without a progress bar where the bar is
     off (Lightning refuses one then), and without the clipping keys descend's step applies."""
-    if cfg.trainer.get("enable_progress_bar") is False:
-        from lightning.pytorch.callbacks import ProgressBar
+    from lightning.pytorch.callbacks import ProgressBar
 
+    if cfg.trainer.get("enable_progress_bar") is False:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    elif not any(isinstance(c, ProgressBar) for c in callbacks):
+        # one bar whatever the callbacks (callbacks=none): the run's steps, not Lightning's `Epoch 0: 1/100`
+        from descend.callbacks import StepProgressBar
+
+        callbacks = [*callbacks, StepProgressBar()]
     if cfg.trainer.get("enable_checkpointing") is None and "enable_checkpointing" not in arguments:
         # one checkpoint scheme: checkpoints/last.ckpt of callbacks.checkpoint, or none at all, never
         # Lightning's default epoch=…-step=….ckpt in its place (callbacks=none, ~callbacks.checkpoint)
