@@ -38,7 +38,7 @@ class PBTConf:
     fraction: float = 0.25  # the bottom share copies from the top share, in (0, 0.5]
     metric: str = "train/loss"
     factors: list = field(default_factory=lambda: [0.8, 1.25])
-    bounds: dict = field(default_factory=dict)  # {key: [lo, hi]}
+    bounds: Any = None  # {key: [lo, hi]} (Any: a struct dict would refuse new keys)
     keys: Any = None  # the hyper-parameters perturbed: null = every swept optimizer key in PERTURBABLE
     seed: Any = None  # the generator's seed: null = the sweep's `seed`
 
