@@ -253,6 +253,8 @@ class PopulationPBT(PopulationPruner):
         if saved is not None:
             self.generator.set_state(saved["generator"])
         for member in pl_module.members:
+            # a copy moves its parameters and lr: no constant-lr prediction or contraction (Task.start_theory)
+            member.task.unpredicted = "population-based training copies parameters and changes the lr mid-run"
             if member.checkpoint and "descend_pbt" in member.checkpoint:
                 member.record["lineage"] = list(member.checkpoint["descend_pbt"]["lineage"])
             member.saved_with = lambda member=member: {"descend_pbt": {"generator": self.generator.get_state(),

@@ -59,7 +59,7 @@ def checked(settings: Any, config: Any, pruner: Any) -> PBTConf | None:
     """The PBT settings, checked against the sweep `config` (ConfigError naming the key and the
     fix), with `keys` and `seed` filled in; None when off."""
     conf = PBTConf(**dict(settings or {}))
-    if conf.interval in (None, "none", "null", 0):
+    if conf.interval in (None, "none", "null"):
         return None
     if pruner is not None:
         raise ConfigError("hydra.launcher.pbt and hydra.launcher.pruner are both set: use one (pbt.interval=null or pruner.rule=null)")
