@@ -112,32 +112,16 @@ def test_bad_pbt_settings_are_refused_in_one_line_before_any_job_folder(tmp_path
 def test_a_signal_stops_a_pbt_sweep_and_resume_continues_it_exactly(tmp_path):
     """SIGTERM at a random step after some copies: resumed, the members go on with their perturbed
     values and the generator where it was, and end bit for bit where the uninterrupted sweep ends."""
-    import os
-    import random
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from test_sweep_resume import resume_three_members_to_the_straight_sweep
+    from test_sweep_resume import resume_three_members_to_the_straight_sweep, signal_mid_training
 
     stopped, straight = tmp_path / "stopped", tmp_path / "straight"
     stopped.mkdir(), straight.mkdir()
     argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.01,0.02,0.03", "trainer.max_steps=30000",
             "trainer.log_every_n_steps=10", "hydra.launcher.pbt.interval=50", "hydra.launcher.pbt.fraction=0.34",
             "hydra.launcher.pbt.bounds={lr:[0.001,0.03]}", *QUIET]
-    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=stopped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        logs = list((stopped / "outputs").rglob("events.out.tfevents.*"))
-        if len(logs) >= 3 and all(log.stat().st_size > 4000 for log in logs):  # some copies made
-            time.sleep(random.uniform(0.0, 1.0))
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.01)
-    _, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 143, stderr[-3000:]
+    signal_mid_training(stopped, argv, signal.SIGTERM, 143, logged=4000)  # some copies made by then
     sweep = sweep_folder(stopped)
     steps = {metrics(job)["steps"] for job in jobs(sweep)}
     saved = [torch.load(job / "checkpoints" / "last.ckpt", weights_only=False) for job in jobs(sweep)]
