@@ -130,3 +130,13 @@ def test_a_signal_stops_a_pbt_sweep_and_resume_continues_it_exactly(tmp_path):
     assert 100 < step < 30000
     resume_three_members_to_the_straight_sweep(sweep, argv, tmp_path, straight)
     assert any(metrics(job).get("lineage") for job in jobs(sweep))
+
+
+def test_the_bottom_share_copies_the_top_share_and_values_stay_in_bounds():
+    from descend.population import pbt
+
+    order = [3, 1, 0, 2, 4, 5, 6, 7]  # positions, best first
+    assert pbt.pairs(order, 0.25, [1, 0]) == [(6, 1), (7, 3)]  # ⌊8·0.25⌋ = 2 copy from the best 2
+    assert pbt.pairs(order, 0.1, [0]) == [(7, 3)]  # at least one
+    assert pbt.pairs([0], 0.5, [0]) == []  # alone: nobody to copy
+    assert pbt.perturbed(0.4, 1.25, (0.0, 0.45)) == 0.45 and pbt.perturbed(0.4, 0.8, None) == 0.4 * 0.8

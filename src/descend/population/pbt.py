@@ -74,7 +74,8 @@ def checked(settings: Any, config: Any, pruner: Any) -> PBTConf | None:
         raise ConfigError(f"hydra.launcher.pbt.factors={factors} must be a list of positive numbers, e.g. [0.8,1.25]")
     conf.factors = [float(f) for f in factors]
     swept = [k for k in swept_optimizer_keys(config) if k in PERTURBABLE]
-    keys = swept if conf.keys in (None, "null") else [str(k) for k in conf.keys]
+    given = [conf.keys] if isinstance(conf.keys, str) and conf.keys != "null" else conf.keys
+    keys = swept if given in (None, "null") else [str(k) for k in given]
     for key in keys:
         if key not in swept:
             raise ConfigError(f"hydra.launcher.pbt.keys: optimizer.{key} is not swept by this sweep (swept: {', '.join(swept) or 'none'}); "
@@ -84,12 +85,12 @@ def checked(settings: Any, config: Any, pruner: Any) -> PBTConf | None:
                           f"({', '.join(PERTURBABLE)}); sweep one, e.g. optimizer.lr=0.01,0.02,0.05,0.1")
     conf.keys = keys
     bounds = {}
-    for key, pair in dict(conf.bounds or {}).items():
+    for key, given_pair in dict(conf.bounds or {}).items():
         if key not in keys:
             raise ConfigError(f"hydra.launcher.pbt.bounds.{key}: {key} is not perturbed (perturbed: {', '.join(keys)})")
-        pair = list(pair) if isinstance(pair, (list, tuple)) or hasattr(pair, "__iter__") else []
+        pair = list(given_pair) if isinstance(given_pair, (list, tuple)) else []
         if len(pair) != 2 or not all(isinstance(v, (int, float)) for v in pair) or pair[0] > pair[1]:
-            raise ConfigError(f"hydra.launcher.pbt.bounds.{key}={pair} must be [lo, hi] with lo ≤ hi")
+            raise ConfigError(f"hydra.launcher.pbt.bounds.{key}={given_pair} must be [lo, hi] with lo ≤ hi")
         bounds[key] = (float(pair[0]), float(pair[1]))
     conf.bounds = bounds
     if conf.seed in (None, "null"):
