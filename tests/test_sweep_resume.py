@@ -273,29 +273,37 @@ def test_hydra_sweeper_optuna_and_basic_are_descends_even_beside_hydras_optuna_p
     print("hydra-optuna-sweeper installed:", importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None)
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_a_population_sweep_at_its_step_and_resume_ends_bitwise_where_the_straight_sweep_ends(tmp_path, sig, code):
-    """A real signal at a random moment of training: every member stops at that step with its
-    checkpoint there (none was due: every 500 steps but at most one per 30 s), exit 143 / 130, and the
-    sweep resumed as one population ends bit for bit where the uninterrupted sweep ends."""
+def signal_mid_training(cwd: Path, argv: list[str], sig: int, code: int, logged: int, members: int = 3) -> str:
+    """Start `python -m train <argv>` in `cwd`, send `sig` at a random moment (within a second) once
+    each of the `members` event files holds `logged` bytes, and check its exit code; its stderr."""
     import random
 
-    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
-    stopped.mkdir(), straight.mkdir()
-    argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.01,0.02,0.03", "trainer.max_steps=30000",
-            "trainer.log_every_n_steps=10", *QUIET]
-    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=stopped, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, "-m", "train", *argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        logs = list((stopped / "outputs").rglob("events.out.tfevents.*"))
-        if len(logs) >= 3 and all(log.stat().st_size > 2000 for log in logs):  # the members have logged their first steps
+        logs = list((cwd / "outputs").rglob("events.out.tfevents.*"))
+        if len(logs) >= members and all(log.stat().st_size > logged for log in logs):
             time.sleep(random.uniform(0.0, 1.0))
             proc.send_signal(sig)
             break
         time.sleep(0.01)
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == code, stderr[-3000:]
+    return stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_a_population_sweep_at_its_step_and_resume_ends_bitwise_where_the_straight_sweep_ends(tmp_path, sig, code):
+    """A real signal at a random moment of training: every member stops at that step with its
+    checkpoint there (none was due: every 500 steps but at most one per 30 s), exit 143 / 130, and the
+    sweep resumed as one population ends bit for bit where the uninterrupted sweep ends."""
+
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    stopped.mkdir(), straight.mkdir()
+    argv = ["-m", "hydra/launcher=population", "optimizer=momentum", "optimizer.lr=0.01,0.02,0.03", "trainer.max_steps=30000",
+            "trainer.log_every_n_steps=10", *QUIET]
+    stderr = signal_mid_training(stopped, argv, sig, code, logged=2000)  # the members have logged their first steps
     sweep = sweep_folder(stopped)
     assert f"continue it with: python -m train -m resume={sweep}" in stderr and "Traceback" not in stderr
     steps = set()

@@ -3,6 +3,9 @@
     metrics.json   {"status": completed|pruned|diverged|stopped|failed, "task", "steps",
                     "pruned": {"rule", "step", "metric", "value", "rank", "of", "continue"} for a
                     population member a pruner stopped (population/pruning.py),
+                    "lineage": [{"step", "copied", "folder", "metric", "value", "from_value",
+                    "values": {key: new value}}, ...] for a population member that copied another
+                    under population-based training (population/pbt.py),
                     "wall_time_s": seconds of every session of the run added up (a resumed run's too),
                     "metrics": {...}, "error": one line or null, "traceback": text or null,
                     "theory": {...} for quadratic tasks (theory.py),

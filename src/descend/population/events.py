@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 import torch
 
 from descend import lightning_internals, stepping, stopping
-from descend.population import pruning
+from descend.population import pbt, pruning
 from descend.callbacks import Checkpoint, ImageLogger
 
 
@@ -157,6 +157,8 @@ class PopulationImages(ImageLogger):
 class PopulationPruner(pl.Callback):
     """hydra.launcher.pruner's rule (pruning.py) applied at its steps to the running members."""
 
+    acts_at_a_stop = False  # a signal stops every member at its step: nobody is pruned there
+
     def __init__(self, conf: pruning.PrunerConf) -> None:
         self.conf = conf
         self._latest: dict[int, float] = {}  # member number → its metric's latest value
@@ -180,12 +182,12 @@ class PopulationPruner(pl.Callback):
             last = outputs["losses"][-1].tolist()  # the group's last step, one value per member
             for index in pl_module.active:
                 self._latest[pl_module.members[index].number] = last[index]
-        if pl_module.stop_signal or not self.due(trainer):
+        if (pl_module.stop_signal and not self.acts_at_a_stop) or not self.due(trainer):
             return
         if stopping.validation_follows(trainer):  # its validation first, as a checkpoint waits for it
             self._after_validation = True
             return
-        self.prune(trainer, pl_module)
+        self.act(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self.conf.metric.startswith("val/"):
@@ -198,10 +200,11 @@ class PopulationPruner(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if self._after_validation and not pl_module.stop_signal:
-            self.prune(trainer, pl_module)
+            self.act(trainer, pl_module)
         self._after_validation = False
 
-    def prune(self, trainer: pl.Trainer, population: Any) -> None:
+    def act(self, trainer: pl.Trainer, population: Any) -> None:
+        """The rule at this step: the members it names stop here."""
         candidates = population.active
         members = [population.members[i] for i in candidates]
         values = [self._latest.get(m.number, math.nan) for m in members]
@@ -218,6 +221,78 @@ class PopulationPruner(pl.Callback):
             end_member(trainer, population, candidates[position], details)
         if not population.active:
             trainer.should_stop = True
+
+
+class PopulationPBT(PopulationPruner):
+    """hydra.launcher.pbt (pbt.py): at every `interval` steps the bottom members copy a top
+    member's rows (parameters, optimiser state) and its perturbed hyper-parameters. Ranked as the
+    pruner ranks (its metric's latest values); the copies are part of the step's state, so they
+    happen at a signal's stop too, before the checkpoint callback (Lightning runs checkpoints
+    last) saves that step."""
+
+    acts_at_a_stop = True
+
+    def __init__(self, conf: pbt.PBTConf) -> None:
+        super().__init__(conf)  # type: ignore[arg-type]
+        self.generator = torch.Generator().manual_seed(int(conf.seed))
+
+    @property
+    def event_every_n_steps(self) -> int:
+        return self.conf.interval
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        step = trainer.global_step
+        if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
+            return False
+        return step % self.conf.interval == 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # a resumed sweep: the generator and the lineage as the members' checkpoints hold them
+        # (their hyper-parameters come back with their optimisers' param_groups)
+        saved = next((m.checkpoint["descend_pbt"] for m in pl_module.members if m.checkpoint and "descend_pbt" in m.checkpoint), None)
+        if saved is not None:
+            self.generator.set_state(saved["generator"])
+        for member in pl_module.members:
+            # a copy moves its parameters and lr: no constant-lr prediction or contraction (Task.start_theory)
+            member.task.unpredicted = "population-based training copies parameters and changes the lr mid-run"
+            if member.checkpoint and "descend_pbt" in member.checkpoint:
+                member.record["lineage"] = list(member.checkpoint["descend_pbt"]["lineage"])
+            member.saved_with = lambda member=member: {"descend_pbt": {"generator": self.generator.get_state(),
+                                                                      "lineage": list(member.record.get("lineage", []))}}
+
+    @torch.no_grad()
+    def act(self, trainer: pl.Trainer, population: Any) -> None:
+        """Exploit and explore: each bottom member's rows become a top member's, then its values × a factor."""
+        conf, active = self.conf, population.active
+        members = [population.members[i] for i in active]
+        values = [self._latest.get(m.number, math.nan) for m in members]
+        order = pruning.ranked(values, [m.number for m in members])
+        count = max(1, int(len(order) * conf.fraction)) if len(order) >= 2 else 0
+        if not count:
+            return
+        draws = torch.randint(count, (count,), generator=self.generator).tolist()
+        factors = torch.randint(len(conf.factors), (count, len(conf.keys)), generator=self.generator).tolist()
+        updater = population.updater
+        for (copier, source), chosen in zip(pbt.pairs(order, conf.fraction, draws), factors):
+            to, frm = active[copier], active[source]
+            for stacked in population.stacked:  # in place: the members' parameters are views of these rows
+                stacked.data[to] = stacked.data[frm]
+            for buffers in updater.state.values():
+                for buffer in buffers:
+                    if buffer is not None:
+                        buffer[to] = buffer[frm]
+            group, their = updater.holders[to].param_groups[0], updater.holders[frm].param_groups[0]
+            new = {key: pbt.perturbed(float(their[key]), conf.factors[c], conf.bounds.get(key)) for key, c in zip(conf.keys, chosen)}
+            group.update(new)
+            member, origin = population.members[to], population.members[frm]
+            member.record.setdefault("lineage", []).append({
+                "step": trainer.global_step, "copied": origin.number, "folder": origin.run_dir.name, "metric": conf.metric,
+                "value": finite(values[copier]), "from_value": finite(values[source]), "values": new})
+        updater.refresh()
+
+
+def finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def end_member(trainer: pl.Trainer, population: Any, index: int, details: dict[str, Any]) -> None:

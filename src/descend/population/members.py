@@ -49,6 +49,7 @@ class Member:
         # Population.on_fit_start, so that the population continues where its members stopped
         self.resume_from: Path | None = None
         self.checkpoint: dict[str, Any] | None = None
+        self.saved_with: Any = None  # what else its checkpoints hold: PBT's generator and lineage (events.PopulationPBT)
 
     def sessions(self) -> Any:
         """The Sessions callback a single run of this job has (build.build_trainer adds it), for the
@@ -175,6 +176,8 @@ class Member:
             checkpoint["hparams_name"] = name
         checkpoint["hyper_parameters"] = dict(self.task.hparams)
         checkpoint["descend_rng"] = {"cpu": self.rng.unsqueeze(0)}
+        if self.saved_with is not None:
+            checkpoint.update(self.saved_with())
         replace_atomically(path, lambda handle: torch.save(checkpoint, handle))
 
     # ---- its log ----
@@ -259,8 +262,8 @@ def by_data(members: list[Member]) -> list[list[Member]]:
 
 def population_trainer(cfg: DictConfig, pruner: Any = None) -> Any:
     """The population's Trainer: the members' trainer settings, descend's callbacks in their
-    population form (events.py), the pruner where one is set (pruning.PrunerConf), no logger of
-    its own (every member has its own)."""
+    population form (events.py), the pruner where one is set (pruning.PrunerConf, or PBT's
+    pbt.PBTConf: one or the other), no logger of its own (every member has its own)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from descend.build import instantiate, trainer_with
@@ -273,9 +276,10 @@ def population_trainer(cfg: DictConfig, pruner: Any = None) -> Any:
         arguments = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_target_"}
         callbacks.append(instantiate({"_target_": POPULATION_FORMS[node["_target_"]], **arguments}, f"callbacks.{name}"))
     if pruner is not None:
-        from descend.population.events import PopulationPruner
+        from descend.population.events import PopulationPBT, PopulationPruner
+        from descend.population.pbt import PBTConf
 
-        callbacks.append(PopulationPruner(pruner))
+        callbacks.append(PopulationPBT(pruner) if isinstance(pruner, PBTConf) else PopulationPruner(pruner))
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)  # else none: not Lightning's default
     return trainer_with(cfg, callbacks, logger=False, enable_checkpointing=checkpointing)
 
@@ -346,7 +350,7 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
         with signals_stop_the_run(), threads_for(members):
             population = population_of(members)
             if pruner is not None and pruner.metric.startswith("val/") and type(population) is Population:
-                raise UserError(f"hydra.launcher.pruner.metric={pruner.metric}: task {members[0].record['task']} does not validate; "
+                raise UserError(f"hydra.launcher.{'pbt' if hasattr(pruner, 'interval') else 'pruner'}.metric={pruner.metric}: task {members[0].record['task']} does not validate; "
                                 "use train/loss")
             trainer = population_trainer(members[0].cfg, pruner)
             with log_to([m.run_dir for m in members]), population_checkpoint(population) as ckpt_path:

@@ -64,6 +64,9 @@ class Task(pl.LightningModule):
     # so _apply moves them with the module: Lightning's teardown moves a GPU run's module to the
     # CPU before the final metrics are read. A subclass adds its own caches' names.
     device_caches: tuple[str, ...] = ("_reference", "_reference_flat")
+    # why theory draws no predicted curve though the update is linear (population-based training
+    # changes the parameters and the learning rate mid-run: events.PopulationPBT), or None
+    unpredicted: str | None = None
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Task:
         super()._apply(fn, recurse)
@@ -232,7 +235,7 @@ class Task(pl.LightningModule):
             # theory line, theory/* scalars, metrics.json block or closing-summary line
             return
         spectrum = theory.Spectrum.of(*form)
-        reason = theory.not_linear(optimizer, scheduler, self.step_settings.clip_val)
+        reason = self.unpredicted or theory.not_linear(optimizer, scheduler, self.step_settings.clip_val)
         self.theory = theory.RunTheory(spectrum, self.global_step, reason)
         if reason is None:
             settings = self.scheduler_settings

@@ -25,6 +25,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from descend.population.pbt import PBTConf
 from descend.population.pruning import PrunerConf
 
 log = logging.getLogger(__name__)
@@ -37,16 +38,19 @@ class PopulationLauncherConf:
     max_members: int = 1024
     # members stopped early: successive halving or the median rule (descend.population.pruning)
     pruner: PrunerConf = field(default_factory=PrunerConf)
+    # population-based training: the bottom members copy the top ones and perturb (descend.population.pbt)
+    pbt: PBTConf = field(default_factory=PBTConf)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf, provider="descend")
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 1024, pruner: Any = None) -> None:
+    def __init__(self, max_members: int = 1024, pruner: Any = None, pbt: Any = None) -> None:
         self.max_members = max_members
         self.pruner_settings = OmegaConf.to_container(pruner) if isinstance(pruner, DictConfig) else pruner
-        self.pruner: Any = None  # pruning.PrunerConf, checked in setup
+        self.pbt_settings = OmegaConf.to_container(pbt) if isinstance(pbt, DictConfig) else pbt
+        self.pruner: Any = None  # pruning.PrunerConf or pbt.PBTConf, checked in setup
         self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -54,10 +58,11 @@ class PopulationLauncher(Launcher):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from descend.errors import ConfigError
-        from descend.population.pruning import checked
+        from descend.population import pbt, pruning
 
         try:
-            self.pruner = checked(self.pruner_settings)
+            self.pruner = pruning.checked(self.pruner_settings)
+            self.pruner = pbt.checked(self.pbt_settings, config, self.pruner) or self.pruner
         except ConfigError as error:  # before any job's folder exists; inside Hydra's run, as the Optuna sweeper refuses
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
