@@ -119,3 +119,35 @@ def test_a_bad_pruner_setting_is_refused_in_one_line_before_any_job_folder(tmp_p
                    cwd=tmp_path, expect=2)
     assert "hydra.launcher.pruner.rule=hyperband is not a pruner" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("outputs/multirun/*/*/0*"))
+
+
+def test_a_val_metric_of_a_task_that_does_not_validate_is_refused_before_any_job_folder(tmp_path):
+    proc = run_cli("-m", "hydra/launcher=population", "task=inverse", "optimizer.lr=0.1,0.2", "hydra.launcher.pruner.rule=median",
+                   "hydra.launcher.pruner.metric=val/mse", *QUIET, cwd=tmp_path, expect=2)
+    assert "hydra.launcher.pruner.metric=val/mse: task inverse does not validate; use train/loss" in proc.stderr
+    assert not list(tmp_path.glob("outputs/multirun/*/*/0*"))
+
+
+def test_a_rule_whose_first_step_is_the_runs_end_says_it_prunes_nobody(tmp_path):
+    proc = run_cli("-m", "hydra/launcher=population", "optimizer.lr=0.1,0.2,0.3", "hydra.launcher.pruner.rule=median",
+                   "hydra.launcher.pruner.min_steps=26", *QUIET, cwd=tmp_path)  # every_n_steps 100: first check at 100, the end
+    assert ("warning: hydra.launcher.pruner: its first step is 100, not before the run's last step (trainer.max_steps=100), "
+            "so it acts on nobody; lower hydra.launcher.pruner.min_steps or every_n_steps") in proc.stdout
+    assert "3 completed" in proc.stdout
+
+
+def test_the_summary_plot_draws_pruned_members_as_pruned_and_only_plain_sgds_limits():
+    """A pruned member is a result at its rung, not a failure; a momentum sweep's vertical lines are
+    not plain SGD's lr_critical and lr_optimal."""
+    from descend.multirun import summary_figure
+
+    theory = {"lr_critical": 1.0, "lr_optimal": 0.94, "condition_number": 16.0, "lr_limit": 1.9, "heavy_ball_rate": 0.6}
+    rows = [{"task": "inverse", "status": status, "loss": loss, "overrides": f"optimizer.lr={lr}", "theory": theory, "job": i}
+            for i, (lr, status, loss) in enumerate([(0.1, "completed", 0.01), (0.2, "pruned", 0.5), (0.3, "failed", None)])]
+    labels = [line.get_label() for axes in summary_figure(rows).axes for line in axes.get_lines()]
+    assert "pruned (its loss when pruned)" in labels and "diverged / failed" in labels
+    assert not any(label.startswith(("lr_optimal", "lr_critical")) for label in labels)
+    plain = {**theory, "lr_limit": 1.0}
+    del plain["heavy_ball_rate"]
+    labels = [line.get_label() for axes in summary_figure([{**r, "theory": plain} for r in rows]).axes for line in axes.get_lines()]
+    assert any(label.startswith("lr_critical") for label in labels)

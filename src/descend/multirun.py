@@ -236,7 +236,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         counts["stopped"] = sum(r["status"] == "stopped" for r in rows)
     header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". {ranking_text(rows)}.\n\n"
     theory_lines = [f"- {task}: lr_critical = {t['lr_critical']:.4g} (2/λmax, the largest stable step of plain SGD), "
-                    f"lr_optimal = {t['lr_optimal']:.4g} (2/(λmin + λmax), the fastest), condition number {t['condition_number']:.4g}\n"
+                    f"lr_optimal = {t['lr_optimal']:.4g} (2/(λmin + λmax), the fastest), condition number {t['condition_number']:.4g}"
+                    + ("" if plain_sgd(t) else optimiser_limit(rows, task)) + "\n"
                     for task, t in task_theory(rows).items()]
     if theory_lines:
         header += "What the Hessian predicts (see README, What theory predicts):\n\n" + "".join(theory_lines) + "\n"
@@ -261,6 +262,22 @@ def ranking_text(rows: list[dict[str, Any]]) -> str:
         metric = next(iter(metrics.values()))
         return f"Sorted by final {metric}{named[metric]}" + (", task by task" if len(tasks) > 1 else "")
     return "Sorted task by task, by final " + ", ".join(f"{m}{named[m]} for {t}" for t, m in metrics.items())
+
+
+def optimiser_limit(rows: list[dict[str, Any]], task: str) -> str:
+    """For jobs whose optimiser is not plain SGD: their own limits, which plain SGD's do not bound."""
+    limits = sorted({r["theory"]["lr_limit"] for r in rows if r["task"] == task and (r.get("theory") or {}).get("lr_limit") is not None})
+    text = "; these jobs' optimiser is not plain SGD: "
+    if not limits:
+        return text + "theory predicts no stable step for it"
+    shown = ", ".join(f"{v:.4g}" for v in limits[:6]) + (", …" if len(limits) > 6 else "")
+    return text + f"its lr_limit (the largest stable step) is {shown}"
+
+
+def plain_sgd(theory: dict[str, float]) -> bool:
+    """Whether a job's theory block is plain SGD's, whose lr_critical and lr_optimal are its own
+    (momentum, Nesterov or weight decay have their own lr_limit; Adam and the like have none)."""
+    return "lr_limit" in theory and math.isclose(theory["lr_limit"], theory["lr_critical"]) and "heavy_ball_rate" not in theory
 
 
 def task_theory(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -354,10 +371,15 @@ def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: lis
         values = sorted(set(xs))
         xs = [values.index(x) for x in xs]
     series: dict[str, list[tuple[float, float]]] = {}
-    failed = []
+    failed, pruned = [], []
     for x, row in zip(xs, rows):
         loss = finite_loss(row, metric)
         others = " ".join(o for o in row["overrides"].split() if o.partition("=")[0] != key)
+        if row["status"] == "pruned":  # stopped at a rung, its loss there: a result, not a failure
+            value = row.get(metric)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                pruned.append((x, max(float(value), floor)))
+                continue
         if loss is None:
             failed.append(x)
         else:
@@ -365,11 +387,14 @@ def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: lis
     for label, points in sorted(series.items()):
         points.sort()
         axes.plot([x for x, _ in points], [y for _, y in points], "o" if categorical else "o-", label=label or "completed")
+    if pruned:
+        axes.plot([x for x, _ in pruned], [y for _, y in pruned], "v", color="tab:gray", markersize=8,
+                  label="pruned (its loss when pruned)")
     if failed:
         axes.plot(failed, [ceiling] * len(failed), "x", color="red", markersize=10, label="diverged / failed")
     mark_zeros(axes, [x for x, row in zip(xs, rows) if finite_loss(row, metric) == 0], floor)
     theory = task_theory(rows).get(rows[0]["task"]) if key == "optimizer.lr" else None
-    if theory:  # where theory puts the fastest and the largest stable step size
+    if theory and plain_sgd(theory):  # where theory puts plain SGD's fastest and largest stable step size
         axes.axvline(theory["lr_optimal"], color="tab:green", linestyle=":", label=f"lr_optimal {theory['lr_optimal']:.3g}")
         axes.axvline(theory["lr_critical"], color="tab:red", linestyle="--", label=f"lr_critical {theory['lr_critical']:.3g}")
     if categorical:

@@ -3,6 +3,7 @@ does for a run, at the same steps (the step planner reads the same `event_every_
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any
@@ -169,6 +170,26 @@ class PopulationPruner(pl.Callback):
         """Read by descend's step planner: a group of steps ends at every multiple (the rungs are some)."""
         return self.conf.min_steps if self.conf.rule == "halving" else self.conf.every_n_steps
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        first = self.first_step()
+        if trainer.max_steps is not None and 0 < trainer.max_steps <= first:
+            # the rule would never act: say so, rather than end "all completed" without a word
+            key, hint = self.first_step_keys()
+            logging.getLogger(__name__).warning(
+                f"warning: hydra.launcher.{key}: its first step is {first}, not before the run's last step "
+                f"(trainer.max_steps={trainer.max_steps}), so it acts on nobody; lower hydra.launcher.{key}.{hint}")
+
+    def first_step_keys(self) -> tuple[str, str]:
+        """The launcher key of this rule, and the settings that place its first step."""
+        return "pruner", "min_steps" if self.conf.rule == "halving" else "min_steps or every_n_steps"
+
+    def first_step(self) -> int:
+        """The first step the rule acts at (a multiple of every_n_steps from min_steps on, for median)."""
+        conf = self.conf
+        if conf.rule == "halving":
+            return conf.min_steps
+        return -(-conf.min_steps // conf.every_n_steps) * conf.every_n_steps
+
     def due(self, trainer: pl.Trainer) -> bool:
         step, conf = trainer.global_step, self.conf
         if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
@@ -238,6 +259,12 @@ class PopulationPBT(PopulationPruner):
 
     @property
     def event_every_n_steps(self) -> int:
+        return self.conf.interval
+
+    def first_step_keys(self) -> tuple[str, str]:
+        return "pbt", "interval"
+
+    def first_step(self) -> int:
         return self.conf.interval
 
     def due(self, trainer: pl.Trainer) -> bool:

@@ -63,6 +63,7 @@ class PopulationLauncher(Launcher):
         try:
             self.pruner = pruning.checked(self.pruner_settings)
             self.pruner = pbt.checked(self.pbt_settings, config, self.pruner) or self.pruner
+            check_metric_is_logged(self.pruner, config)
         except ConfigError as error:  # before any job's folder exists; inside Hydra's run, as the Optuna sweeper refuses
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -278,3 +279,22 @@ def describe(numbers: list[int]) -> str:
     if numbers == list(range(numbers[0], numbers[0] + len(numbers))) and len(numbers) > 2:
         return f"{numbers[0]}-{numbers[-1]}"
     return ", ".join(str(n) for n in numbers)
+
+
+def check_metric_is_logged(rule: Any, config: DictConfig) -> None:
+    """A val/ metric for the pruner or PBT needs a task that validates: refused here, before any job
+    folder exists, where the sweep's task is one (a swept task=… is checked per population, later)."""
+    if rule is None or not str(rule.metric).startswith("val/"):
+        return
+    if any(str(o).startswith("task=") and "," in str(o) for o in config.hydra.overrides.task):
+        return
+    import lightning.pytorch as pl
+    from hydra.utils import get_class
+
+    from descend.errors import ConfigError
+
+    task = get_class(str(config.task._target_))
+    if task.validation_step is pl.LightningModule.validation_step:
+        key = "pbt" if hasattr(rule, "interval") else "pruner"
+        raise ConfigError(f"hydra.launcher.{key}.metric={rule.metric}: task {config.hydra.runtime.choices.task} does not "
+                          "validate; use train/loss")
