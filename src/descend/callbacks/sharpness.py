@@ -118,12 +118,14 @@ class Sharpness(pl.Callback):
         if threshold is not None:
             metrics["curvature/threshold"] = threshold
         task.metric_buffer.add(step, metrics)
+        self._last = metrics
         self._spent += time.perf_counter() - began
         self._count += 1
         self._measured_at = step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._spent, self._count, self._measured_at, self._started = 0.0, 0, -1, time.perf_counter()
+        self._last: dict[str, float] = {}
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0:
@@ -135,5 +137,7 @@ class Sharpness(pl.Callback):
         self.measure(trainer, pl_module)
         pl_module.metric_buffer.flush(pl_module.writing_loggers())
         share = self._spent / max(time.perf_counter() - self._started, 1e-9)
-        log.info(f"sharpness: {self._count} measurements on the full training batch took {self._spent:.3g} s "
-                 f"({share:.0%} of the run)")
+        last = self._last
+        threshold = f" (threshold {last['curvature/threshold']:.4g})" if "curvature/threshold" in last else ""
+        log.info(f"sharpness: {last['curvature/sharpness']:.4g} at step {self._measured_at}{threshold}; {self._count} "
+                 f"measurements on the full training batch took {self._spent:.3g} s ({share:.0%} of the run)")
