@@ -223,8 +223,9 @@ def keyword_overrides(config: dict[str, Any]) -> list[str]:
 
 
 def _run(argv: list[str], multirun: bool, quiet: bool) -> list[Run]:
-    from descend import prechecks
+    from descend import prechecks, runlock
 
+    runlock.TYPED_ARGV[:] = argv  # what a lock names: the overrides given, not the rewritten ones
     try:
         argv = prechecks.checked_argv([*argv, "-m"] if multirun else argv)
     except UserError as error:

@@ -18,6 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from descend import runlock
 from descend.errors import RefusedCommand, UserError, exit_with_error
 from descend.multirun import register_resolvers
 from descend.prechecks import checked_argv, config_dir
@@ -33,6 +34,7 @@ EXIT_CODES = {"completed": 0, "diverged": 3}
 
 def main() -> None:
     try:
+        runlock.TYPED_ARGV[:] = sys.argv[1:]  # what a lock names (runlock.py), before checked_argv rewrites it
         try:
             sys.argv[1:] = checked_argv(sys.argv[1:])
         except RefusedCommand as error:

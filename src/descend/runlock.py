@@ -33,6 +33,10 @@ HEARTBEAT_S = 30.0
 STALE_S = 120.0
 
 
+# the command as the user typed it (cli.main sets it before descend rewrites sys.argv for Hydra:
+# resume= becomes hydra.run.dir=, ckpt_path= and the run's own overrides)
+TYPED_ARGV: list[str] = list(sys.argv[1:])
+
 def rank_zero() -> bool:
     """Not one of the helper ranks of a data-parallel run (Lightning's LOCAL_RANK, torchrun's RANK)."""
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("RANK", "0") == "0"
@@ -103,7 +107,7 @@ def held(folder: Path, key: str = "the run") -> Iterator[None]:
         return
     path = folder / LOCK
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": start_time(os.getpid()),
-              "command": " ".join(["python -m train", *sys.argv[1:]])[:300], "since": time.time()}
+              "command": " ".join(["python -m train", *TYPED_ARGV])[:300], "since": time.time()}
     while True:
         try:
             with open(path, "x") as handle:  # O_EXCL: of two processes starting at once, one wins
