@@ -256,6 +256,7 @@ class PopulationPBT(PopulationPruner):
     def __init__(self, conf: pbt.PBTConf) -> None:
         super().__init__(conf)  # type: ignore[arg-type]
         self.generator = torch.Generator().manual_seed(int(conf.seed))
+        self._resumed_at: int | None = None
 
     @property
     def event_every_n_steps(self) -> int:
@@ -271,12 +272,15 @@ class PopulationPBT(PopulationPruner):
         step = trainer.global_step
         if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
             return False
-        return step % self.conf.interval == 0
+        # a round at the step a stopped sweep resumes from was made before its checkpoint (acts_at_a_stop);
+        # a resume at an epoch's end passes a batch end at that step again, which must not make it twice
+        return step % self.conf.interval == 0 and step != self._resumed_at
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # a resumed sweep: the generator and the lineage as the members' checkpoints hold them
         # (their hyper-parameters come back with their optimisers' param_groups)
         saved = next((m.checkpoint["descend_pbt"] for m in pl_module.members if m.checkpoint and "descend_pbt" in m.checkpoint), None)
+        self._resumed_at = trainer.global_step if saved is not None else None
         if saved is not None:
             self.generator.set_state(saved["generator"])
         for member in pl_module.members:
