@@ -164,6 +164,12 @@ class PopulationPruner(pl.Callback):
         self.conf = conf
         self._latest: dict[int, float] = {}  # member number → its metric's latest value
         self._after_validation = False
+        self._resumed_at: int | None = None  # the step a resumed sweep starts from
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        # a resumed population starts from its members' checkpoints, taken after any rule at that step
+        # acted (checkpoints run last); a resume at an epoch's end passes that step's batch end again
+        self._resumed_at = trainer.global_step if any(m.checkpoint for m in pl_module.members) else None
 
     @property
     def event_every_n_steps(self) -> int:
@@ -193,6 +199,8 @@ class PopulationPruner(pl.Callback):
     def due(self, trainer: pl.Trainer) -> bool:
         step, conf = trainer.global_step, self.conf
         if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
+            return False
+        if step == self._resumed_at:  # see on_fit_start: not a second time
             return False
         if conf.rule == "halving":
             return pruning.halving_rung(step, conf.min_steps, conf.eta)
@@ -256,7 +264,6 @@ class PopulationPBT(PopulationPruner):
     def __init__(self, conf: pbt.PBTConf) -> None:
         super().__init__(conf)  # type: ignore[arg-type]
         self.generator = torch.Generator().manual_seed(int(conf.seed))
-        self._resumed_at: int | None = None
 
     @property
     def event_every_n_steps(self) -> int:
@@ -272,15 +279,14 @@ class PopulationPBT(PopulationPruner):
         step = trainer.global_step
         if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
             return False
-        # a round at the step a stopped sweep resumes from was made before its checkpoint (acts_at_a_stop);
-        # a resume at an epoch's end passes a batch end at that step again, which must not make it twice
+        # a round at the step a sweep resumes from was made before its checkpoint (acts_at_a_stop too)
         return step % self.conf.interval == 0 and step != self._resumed_at
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         # a resumed sweep: the generator and the lineage as the members' checkpoints hold them
         # (their hyper-parameters come back with their optimisers' param_groups)
+        super().on_fit_start(trainer, pl_module)
         saved = next((m.checkpoint["descend_pbt"] for m in pl_module.members if m.checkpoint and "descend_pbt" in m.checkpoint), None)
-        self._resumed_at = trainer.global_step if saved is not None else None
         if saved is not None:
             self.generator.set_state(saved["generator"])
         for member in pl_module.members:
