@@ -39,10 +39,6 @@ def main() -> None:
             sys.argv[1:] = checked_argv(sys.argv[1:])
         except RefusedCommand as error:
             refused_before_hydra(error)
-        if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
-            # a SIGTERM before the first job's training starts (its own handlers take over then, and
-            # put this one back after): exit 143 through the sweep's resume line, not silently
-            signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
         try:
             hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")(job)()
         except SystemExit as stop:
