@@ -235,9 +235,11 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     if any(r["status"] == "stopped" for r in rows):  # a signal ended the sweep
         counts["stopped"] = sum(r["status"] == "stopped" for r in rows)
     header = f"# Sweep summary: {sweep_dir}\n\n{len(rows)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f". {ranking_text(rows)}.\n\n"
+    from descend.theory import plain_sgd_summary  # here: theory imports torch, which the CLI's start need not wait for
+
     theory_lines = [f"- {task}: lr_critical = {t['lr_critical']:.4g} (2/λmax, the largest stable step of plain SGD), "
                     f"lr_optimal = {t['lr_optimal']:.4g} (2/(λmin + λmax), the fastest), condition number {t['condition_number']:.4g}"
-                    + ("" if plain_sgd(t) else optimiser_limit(rows, task)) + "\n"
+                    + ("" if plain_sgd_summary(t) else optimiser_limit(rows, task)) + "\n"
                     for task, t in task_theory(rows).items()]
     if theory_lines:
         header += "What the Hessian predicts (see README, What theory predicts):\n\n" + "".join(theory_lines) + "\n"
@@ -272,12 +274,6 @@ def optimiser_limit(rows: list[dict[str, Any]], task: str) -> str:
         return text + "theory predicts no stable step for it"
     shown = ", ".join(f"{v:.4g}" for v in limits[:6]) + (", …" if len(limits) > 6 else "")
     return text + f"its lr_limit (the largest stable step) is {shown}"
-
-
-def plain_sgd(theory: dict[str, float]) -> bool:
-    """Whether a job's theory block is plain SGD's, whose lr_critical and lr_optimal are its own
-    (momentum, Nesterov or weight decay have their own lr_limit; Adam and the like have none)."""
-    return "lr_limit" in theory and math.isclose(theory["lr_limit"], theory["lr_critical"]) and "heavy_ball_rate" not in theory
 
 
 def task_theory(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -393,8 +389,10 @@ def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: lis
     if failed:
         axes.plot(failed, [ceiling] * len(failed), "x", color="red", markersize=10, label="diverged / failed")
     mark_zeros(axes, [x for x, row in zip(xs, rows) if finite_loss(row, metric) == 0], floor)
+    from descend.theory import plain_sgd_summary
+
     theory = task_theory(rows).get(rows[0]["task"]) if key == "optimizer.lr" else None
-    if theory and plain_sgd(theory):  # where theory puts plain SGD's fastest and largest stable step size
+    if theory and plain_sgd_summary(theory):  # where theory puts plain SGD's fastest and largest stable step size
         axes.axvline(theory["lr_optimal"], color="tab:green", linestyle=":", label=f"lr_optimal {theory['lr_optimal']:.3g}")
         axes.axvline(theory["lr_critical"], color="tab:red", linestyle="--", label=f"lr_critical {theory['lr_critical']:.3g}")
     if categorical:

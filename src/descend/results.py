@@ -282,8 +282,9 @@ def far_from_optimum(record: dict[str, Any]) -> list[str]:
     contraction = (kappa - 1) / (kappa + 1)
     steps = math.ceil(math.log(1e-3) / math.log(contraction)) if 0 < contraction < 1 else 1
     # lr=auto (build.optimal_lr) serves plain SGD only: its summary's lr_limit is lr_critical
-    plain = "lr_limit" in theory and math.isclose(theory["lr_limit"], theory["lr_critical"]) and "heavy_ball_rate" not in theory
-    auto = "optimizer.lr=auto takes it" if plain else "optimizer=sgd optimizer.lr=auto takes it"
+    from descend.theory import plain_sgd_summary
+
+    auto = "optimizer.lr=auto takes it" if plain_sgd_summary(theory) else "optimizer=sgd optimizer.lr=auto takes it"
     line = (f"warning: ref/rel_error {error:.3g} after {record['steps']} steps: the run stopped far from the optimum. Plain "
             f"SGD is fastest at optimizer.lr={theory['lr_optimal']:.4g} (theory's lr_optimal; {auto}), "
             f"where about {steps} steps shrink the error 1000x (trainer.max_steps)")

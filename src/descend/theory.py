@@ -191,6 +191,14 @@ class SGDStep:
         return "SGD" + (" with " + ", ".join(parts) if parts else "")
 
 
+def plain_sgd_summary(summary: dict[str, float]) -> bool:
+    """Whether a run's theory block (metrics.json `theory`) is plain SGD's, whose lr_critical and
+    lr_optimal are its own: momentum, Nesterov or weight decay state their own lr_limit, and a
+    non-linear optimiser (Adam, …) states none."""
+    return ("lr_limit" in summary and math.isclose(summary["lr_limit"], summary["lr_critical"])
+            and "heavy_ball_rate" not in summary)
+
+
 def heavy_ball_optimum(mu_min: float, mu_max: float) -> dict[str, float]:
     """Polyak's (1964) fastest heavy ball on curvature in [μmin, μmax]: lr α*, momentum β*, rate."""
     root_min, root_max = math.sqrt(max(mu_min, 0.0)), math.sqrt(mu_max)
