@@ -55,3 +55,31 @@ def test_composed_configs_match_omegaconf_while_values_change(overrides: list[st
 def test_lists_and_scalars_are_written_whole() -> None:
     for data in (["optimizer.lr=0.1", "seed=2"], [], {}):
         assert configtext.to_yaml(OmegaConf.create(data)) == OmegaConf.to_yaml(OmegaConf.create(data))
+
+
+@pytest.mark.parametrize("overrides", [[], ["task=mlp", "optimizer=adam", "optimizer.betas=[0.8,0.9]"]])
+def test_a_jobs_text_is_the_first_jobs_with_its_own_entries(overrides: list[str]) -> None:
+    """The population launcher writes a derived job's config.yaml and hydra.yaml as the first
+    job's text (TextTemplate) with the entries its overrides set and its own number and folder
+    (PER_JOB_HYDRA_KEYS) rendered anew: byte for byte OmegaConf.to_yaml of its whole config."""
+    from hydra_plugins.descend_population_launcher.population_launcher import PER_JOB_HYDRA_KEYS
+
+    keys = ["optimizer.lr", "seed"] + (["optimizer.betas"] if overrides else [])
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        jobs = []
+        for number, (lr, seed) in enumerate([(0.01, 1), (0.46, 7), (1e-12, 314), (2.0, 0)]):
+            betas = [f"optimizer.betas=[{0.8 + number / 100},0.9]"] if overrides else []
+            cfg = compose("train", [*overrides, f"optimizer.lr={lr}", f"seed={seed}", *betas], return_hydra_config=True)
+            cfg.hydra.job.num = cfg.hydra.job.id = number
+            cfg.hydra.runtime.output_dir = f"/tmp/sweep/{number}_lr={lr}"
+            jobs.append(cfg)
+    first = jobs[0]
+    task_text = configtext.TextTemplate(OmegaConf.to_container(job_config(first), enum_to_str=True))
+    hydra_text = configtext.TextTemplate({"hydra": OmegaConf.to_container(first.hydra, enum_to_str=True)})
+    for cfg in jobs:
+        task = job_config(cfg)
+        text = task_text.text({tuple(k.split(".")): configtext.plain_value(task, k) for k in keys})
+        assert text == OmegaConf.to_yaml(task)
+        hydra = hydra_text.text({("hydra", *k.split(".")): configtext.plain_value(cfg.hydra, k) for k in PER_JOB_HYDRA_KEYS})
+        assert hydra == OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, "hydra"))
+    assert task_text.text({("task", "no_such_key"): 1}) is None  # not an entry: the caller renders the whole config

@@ -250,7 +250,7 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
     from omegaconf import OmegaConf
 
     from descend.prechecks import config_dir
-    from hydra_plugins.descend_population_launcher.population_launcher import derive_sweep_config, plain_signature
+    from hydra_plugins.descend_population_launcher.population_launcher import derive_sweep_config, job_config, plain_signature
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
@@ -265,6 +265,10 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
     derived = derive_sweep_config(pickle.dumps(template), parse(second))
     assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(composed, resolve=False)
     assert derived.hydra.job.override_dirname == "optimizer.betas=[0.8,0.9],optimizer.lr=0.02,optimizer=adam,seed=7"
+    # the job's config without Hydra's node, derived from its own template: what job_config copies out
+    task = derive_sweep_config(pickle.dumps(job_config(template)), parse(second), choices=set(composed.hydra.runtime.choices))
+    assert OmegaConf.to_container(task, resolve=False) == OmegaConf.to_container(job_config(composed), resolve=False)
+    assert "hydra" not in task and OmegaConf.is_struct(task) == OmegaConf.is_struct(composed) and task.optimizer.lr == 0.02
 
 
 def test_jobs_are_grouped_by_everything_but_per_member_numbers():

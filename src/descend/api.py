@@ -75,9 +75,9 @@ class Run:
 
     @property
     def overrides(self) -> list[str]:
-        import yaml
+        from descend.configtext import read_yaml
 
-        return yaml.safe_load((self.folder / ".hydra" / "overrides.yaml").read_text()) or []
+        return read_yaml(self.folder / ".hydra" / "overrides.yaml") or []
 
     @property
     def solution(self) -> dict[str, Any]:
@@ -160,15 +160,14 @@ def runs(root: str | Path = "outputs", **filters: Any) -> Any:
 def _rows(root: Path) -> Iterator[dict[str, Any]]:
     import yaml
 
-    from descend.configtext import resolved_flat
+    from descend.configtext import read_yaml, resolved_flat
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     for record_file in sorted(root.rglob("metrics.json")):
         folder = record_file.parent
         config_file = folder / ".hydra" / "config.yaml"
         try:
             record = json.loads(record_file.read_text())
-            config = yaml.load(config_file.read_text(), Loader=loader) if config_file.is_file() else {}
+            config = read_yaml(config_file) if config_file.is_file() else {}
         except (OSError, ValueError, yaml.YAMLError):
             continue  # a run being written, or not a descend run: not a row
         if not isinstance(record, dict) or "status" not in record:

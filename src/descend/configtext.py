@@ -19,14 +19,19 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf._utils import get_omega_conf_dumper
 
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the same results as yaml.safe_load
 # (keys above, key, repr of value) -> the entry's text; cleared when it grows past this many
 _ENTRIES: dict[tuple[Any, ...], str] = {}
 _MOST_ENTRIES = 20_000
 
 
-def to_yaml(cfg: Any, *, resolve: bool = False) -> str:
-    """OmegaConf.to_yaml(cfg, resolve=resolve), reusing the text of entries seen before."""
-    data = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
+def to_yaml(cfg: Any, *, resolve: bool = False, keys: list[str] | None = None) -> str:
+    """OmegaConf.to_yaml(cfg, resolve=resolve), reusing the text of entries seen before; with
+    `keys`, the text of a config holding only those of cfg's top-level entries."""
+    if keys is None:
+        data = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
+    else:
+        data = {key: OmegaConf.to_container(cfg[key], resolve=resolve, enum_to_str=True) for key in keys}
     if not isinstance(data, dict) or not data:
         return _dump(data)
     if len(_ENTRIES) > _MOST_ENTRIES:
@@ -34,11 +39,72 @@ def to_yaml(cfg: Any, *, resolve: bool = False) -> str:
     return "".join(_entry_text((), key, value) for key, value in data.items())
 
 
-def save_config(cfg: Any, filename: str, folder: Path) -> None:
-    """What hydra.core.utils._save_config writes (a job's .hydra/ files), the same bytes."""
+class TextTemplate:
+    """The YAML text of one config (plain data, as to_yaml renders it) kept as segments, each
+    mapping's own line and each other entry's lines, so that the text of a config that differs
+    from it only in some entries (a population's jobs: a learning rate, a job's number and folder)
+    is this text with those entries' segments rendered anew, without rendering or even converting
+    the rest (OmegaConf.to_container of a job's Hydra node took longer than its training step).
+    tests/test_configtext.py checks text() against OmegaConf.to_yaml."""
+
+    def __init__(self, data: dict[Any, Any]) -> None:
+        self.segments: list[str] = []
+        self.entries: dict[tuple[Any, ...], int] = {}  # an entry's keys -> its segment
+        self._add((), data)
+
+    def _add(self, above: tuple[Any, ...], data: dict[Any, Any]) -> None:
+        for key, value in data.items():
+            keys = above + (key,)
+            own, parent = (_header(keys), _header(above)) if isinstance(value, dict) and value else (None, None)
+            if own is not None and parent is not None:  # as _render writes a mapping: its line, then its entries
+                self.segments.append(own[len(parent) :])
+                self._add(keys, value)
+            else:
+                self.entries[keys] = len(self.segments)
+                self.segments.append(_entry_text(above, key, value))
+
+    def text(self, changes: dict[tuple[Any, ...], Any]) -> str | None:
+        """The text with the entries at `changes`' keys (("optimizer", "lr"): 0.1) set to its
+        values; None where one is not an entry of this text of its own (inside a list, say, or a
+        mapping written as one entry), for the caller to render the whole config."""
+        segments = self.segments[:]
+        for keys, value in changes.items():
+            index = self.entries.get(keys)
+            if index is None:
+                return None
+            segments[index] = _entry_text(keys[:-1], keys[-1], value)
+        return "".join(segments)
+
+
+def plain_value(cfg: Any, key: str) -> Any:
+    """The value at dotted `key` of an OmegaConf config as OmegaConf.to_container(cfg,
+    enum_to_str=True) holds it: unresolved, containers as plain dicts and lists."""
+    from enum import Enum
+
+    from omegaconf import Container
+
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    node = parent._get_node(leaf)
+    if isinstance(node, Container):
+        return OmegaConf.to_container(node, enum_to_str=True)
+    value = node._value()
+    return value.name if isinstance(value, Enum) else value
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data (a run's .hydra/ files), parsed by libyaml where PyYAML has it: the
+    pure-Python parser takes about 10 ms for a config.yaml, and a summary of 1024 jobs reads
+    thousands. Raises OSError for a missing file and yaml.YAMLError for a malformed one."""
+    return yaml.load(path.read_text(), Loader=SAFE_LOADER)
+
+
+def save_config(cfg: Any, filename: str, folder: Path, keys: list[str] | None = None) -> None:
+    """What hydra.core.utils._save_config writes (a job's .hydra/ files), the same bytes; `keys`
+    as to_yaml's."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / filename, "w", encoding="utf-8") as file:
-        file.write(to_yaml(cfg))
+        file.write(to_yaml(cfg, keys=keys))
 
 
 def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:

@@ -63,14 +63,12 @@ def run_config(run_dir: Path) -> dict[str, str]:
     """The config a run folder's .hydra/config.yaml holds, flattened as descend.runs flattens it,
     each value as text; an interpolation resolved where it can be (inside the run, `${hydra:…}`
     too), else as written."""
-    import yaml
-
-    from descend.configtext import resolved_flat
+    from descend.configtext import read_yaml, resolved_flat
 
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         return {}
-    flat = resolved_flat(yaml.safe_load(path.read_text()) or {})
+    flat = resolved_flat(read_yaml(path) or {})
     return {key: "null" if value is None else str(value) for key, value in flat.items()}
 
 

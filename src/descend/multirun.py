@@ -176,7 +176,7 @@ def print_closing_lines(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder that holds a metrics.json, sorted by the objective."""
-    import yaml
+    from descend.configtext import read_yaml
 
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
@@ -184,7 +184,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         if record is None:
             continue
         overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        overrides = read_yaml(overrides_file) if overrides_file.is_file() else []
         rows.append({"job": job.name, "task": record.get("task", "?"), "overrides": overrides or [], "status": record["status"],
                      **record.get("metrics", {}), "steps": record.get("steps"), "wall_time_s": record.get("wall_time_s"),
                      "error": record.get("error") or "", "theory": record.get("theory") or {}})

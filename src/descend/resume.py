@@ -62,15 +62,14 @@ def resume_overrides(argv: list[str], conf: Path | None = None) -> list[str]:
         if not path.is_file():
             exit_with_error(f"resume={folder}: {path} not found; point resume= at a run folder with {what}, "
                             "or at a sweep's folder (with its multirun.yaml)")
-    import yaml
-
     from descend.checkpoints import CheckpointError, read_checkpoint
+    from descend.configtext import read_yaml
 
     try:
         step = int(read_checkpoint(checkpoint, key=f"resume={folder}")["global_step"])
     except CheckpointError as error:
         exit_with_error(str(error))
-    typed = [o for o in yaml.safe_load(saved.read_text()) or [] if key_of(o) not in ("resume", "ckpt_path")]
+    typed = [o for o in read_yaml(saved) or [] if key_of(o) not in ("resume", "ckpt_path")]
     original = [o for o in typed if key_of(o) not in OWN]
     check_changes(folder, original, rest)
     merged = merge(original, rest)

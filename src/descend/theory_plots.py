@@ -108,12 +108,12 @@ def sharpness_curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
 
 def measured_sharpness(job: Path) -> bool:
     """Whether the job ran callbacks.sharpness (its saved config says so): only those are read back."""
-    import yaml
+    from descend.configtext import read_yaml
 
     config = job / ".hydra" / "config.yaml"
     if not config.is_file():
         return False
-    node = ((yaml.safe_load(config.read_text()) or {}).get("callbacks") or {}).get("sharpness") or {}
+    node = ((read_yaml(config) or {}).get("callbacks") or {}).get("sharpness") or {}
     return bool(node.get("every_n_steps"))
 
 

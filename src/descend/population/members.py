@@ -55,12 +55,11 @@ class Member:
         """The Sessions callback a single run of this job has (build.build_trainer adds it), for the
         state its checkpoints hold: the job's overrides (its .hydra/overrides.yaml, which the
         launcher wrote), its optimiser's and scheduler's numbers, its resumes."""
-        import yaml
-
         from descend.callbacks import Sessions
+        from descend.configtext import read_yaml
 
         saved = self.run_dir / ".hydra" / "overrides.yaml"
-        overrides = yaml.safe_load(saved.read_text()) if saved.is_file() else []
+        overrides = read_yaml(saved) if saved.is_file() else []
         return Sessions([o for o in overrides or [] if not o.startswith(("resume=", "ckpt_path="))], task=self.task)
 
     # ---- building: what cli.train does before Trainer.fit ----

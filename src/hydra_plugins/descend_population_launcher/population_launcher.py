@@ -8,11 +8,13 @@ Launcher found in the hydra_plugins namespace package. The sweepers hand it batc
 """
 
 
+import contextlib
+import gc
 import logging
 import os
 import pickle
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,10 @@ class PopulationLauncherConf:
     pbt: PBTConf = field(default_factory=PBTConf)
 
 
+# the entries of a job's Hydra node that differ between jobs derived from one template (besides
+# what its overrides set): Hydra's job number and id, its name for the folder, its overrides, its folder
+PER_JOB_HYDRA_KEYS = ("job.num", "job.id", "job.override_dirname", "overrides.task", "runtime.output_dir")
+
 ConfigStore.instance().store(group="hydra/launcher", name="population", node=PopulationLauncherConf, provider="descend")
 
 
@@ -51,6 +57,7 @@ class PopulationLauncher(Launcher):
         self.pruner_settings = OmegaConf.to_container(pruner) if isinstance(pruner, DictConfig) else pruner
         self.pbt_settings = OmegaConf.to_container(pbt) if isinstance(pbt, DictConfig) else pbt
         self.pruner: Any = None  # pruning.PrunerConf or pbt.PBTConf, checked in setup
+        self.texts: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # a group's configtext.TextTemplates (save_configs)
         self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -72,23 +79,23 @@ class PopulationLauncher(Launcher):
         remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        # an earlier batch's jobs (Optuna's) are over: the collector may take them (kept_from_collection);
+        # the last batch's are left to the process's end, which frees them without scanning them
+        gc.unfreeze()
+        return self.launch_batch(job_overrides, initial_job_idx)
+
+    def launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from descend.build import checkpoint_step
         from descend.resume_sweep import job_folder, resuming, sweep_checkpoint
 
-        setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        configs = []
-        for offset, overrides in enumerate(job_overrides):
-            number = initial_job_idx + offset
-            log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(config):
-                config.hydra.job.id = config.hydra.job.num = number
-            configs.append(config)
+        with kept_from_collection():
+            configs = [self.job_config_of(overrides, initial_job_idx + offset) for offset, overrides in enumerate(job_overrides)]
+            task_cfgs = [job_config(c) for c in configs]
         returns: list[JobReturn | None] = [None] * len(configs)
-        task_cfgs = [job_config(c) for c in configs]
         # a resumed sweep's stopped jobs continue from their own checkpoints: those at one step train
         # together, apart from the jobs that start now (a population's members are at one step)
         self.resume_from = {i: sweep_checkpoint(c.hydra, job_folder(c)) for i, c in enumerate(configs) if resuming(c.hydra)}
@@ -99,6 +106,15 @@ class PopulationLauncher(Launcher):
         for _, indices in sorted(by_step.items(), key=lambda item: -1 if item[0] is None else item[0]):
             self.launch_planned(indices, configs, task_cfgs, returns)
         return returns  # type: ignore[return-value]
+
+    def job_config_of(self, overrides: Sequence[str], number: int) -> DictConfig:
+        """Job `number`'s config (remember_sweep_configs keeps the one the sweeper's check composed)."""
+        assert self.config is not None and self.hydra_context is not None
+        log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = number
+        return config
 
     def launch_planned(self, indices: list[int], configs: list[DictConfig], task_cfgs: list[DictConfig],
                        returns: list[JobReturn | None]) -> None:
@@ -133,11 +149,12 @@ class PopulationLauncher(Launcher):
         from descend.population.members import by_data, train_population
 
         quiet_lightning()
-        jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
-        members = [member for _, member in jobs]
-        for member, checkpoint in zip(members, resume_from):
-            member.resume_from = Path(checkpoint) if checkpoint else None
-            member.build()
+        with kept_from_collection():
+            jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
+            members = [member for _, member in jobs]
+            for member, checkpoint in zip(members, resume_from):
+                member.resume_from = Path(checkpoint) if checkpoint else None
+                member.build()
         built = [m for m in members if m.running]
         for member in members:
             if not member.running:  # a bad config: this job's one-line error, the others train
@@ -160,37 +177,56 @@ class PopulationLauncher(Launcher):
         """Hydra's run_job up to the task function: the job's folder, its .hydra/ files, the
         callbacks' on_job_start; then the job's member, with its config resolved in its folder.
         `task_cfg` is the job's config without Hydra's node (job_config)."""
-        from descend.configtext import save_config
         from descend.hparams import chosen_keys
         from descend.population.members import Member
 
         assert self.hydra_context is not None and self.task_function is not None
-        output_dir = os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)))
-        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
-            config.hydra.runtime.output_dir = output_dir
-        HydraConfig.instance().set_config(config)
+        hydra = config.hydra
+        output_dir = os.path.abspath(os.path.join(str(hydra.sweep.dir), str(hydra.sweep.subdir)))
+        with read_write(hydra.runtime), open_dict(hydra.runtime):
+            hydra.runtime.output_dir = output_dir
+        use_hydra_config(config)
         ret = JobReturn()
         ret.cfg = task_cfg
-        ret.hydra_cfg = HydraConfig.instance().cfg  # its own copy: the next job's set_config replaces it
-        ret.overrides = OmegaConf.to_container(config.hydra.overrides.task)
+        ret.hydra_cfg = config  # holds this job's `hydra` node, as run_job's copy of HydraConfig does
+        ret.overrides = OmegaConf.to_container(hydra.overrides.task)
         ret.working_dir = os.getcwd()
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        if config.hydra.output_subdir is not None:
-            saved = Path(output_dir) / str(config.hydra.output_subdir)
-            # the bytes Hydra's _save_config writes, the unchanged entries' text reused (configtext)
-            save_config(task_cfg, "config.yaml", saved)
-            save_config(ret.hydra_cfg, "hydra.yaml", saved)
-            save_config(config.hydra.overrides.task, "overrides.yaml", saved)
+        if hydra.output_subdir is not None:
+            self.save_configs(config, task_cfg, Path(output_dir) / str(hydra.output_subdir))
         if first:  # the console as run_job sets it; each member's train.log is its own (members.log_to)
-            configure_log(config.hydra.job_logging, config.hydra.verbose)
+            configure_log(hydra.job_logging, hydra.verbose)
         self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
         # after saving config.yaml, which keeps the interpolations as run_job writes it:
         # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
         OmegaConf.resolve(task_cfg)
-        member = Member(task_cfg, Path(output_dir), task_name=config.hydra.runtime.choices.get("task", "?"), number=config.hydra.job.num,
-                        chosen=chosen_keys(config.hydra))
+        member = Member(task_cfg, Path(output_dir), task_name=hydra.runtime.choices.get("task", "?"), number=hydra.job.num,
+                        chosen=chosen_keys(hydra))
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
+
+    def save_configs(self, config: DictConfig, task_cfg: DictConfig, folder: Path) -> None:
+        """The job's .hydra/ files, the bytes Hydra's _save_config writes. A derived job's config.yaml
+        and hydra.yaml are the texts of the first job of its group (configtext.TextTemplate) with the
+        entries that differ rendered anew: the keys its overrides set, its number, name and folder."""
+        from descend.configtext import TextTemplate, plain_value, save_config, to_yaml
+
+        derived = _DERIVED.pop(id(config), None)
+        texts = None
+        if derived is not None and derived.config is config:
+            if derived.group not in self.texts:
+                self.texts[derived.group] = (TextTemplate(OmegaConf.to_container(task_cfg, enum_to_str=True)),
+                                             TextTemplate({"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)}))
+            task_text, hydra_text = self.texts[derived.group]
+            try:
+                texts = (task_text.text({tuple(key.split(".")): plain_value(task_cfg, key) for key in derived.keys}),
+                         hydra_text.text({("hydra", *key.split(".")): plain_value(config.hydra, key) for key in PER_JOB_HYDRA_KEYS}))
+            except Exception:  # a key OmegaConf cannot select as written (a[0]): the whole text, below
+                texts = None
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text, node, keys in (("config.yaml", texts and texts[0], task_cfg, None), ("hydra.yaml", texts and texts[1], config, ["hydra"])):
+            (folder / name).write_text(text if text is not None else to_yaml(node, keys=keys), encoding="utf-8")
+        save_config(config.hydra.overrides.task, "overrides.yaml", folder)
 
     def end_job(self, config: DictConfig, ret: JobReturn, member: Any) -> JobReturn:
         assert self.hydra_context is not None
@@ -198,6 +234,33 @@ class PopulationLauncher(Launcher):
         ret.status = JobStatus.COMPLETED
         self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         return ret
+
+
+@contextlib.contextmanager
+def kept_from_collection() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while jobs are composed and started, and what was
+    made meanwhile frozen out of its later scans (gc.freeze) until the sweep launches its next batch
+    (PopulationLauncher.launch unfreezes). A job's config is some 5,000 OmegaConf objects that live
+    as long as the sweep; as 1024 jobs' configs, members and records were made, each collection
+    scanned all those made before, and took over a third of the launcher's time (unpickling a
+    config: 2.9 ms with the collector, 0.4 ms without). Training runs with the collector on, the
+    frozen objects left out of its scans."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
+def use_hydra_config(config: DictConfig) -> None:
+    """HydraConfig.set_config(config) without its copy of the `hydra` node (a third of a job's
+    start in a 1024-member population): HydraConfig.get() is then this config's own node, read-only
+    as set_config leaves it, and interpolations from it into the job's config resolve as there."""
+    OmegaConf.set_readonly(config.hydra, True)
+    HydraConfig.instance().cfg = config  # type: ignore[assignment]
 
 
 def remember_sweep_configs(loader: Any) -> None:
@@ -210,7 +273,9 @@ def remember_sweep_configs(loader: Any) -> None:
         return
     compose = loader.load_sweep_config
     kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
-    templates: dict[tuple[Any, ...], bytes] = {}  # pickled: unpickling is a deep copy 3x faster than copy.deepcopy
+    # pickled: unpickling is a deep copy 3x faster than copy.deepcopy; the job's config, and the
+    # same without Hydra's node (job_config's, 5x faster than its masked copy)
+    templates: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -218,17 +283,45 @@ def remember_sweep_configs(loader: Any) -> None:
         key = (id(master_config), tuple(sweep_overrides))
         if key in kept:  # the second call, the launcher's: that object, as nobody else holds it
             return kept.pop(key)
-        parsed = OverridesParser.create().parse_overrides(sweep_overrides)
-        signature = plain_signature(master_config, parsed)
-        template = templates.get((id(master_config), signature)) if signature else None
-        config = derive_sweep_config(template, parsed) if template is not None else compose(master_config, sweep_overrides)
-        if signature and template is None:
-            templates[(id(master_config), signature)] = pickle.dumps(config)
+        with kept_from_collection():
+            parsed = OverridesParser.create().parse_overrides(sweep_overrides)
+            signature = plain_signature(master_config, parsed)
+            template = templates.get((id(master_config), signature)) if signature else None
+            task_cfg = None
+            if template is not None:
+                config = derive_sweep_config(template[0], parsed)
+                task_cfg = derive_sweep_config(template[1], parsed, choices=set(config.hydra.runtime.choices))
+            else:
+                config = compose(master_config, sweep_overrides)
+            if signature and template is None:
+                templates[(id(master_config), signature)] = pickle.dumps(config), pickle.dumps(job_config(config))
+            if signature:
+                _DERIVED[id(config)] = Derived(config, task_cfg, (id(master_config), signature), signature[1])
         kept[key] = config
         return config
 
     loader.load_sweep_config = load_sweep_config
     loader._descend_remembers = True
+
+
+@dataclass
+class Derived:
+    """How remember_sweep_configs made a job's config: from the template of its `group` (the
+    sweep's master config and plain_signature), differing from it in the config `keys` set."""
+
+    config: DictConfig
+    task_cfg: DictConfig | None  # its job_config, derived beside it (None: job_config copies it)
+    group: tuple[Any, ...]
+    keys: tuple[str, ...]
+
+
+# a job config's id -> how it was made (job_config and PopulationLauncher.save_configs read it)
+_DERIVED: dict[int, Derived] = {}
+
+
+def derivation(config: DictConfig) -> Derived | None:
+    derived = _DERIVED.get(id(config))
+    return derived if derived is not None and derived.config is config else None
 
 
 def plain_signature(master_config: DictConfig, overrides: list[Override]) -> tuple[Any, ...] | None:
@@ -248,16 +341,19 @@ def plain_signature(master_config: DictConfig, overrides: list[Override]) -> tup
     return tuple(sorted(choices)), tuple(keys)
 
 
-def derive_sweep_config(template: bytes, parsed: list[Override]) -> DictConfig:
+def derive_sweep_config(template: bytes, parsed: list[Override], choices: set[str] | None = None) -> DictConfig:
     """The pickled `template` config with `parsed` overrides (the same keys and group choices, other values)
-    applied as Hydra's _load_configuration_impl applies them: the values, the job's task
-    overrides and its override_dirname (the job folder's name). tests/test_population.py checks
-    the result against Hydra's own composition."""
+    applied as Hydra's _load_configuration_impl applies them: the values, and where the template
+    has Hydra's node, the job's task overrides and its override_dirname (the job folder's name).
+    A template without Hydra's node (job_config's) is given the group `choices` of its job.
+    tests/test_population.py checks the result against Hydra's own composition."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
     config = pickle.loads(template)
-    choices = set(config.hydra.runtime.choices)
+    choices = set(config.hydra.runtime.choices) if choices is None else choices
     ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.key_or_group not in choices], config)
+    if "hydra" not in config:
+        return config
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.overrides.task = [o.input_line for o in parsed]
         naming = config.hydra.job.config.override_dirname
@@ -268,7 +364,11 @@ def derive_sweep_config(template: bytes, parsed: list[Override]) -> DictConfig:
 
 def job_config(config: DictConfig) -> DictConfig:
     """The job's config without Hydra's node: what the task function receives (run_job deep-copies
-    the whole config and deletes the node; copying only the rest is the same config, for less)."""
+    the whole config and deletes the node; copying only the rest is the same config, for less;
+    a derived config's was derived beside it)."""
+    derived = derivation(config)
+    if derived is not None and derived.task_cfg is not None:
+        return derived.task_cfg
     task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(config))
     return task_cfg
