@@ -132,6 +132,20 @@ def test_a_signal_stops_a_pbt_sweep_and_resume_continues_it_exactly(tmp_path):
     assert any(metrics(job).get("lineage") for job in jobs(sweep))
 
 
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_a_signal_at_a_rounds_step_makes_that_round_once_and_the_resumed_sweep_ends_as_the_uninterrupted_one(sweeps, tmp_path, when):
+    """SIGTERM at step 100, a round's: during its last step (the round is made at the stop) or just
+    after its batch (the next group stops before its first step: no second round there)."""
+    from test_pruning import outcome, signal_at_step
+
+    sweep = signal_at_step(tmp_path / "stopped", [*SWEEP, *PBT, "hydra.launcher.pbt.seed=1"], 100, when)
+    assert {e["step"] for entries in lineages(sweep).values() for e in entries} == {100}
+    assert lineages(sweep) == {job: [e for e in entries if e["step"] == 100] for job, entries in lineages(sweeps["a"]).items()}
+    run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    for job, theirs in zip(jobs(sweep), jobs(sweeps["a"])):
+        assert outcome(job) == outcome(theirs), job.name
+
+
 def test_the_bottom_share_copies_the_top_share_and_values_stay_in_bounds():
     from descend.population import pbt
 
