@@ -89,6 +89,23 @@ def test_members_never_copied_are_bitwise_those_without_pbt_and_all_are_until_th
     assert never >= 4  # at most two copy at each of the two rounds
 
 
+def test_the_summary_says_each_jobs_copies_sources_and_final_lr_and_only_for_a_pbt_sweep(sweeps):
+    sweep = sweeps["a"]
+    text = (sweep / "summary.md").read_text()
+    assert "## Population-based training" in text and "Population-based training" not in (sweeps["plain"] / "summary.md").read_text()
+    table = text.split("## Population-based training")[1]
+    rows = {cells[0]: cells[1:] for line in table.splitlines() if line.startswith("| 0")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    assert sorted(rows) == [job.name for job in jobs(sweep)]  # every job, copied or not
+    for job in jobs(sweep):
+        copies, sources, final = rows[job.name]
+        lineage = metrics(job).get("lineage", [])
+        assert int(copies) == len(lineage)
+        assert sources == (", ".join(f"{e['folder']} ({e['step']})" for e in lineage) or "—")
+        curve = scalars(job)[LR]
+        assert float(final) == pytest.approx(curve[max(curve)], rel=1e-3)  # its lr curve's last point (4 digits shown)
+
+
 def test_bounds_clip_the_perturbed_values(tmp_path):
     sweep = run_sweep(tmp_path / "bounded", *PBT, "hydra.launcher.pbt.factors=[10.0]", "hydra.launcher.pbt.bounds={lr:[0.001,0.5]}")
     values = [entry["values"]["lr"] for entries in lineages(sweep).values() for entry in entries]
@@ -130,6 +147,20 @@ def test_a_signal_stops_a_pbt_sweep_and_resume_continues_it_exactly(tmp_path):
     assert 100 < step < 30000
     resume_three_members_to_the_straight_sweep(sweep, argv, tmp_path, straight)
     assert any(metrics(job).get("lineage") for job in jobs(sweep))
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_a_signal_at_a_rounds_step_makes_that_round_once_and_the_resumed_sweep_ends_as_the_uninterrupted_one(sweeps, tmp_path, when):
+    """SIGTERM at step 100, a round's: during its last step (the round is made at the stop) or just
+    after its batch (the next group stops before its first step: no second round there)."""
+    from test_pruning import outcome, signal_at_step
+
+    sweep = signal_at_step(tmp_path / "stopped", [*SWEEP, *PBT, "hydra.launcher.pbt.seed=1"], 100, when)
+    assert {e["step"] for entries in lineages(sweep).values() for e in entries} == {100}
+    assert lineages(sweep) == {job: [e for e in entries if e["step"] == 100] for job, entries in lineages(sweeps["a"]).items()}
+    run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    for job, theirs in zip(jobs(sweep), jobs(sweeps["a"])):
+        assert outcome(job) == outcome(theirs), job.name
 
 
 def test_the_bottom_share_copies_the_top_share_and_values_stay_in_bounds():

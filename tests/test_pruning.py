@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +91,74 @@ def test_a_pruned_member_leaves_a_runs_files_at_its_step_and_resumes_alone_exact
     resumed, expected = (torch.load(j / "solution.pt", weights_only=True)["W"] for j in (first, only_run(alone)))
     assert torch.equal(resumed, expected)
     assert metrics(first)["metrics"] == metrics(only_run(alone))["metrics"]
+
+
+# `python -m train` with SIGTERM sent to itself at an exact step, through descend's own handler:
+# "during" while step STEP-1 is computed (its group ends at STEP, a group end, with the flag set),
+# "after" once the batch ending at STEP has ended (the next group stops before its first step)
+SIGNAL_AT_STEP = """
+import os, runpy, signal, sys
+from descend.population.module import Population
+step, when = int(sys.argv.pop(1)), sys.argv.pop(1)
+hook = "member_losses" if when == "during" else "on_train_batch_end"
+original = getattr(Population, hook)
+def hooked(self, *args):
+    if when == "during" and self.global_step == step - 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    result = original(self, *args)
+    if when == "after" and self.global_step == step and self.trainer.global_step == step:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return result
+setattr(Population, hook, hooked)
+runpy.run_module("train", run_name="__main__", alter_sys=True)
+"""
+
+
+def signal_at_step(cwd: Path, argv: list[str], step: int, when: str) -> Path:
+    """Run the sweep `argv` in `cwd`, stopped by SIGTERM at `step` (see SIGNAL_AT_STEP); its sweep folder."""
+    cwd.mkdir()
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(step), when, *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 143 and f"stopped by SIGTERM at step {step};" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return sweep_folder(cwd)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The halving sweep run straight, left as it ended (`halving`'s first job is resumed by a test)."""
+    return run_sweep(tmp_path_factory.mktemp("uninterrupted") / "sweep", *HALVING)
+
+
+def outcome(job: Path) -> dict:
+    """What a job ended with: status, steps, final numbers, pruning (less its folder's resume line), lineage."""
+    record = metrics(job)
+    pruned = {k: v for k, v in (record.get("pruned") or {}).items() if k != "continue"}
+    return {"status": record["status"], "steps": record["steps"], "metrics": record["metrics"], "pruned": pruned,
+            "lineage": record.get("lineage"), "W": torch.load(job / "solution.pt", weights_only=True)["W"].tolist()}
+
+
+@pytest.mark.parametrize("when", ["during", "after"])
+def test_a_signal_at_a_rung_prunes_there_and_the_resumed_sweep_ends_as_the_uninterrupted_one(uninterrupted, tmp_path, when):
+    """SIGTERM at rung 120: the rule acts at 120 (during its last step) or has acted there (after its
+    batch), once; the pruned are recorded pruned at 120, the rest stopped at 120 with their checkpoints
+    there, and the resumed sweep ends bit for bit as the uninterrupted one."""
+    straight = uninterrupted
+    sweep = signal_at_step(tmp_path / "stopped", [*SWEEP, LRS, *HALVING], 120, when)
+    at_rung = {job.name for job in jobs(straight) if metrics(job)["status"] == "pruned" and metrics(job)["steps"] == 120}
+    assert at_rung  # the rung prunes someone
+    for job, theirs in zip(jobs(sweep), jobs(straight)):
+        record = metrics(job)
+        if job.name in at_rung:
+            assert outcome(job) == outcome(theirs), job.name  # pruned at 120 by the ranks of step 119's losses
+        elif record["status"] != "pruned":  # the rest: stopped at the rung, with their checkpoints there
+            assert record["status"] == "stopped" and record["steps"] == 120, job.name
+            assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 120
+    run_cli("-m", f"resume={sweep}", cwd=tmp_path)
+    for job, theirs in zip(jobs(sweep), jobs(straight)):
+        assert outcome(job) == outcome(theirs), job.name
+        if metrics(job)["status"] == "completed":
+            assert scalars(job)["train/loss"] == scalars(theirs)["train/loss"], job.name
 
 
 def test_the_median_rule_stops_the_members_worse_than_the_median_of_the_others(tmp_path):

@@ -243,9 +243,10 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
                     for task, t in task_theory(rows).items()]
     if theory_lines:
         header += "What the Hessian predicts (see README, What theory predicts):\n\n" + "".join(theory_lines) + "\n"
+    from descend.population.pbt import pbt_summary  # PBT's copies, where a job has a lineage
     from descend.theory_plots import theory_sections  # sharpness.png, momentum.png, where they apply
 
-    (sweep_dir / "summary.md").write_text(header + "\n".join(table) + "\n" + theory_sections(sweep_dir, rows))
+    (sweep_dir / "summary.md").write_text(header + "\n".join(table) + "\n" + pbt_summary(sweep_dir, rows) + theory_sections(sweep_dir, rows))
     plot_summary(rows, sweep_dir / "summary.png")
     return rows
 

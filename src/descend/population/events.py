@@ -156,9 +156,11 @@ class PopulationImages(ImageLogger):
 
 
 class PopulationPruner(pl.Callback):
-    """hydra.launcher.pruner's rule (pruning.py) applied at its steps to the running members."""
+    """hydra.launcher.pruner's rule (pruning.py) applied at its steps to the running members.
 
-    acts_at_a_stop = False  # a signal stops every member at its step: nobody is pruned there
+    It acts at a signal's stop too, before the checkpoint callback (Lightning runs checkpoints
+    last) saves the step: a resumed sweep starts after that step's rule (on_fit_start), so a rung
+    skipped at a stop would never happen and the resumed sweep would keep other survivors."""
 
     def __init__(self, conf: pruning.PrunerConf) -> None:
         self.conf = conf
@@ -207,11 +209,16 @@ class PopulationPruner(pl.Callback):
         return step >= conf.min_steps and step % conf.every_n_steps == 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.conf.metric == "train/loss" and len(outputs["losses"]):
-            last = outputs["losses"][-1].tolist()  # the group's last step, one value per member
+        if not len(outputs["losses"]):
+            # a signal before the group's first step: no step taken, and the rule at this step acted
+            # at the previous batch's end (a second act would prune or copy twice at one step)
+            return
+        if self.conf.metric == "train/loss":
+            # the group's last step (at a stop too: the step before the stop's), one value per member
+            last = outputs["losses"][-1].tolist()
             for index in pl_module.active:
                 self._latest[pl_module.members[index].number] = last[index]
-        if (pl_module.stop_signal and not self.acts_at_a_stop) or not self.due(trainer):
+        if not self.due(trainer):  # due at a signal's stop too (see the class's doc)
             return
         if stopping.validation_follows(trainer):  # its validation first, as a checkpoint waits for it
             self._after_validation = True
@@ -228,7 +235,7 @@ class PopulationPruner(pl.Callback):
                 self._latest[pl_module.members[index].number] = float(logged[self.conf.metric])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        if self._after_validation and not pl_module.stop_signal:
+        if self._after_validation:
             self.act(trainer, pl_module)
         self._after_validation = False
 
@@ -259,8 +266,6 @@ class PopulationPBT(PopulationPruner):
     happen at a signal's stop too, before the checkpoint callback (Lightning runs checkpoints
     last) saves that step."""
 
-    acts_at_a_stop = True
-
     def __init__(self, conf: pbt.PBTConf) -> None:
         super().__init__(conf)  # type: ignore[arg-type]
         self.generator = torch.Generator().manual_seed(int(conf.seed))
@@ -279,7 +284,7 @@ class PopulationPBT(PopulationPruner):
         step = trainer.global_step
         if step <= 0 or (trainer.max_steps is not None and 0 <= trainer.max_steps <= step):
             return False
-        # a round at the step a sweep resumes from was made before its checkpoint (acts_at_a_stop too)
+        # a round at the step a sweep resumes from was made before its checkpoint (at a stop too)
         return step % self.conf.interval == 0 and step != self._resumed_at
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
@@ -292,7 +297,7 @@ class PopulationPBT(PopulationPruner):
         for member in pl_module.members:
             # a copy moves its parameters and lr: no constant-lr prediction or contraction (Task.start_theory)
             member.task.unpredicted = "population-based training copies parameters and changes the lr mid-run"
-            if member.checkpoint and "descend_pbt" in member.checkpoint:
+            if member.checkpoint and member.checkpoint.get("descend_pbt", {}).get("lineage"):  # none where it never copied, as straight
                 member.record["lineage"] = list(member.checkpoint["descend_pbt"]["lineage"])
             member.saved_with = lambda member=member: {"descend_pbt": {"generator": self.generator.get_state(),
                                                                       "lineage": list(member.record.get("lineage", []))}}

@@ -22,6 +22,7 @@ plugin scan). The callback is events.PopulationPBT.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from descend.errors import ConfigError
@@ -110,3 +111,34 @@ def perturbed(value: float, factor: float, bounds: tuple[float, float] | None) -
     """value × factor, within bounds."""
     new = value * factor
     return min(max(new, bounds[0]), bounds[1]) if bounds else new
+
+
+def pbt_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
+    """summary.md's section on PBT's copies ('' unless some job has a `lineage`): per job, in the
+    summary's order (`rows`, multirun.job_rows), how many times it copied, from which jobs at which
+    steps, and the searched values it ends with (those of its last copy, or its own where it never
+    copied; a scheduler's changes to the lr are not counted). Read from each job's metrics.json and
+    .hydra/config.yaml in `sweep_dir`."""
+    import yaml
+
+    from descend.results import read_metrics
+
+    lineages = {row["job"]: (read_metrics(sweep_dir / row["job"]) or {}).get("lineage") or [] for row in rows}
+    if not any(lineages.values()):
+        return ""
+    keys = list(dict.fromkeys(key for entries in lineages.values() for entry in entries for key in entry["values"]))
+    lines = ["", "## Population-based training", "",
+             f"{sum(map(len, lineages.values()))} copies (hydra.launcher.pbt; each job's `lineage` in its metrics.json): "
+             "each job's copies and the values it ends with.", "",
+             "| job | copies | copied from (at step) | " + " | ".join(f"{key} at the end" for key in keys) + " |",
+             "|" + "---|" * (3 + len(keys))]
+    for job, entries in lineages.items():
+        if entries:
+            final = entries[-1]["values"]
+        else:  # never copied: its own values, as its job's config says
+            saved = sweep_dir / job / ".hydra" / "config.yaml"
+            final = ((yaml.safe_load(saved.read_text()) or {}) if saved.is_file() else {}).get("optimizer") or {}
+        sources = ", ".join(f"{entry['folder']} ({entry['step']})" for entry in entries) or "—"
+        values = [f"{final[key]:.4g}" if isinstance(final.get(key), (int, float)) else "—" for key in keys]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in [job, str(len(entries)), sources, *values]) + " |")
+    return "\n".join(lines) + "\n"
