@@ -131,7 +131,10 @@ STEP_TRAINER_KEYS = ("gradient_clip_val", "gradient_clip_algorithm")
 AUTO = "auto"  # optimizer.lr=auto: theory's lr_optimal (quadratic tasks, plain SGD)
 
 
-def build_task(cfg: DictConfig) -> Any:
+def build_task(cfg: DictConfig, made: dict[Any, Any] | None = None) -> Any:
+    """The job's task (a LightningModule) with its optimiser and scheduler factories and step
+    settings, drawn from the global generators as they stand (the caller seeds them). `made`:
+    see new_task. Raises UserError (ConfigError, DataError) for a bad config."""
     from descend.stepping import StepSettings
 
     auto = cfg.optimizer.get("lr") == AUTO
@@ -139,7 +142,7 @@ def build_task(cfg: DictConfig) -> Any:
     optimizer = instantiate(cfg.optimizer, "optimizer", **({"lr": 1.0} if auto else {}))
     scheduler = scheduler_config(cfg.scheduler)
     try_factories(optimizer, scheduler)
-    task = instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    task = new_task(cfg, optimizer, scheduler, made)
     if auto:
         task.optimizer_factory = functools.partial(optimizer, lr=optimal_lr(task, cfg))
     clip_val, clip_algorithm = (cfg.trainer.get(k) for k in STEP_TRAINER_KEYS)
@@ -147,6 +150,49 @@ def build_task(cfg: DictConfig) -> Any:
         raise ConfigError(f"trainer.gradient_clip_algorithm={clip_algorithm!r} is unknown; use norm or value")
     task.step_settings = StepSettings(steps_per_batch=cfg.get("steps_per_batch", 100), clip_val=clip_val, clip_algorithm=clip_algorithm or "norm")
     return task
+
+
+def new_task(cfg: DictConfig, optimizer: Any, scheduler: Any, made: dict[Any, Any] | None) -> Any:
+    """cfg.task instantiated with these factories. With `made` (a population's members, built one
+    after another), a task made before from an equal task config and seed is copied instead, and
+    the generators are left as its making left them: the same task, bit for bit, for a tenth of
+    the cost (instantiating a task walks its whole config, 1.6 ms a member)."""
+    import copy
+    import json
+
+    if made is None:
+        return instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
+    key = (json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True, default=str), cfg.get("seed"))
+    if key not in made:
+        task = instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
+        made[key] = copy.deepcopy(task), generator_states()  # untouched by what the caller does to `task`
+        return task
+    template, states = made[key]
+    task = copy.deepcopy(template)
+    task.optimizer_factory, task.scheduler_config = optimizer, scheduler
+    set_generator_states(states)
+    return task
+
+
+def generator_states() -> tuple[Any, ...]:
+    """The global generators a task's making draws from: torch's, numpy's and Python's."""
+    import random
+
+    import numpy as np
+    import torch
+
+    return torch.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def set_generator_states(states: tuple[Any, ...]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
 
 
 def optimal_lr(task: Any, cfg: DictConfig) -> float:

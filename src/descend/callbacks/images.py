@@ -79,6 +79,12 @@ class ImageLogger(pl.Callback):
             self._log(trainer, pl_module, step=exception.step)  # a replayed group's stop lies before global_step
 
 
+def add_summary(writer: Any, summary: Any, step: int) -> None:
+    """A summary made once (torch.utils.tensorboard.summary.image) into a SummaryWriter's event
+    file at `step`: what writer.add_image does after encoding its picture (torch's own call)."""
+    writer._get_file_writer().add_summary(summary, step)
+
+
 def picture_loggers(loggers: list[Any]) -> list[Any]:
     """Loggers other than TensorBoard that take pictures (`log_images(images, step)`: MLflow's)."""
     return [logger for logger in loggers if hasattr(logger, "log_images")]

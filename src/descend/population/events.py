@@ -135,24 +135,51 @@ class PopulationImages(ImageLogger):
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int | None = None) -> None:
         start = time.perf_counter()
+        drawn: dict[bytes, Any] = {}  # members at equal parameters draw one picture (a sweep's start)
         for index in pl_module.active:
-            self.draw(pl_module.members[index], trainer.global_step if step is None else step)
+            self.draw(pl_module.members[index], trainer.global_step if step is None else step, drawn)
         self._spent += time.perf_counter() - start
 
     @staticmethod
-    def draw(member: Any, step: int) -> None:
-        """Member's pictures at `step` into its own loggers (a diverged member's last, as its run's ImageLogger.on_exception)."""
-        from descend.callbacks.images import picture_loggers
+    def draw(member: Any, step: int, drawn: dict[bytes, Any] | None = None) -> None:
+        """Member's pictures at `step` into its own loggers (a diverged member's last, as its run's
+        ImageLogger.on_exception). With `drawn`, a member whose parameters equal an earlier one's
+        (picture_key) takes that one's pictures and encoded summaries instead of drawing them again:
+        the members of a learning-rate sweep start alike, and drawing and encoding a picture takes
+        as long as a hundred of their steps."""
+        from torch.utils.tensorboard.summary import image
+
+        from descend.callbacks.images import add_summary, picture_loggers
         from descend.dashboard import tensorboard_loggers
 
-        for logger in tensorboard_loggers(member.loggers):
-            for tag, image in member.task.images().items():
-                logger.experiment.add_image(f"images/{tag}", image, step, dataformats="HWC")
-        others = picture_loggers(member.loggers)
-        if others:
+        key = picture_key(member.task) if drawn is not None else None
+        if key is None or key not in drawn:
             images = member.task.images()
-            for logger in others:
-                logger.log_images(images, step)
+            summaries = [image(f"images/{tag}", picture, dataformats="HWC") for tag, picture in images.items()]
+            if key is not None:
+                drawn[key] = images, summaries
+        else:
+            images, summaries = drawn[key]
+        for logger in tensorboard_loggers(member.loggers):
+            for summary in summaries:
+                add_summary(logger.experiment, summary, step)
+        for logger in picture_loggers(member.loggers):
+            logger.log_images(images, step)
+
+
+# past this many parameter values a picture key would cost what it saves (members.GRAIN_SIZE's order)
+PICTURE_KEY_MOST_VALUES = 32768
+
+
+def picture_key(task: Any) -> bytes | None:
+    """What a task's pictures depend on, as bytes: its parameters' values, and which data it holds
+    (a population's members share their data tensors, members.share_data); None for a large task."""
+    parameters = [p.detach() for p in task.parameters()]
+    if sum(p.numel() for p in parameters) > PICTURE_KEY_MOST_VALUES:
+        return None
+    values = b"".join(p.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes() for p in parameters)
+    layout = repr([(tuple(p.shape), p.dtype) for p in parameters] + [(b.data_ptr(), tuple(b.shape), b.dtype) for b in task.buffers()])
+    return layout.encode() + values
 
 
 class PopulationPruner(pl.Callback):

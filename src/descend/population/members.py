@@ -63,9 +63,10 @@ class Member:
         return Sessions([o for o in overrides or [] if not o.startswith(("resume=", "ckpt_path="))], task=self.task)
 
     # ---- building: what cli.train does before Trainer.fit ----
-    def build(self) -> None:
+    def build(self, made: dict[Any, Any] | None = None) -> None:
         """The job's task with its initial values (its seed), optimiser, scheduler, loggers and
-        callbacks. A bad config is this member's failure, in one line, as for a single run."""
+        callbacks. A bad config is this member's failure, in one line, as for a single run.
+        `made`: the tasks made for the members before it (build.new_task)."""
         import lightning.pytorch as pl
 
         from descend.build import build_task, instantiate, validate
@@ -74,7 +75,7 @@ class Member:
             try:
                 validate(self.cfg)
                 pl.seed_everything(self.cfg.seed, workers=True, verbose=False)
-                self.task = build_task(self.cfg)
+                self.task = build_task(self.cfg, made)
                 self.rng = torch.get_rng_state()  # as its own run holds it when training starts
                 config = self.task.configure_optimizers()
                 if isinstance(config, dict):

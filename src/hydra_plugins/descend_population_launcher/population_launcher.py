@@ -152,9 +152,10 @@ class PopulationLauncher(Launcher):
         with kept_from_collection():
             jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
             members = [member for _, member in jobs]
+            made: dict[Any, Any] = {}  # members alike but for the optimiser's numbers copy one task (build.new_task)
             for member, checkpoint in zip(members, resume_from):
                 member.resume_from = Path(checkpoint) if checkpoint else None
-                member.build()
+                member.build(made)
         built = [m for m in members if m.running]
         for member in members:
             if not member.running:  # a bad config: this job's one-line error, the others train
