@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -154,24 +155,36 @@ def build_task(cfg: DictConfig, made: dict[Any, Any] | None = None) -> Any:
 
 def new_task(cfg: DictConfig, optimizer: Any, scheduler: Any, made: dict[Any, Any] | None) -> Any:
     """cfg.task instantiated with these factories. With `made` (a population's members, built one
-    after another), a task made before from an equal task config and seed is copied instead, and
-    the generators are left as its making left them: the same task, bit for bit, for a tenth of
-    the cost (instantiating a task walks its whole config, 1.6 ms a member)."""
-    import copy
+    after another), a task made before from an equal task config and seed is copied instead
+    (made_once): the same task, bit for bit, for a tenth of the cost (instantiating a task walks
+    its whole config, 1.6 ms a member)."""
     import json
 
-    if made is None:
+    def make() -> Any:
         return instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
-    key = (json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True, default=str), cfg.get("seed"))
-    if key not in made:
-        task = instantiate(cfg.task, "task", optimizer=optimizer, scheduler=scheduler, _convert_="all")
-        made[key] = copy.deepcopy(task), generator_states()  # untouched by what the caller does to `task`
-        return task
-    template, states = made[key]
-    task = copy.deepcopy(template)
+
+    if made is None:
+        return make()
+    key = ("task", json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True, default=str), cfg.get("seed"))
+    task = made_once(made, key, make, generators=True)
     task.optimizer_factory, task.scheduler_config = optimizer, scheduler
-    set_generator_states(states)
     return task
+
+
+def made_once(made: dict[Any, Any], key: Any, make: Callable[[], Any], generators: bool = False) -> Any:
+    """make() the first time `key` comes to `made`, else a deep copy of what it made then (kept
+    untouched by what the caller does with the first); with `generators`, the global generators
+    are then left as that making left them (a task draws its initial values from them)."""
+    import copy
+
+    if key not in made:
+        thing = make()
+        made[key] = copy.deepcopy(thing), generator_states() if generators else None
+        return thing
+    template, states = made[key]
+    if generators:
+        set_generator_states(states)
+    return copy.deepcopy(template)
 
 
 def generator_states() -> tuple[Any, ...]:

@@ -3,8 +3,9 @@ a few values: the jobs of a population write 64 near-identical `.hydra/` files e
 pure-Python emitter (about 3.5 ms for a hydra.yaml) cost more than their training.
 
 In block style, a mapping's text is its entries' texts one after another, and an entry's text
-depends only on its key, its value and the keys above it. So the text of each entry, at every
-level, is kept, keyed by its place and its value, and reused wherever an equal entry comes again;
+depends only on its key, its value and the keys above it. So the text of each entry (a mapping's:
+its own line, then its entries') is kept, keyed by its place and its value, and reused wherever an
+equal entry comes again;
 only what differs (a learning rate, a job's number and folder) is rendered anew. Each entry is
 rendered by PyYAML itself, in place (nested under the keys above it), so line folding is the
 same. tests/test_configtext.py checks the text against OmegaConf.to_yaml.
@@ -109,6 +110,10 @@ def save_config(cfg: Any, filename: str, folder: Path, keys: list[str] | None = 
 
 def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:
     """The lines `key: value` takes in the whole text, nested under the keys `above`."""
+    if isinstance(value, dict) and value:  # its line, then its entries' texts: keyed one by one below,
+        own, parent = _header(above + (key,)), _header(above)  # not by the repr of the whole subtree
+        if own is not None and parent is not None:
+            return own[len(parent) :] + "".join(_entry_text(above + (key,), k, v) for k, v in value.items())
     cache_key = (above, key, repr(value))  # repr tells 1 from 1.0, '1' and True
     text = _ENTRIES.get(cache_key)
     if text is None:
@@ -118,10 +123,6 @@ def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:
 
 
 def _render(above: tuple[Any, ...], key: Any, value: Any) -> str:
-    if isinstance(value, dict) and value:
-        own, parent = _header(above + (key,)), _header(above)
-        if own is not None and parent is not None:  # the key's own line, then its entries
-            return own[len(parent) :] + "".join(_entry_text(above + (key,), k, v) for k, v in value.items())
     text = _dump(_nested(above, {key: value}))
     prefix = _header(above) or ""
     assert text.startswith(prefix), (above, key)  # _header's check: keys above take a line each

@@ -3,6 +3,7 @@ folder, the custom-scalars page, and, at the end, the final metrics, the config 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
@@ -104,10 +105,24 @@ def write_events_in_place() -> None:
 
     class LocalEventFileWriter(EventFileWriter):
         def __init__(self, logdir: str, max_queue_size: int = 10, flush_secs: int = 120, filename_suffix: str = "") -> None:
-            super().__init__(logdir, max_queue_size, flush_secs, filename_suffix)  # names the file, writes its first event
-            if "://" not in self._file_name:  # a remote store keeps TensorBoard's own writer
-                self._async_writer.close()
-                self._async_writer = RecordsInPlace(self._file_name)
+            if "://" in str(logdir):  # a remote store keeps TensorBoard's own writer
+                super().__init__(logdir, max_queue_size, flush_secs, filename_suffix)
+                return
+            # EventFileWriter.__init__ without its writer thread (started and stopped again for each
+            # writer, two a population member) or its first open of the file: the same name, the same first event
+            import socket
+            import time
+
+            from tensorboard.compat.proto import event_pb2
+            from tensorboard.summary.writer import event_file_writer
+
+            self._logdir = str(logdir)
+            os.makedirs(self._logdir, exist_ok=True)
+            name = "events.out.tfevents.%010d.%s.%s.%s" % (time.time(), socket.gethostname(), os.getpid(), event_file_writer._global_uid.get())
+            self._file_name = os.path.join(self._logdir, name) + filename_suffix
+            self._async_writer = RecordsInPlace(self._file_name)
+            self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
+                                           source_metadata=event_pb2.SourceMetadata(writer="tensorboard.summary.writer.event_file_writer")))
 
     writer.EventFileWriter = LocalEventFileWriter
 

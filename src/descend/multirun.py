@@ -187,7 +187,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         overrides = read_yaml(overrides_file) if overrides_file.is_file() else []
         rows.append({"job": job.name, "task": record.get("task", "?"), "overrides": overrides or [], "status": record["status"],
                      **record.get("metrics", {}), "steps": record.get("steps"), "wall_time_s": record.get("wall_time_s"),
-                     "error": record.get("error") or "", "theory": record.get("theory") or {}})
+                     "error": record.get("error") or "", "theory": record.get("theory") or {}, "lineage": record.get("lineage") or []})
 
     # show what tells the jobs apart: overrides shared by every job are the sweep's constants
     shared = set.intersection(*(set(r["overrides"]) for r in rows)) if len(rows) > 1 else set()
@@ -215,7 +215,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = job_rows(sweep_dir)
     if not rows:
         return rows
-    metric_names = sorted({k for row in rows for k in row} - {"job", "task", "overrides", "status", "steps", "wall_time_s", "error", "theory", OBJECTIVE})
+    metric_names = sorted({k for row in rows for k in row} - {"job", "task", "overrides", "status", "steps", "wall_time_s", "error", "theory",
+                                                              "lineage", OBJECTIVE})
     columns = ["job", "task", "overrides", "status", OBJECTIVE, *metric_names, "steps", "wall_time_s", "error"]
     with (sweep_dir / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")

@@ -29,9 +29,11 @@ LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] %(message)s"
 
 
 class Member:
-    def __init__(self, cfg: DictConfig, run_dir: Path, task_name: str, number: int, chosen: list[str] = ()) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, task_name: str, number: int, chosen: list[str] = (),
+                 overrides: list[str] | None = None) -> None:
         self.number = number  # the job's number in the sweep
         self.chosen = list(chosen)  # the keys that tell it apart in HPARAMS (hparams.chosen_keys)
+        self.overrides = overrides  # as its .hydra/overrides.yaml holds them (None: read from there)
         self.cfg = cfg  # resolved: ${hydra:...} interpolations need the job's Hydra config
         self.run_dir = run_dir
         self.record = new_record(task_name)
@@ -59,7 +61,7 @@ class Member:
         from descend.configtext import read_yaml
 
         saved = self.run_dir / ".hydra" / "overrides.yaml"
-        overrides = read_yaml(saved) if saved.is_file() else []
+        overrides = self.overrides if self.overrides is not None else read_yaml(saved) if saved.is_file() else []
         return Sessions([o for o in overrides or [] if not o.startswith(("resume=", "ckpt_path="))], task=self.task)
 
     # ---- building: what cli.train does before Trainer.fit ----
@@ -69,7 +71,7 @@ class Member:
         `made`: the tasks made for the members before it (build.new_task)."""
         import lightning.pytorch as pl
 
-        from descend.build import build_task, instantiate, validate
+        from descend.build import build_task, instantiate, made_once, validate
 
         with self.logging():
             try:
@@ -83,7 +85,10 @@ class Member:
                 else:
                     self.optimizer = config
                 # the callbacks whose state a checkpoint of its own run holds (see save_checkpoint)
-                self.callbacks = [instantiate(node, f"callbacks.{name}") for name, node in (self.cfg.get("callbacks") or {}).items()
+                # members with equal callback settings copy one made callback (build.made_once)
+                self.callbacks = [made_once(made, ("callback", name, repr(node)), lambda: instantiate(node, f"callbacks.{name}"))
+                                  if made is not None else instantiate(node, f"callbacks.{name}")
+                                  for name, node in (self.cfg.get("callbacks") or {}).items()
                                   if node and node.get("_target_") in STATEFUL_CALLBACKS]
                 self.callbacks.append(self.sessions())
                 if self.resume_from is not None:
@@ -212,7 +217,9 @@ def log_to(folders: list[Path]) -> Iterator[None]:
     given, beside the console, while in this context: Hydra's job logging, for many jobs."""
     root, console = logging.getLogger(), logging.getLogger("descend.console")
     saved = root.handlers[:], console.handlers[:]
-    files = [logging.FileHandler(folder / "train.log") for folder in folders]
+    # opened at a member's first record: a member builds and trains without one, and 1024 members'
+    # files opened at each of these contexts cost more than their training (every member's report writes one)
+    files = [logging.FileHandler(folder / "train.log", delay=True) for folder in folders]
     for handler in files:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.handlers = [h for h in saved[0] if not isinstance(h, logging.FileHandler)] + files

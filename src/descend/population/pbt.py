@@ -117,13 +117,11 @@ def pbt_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     """summary.md's section on PBT's copies ('' unless some job has a `lineage`): per job, in the
     summary's order (`rows`, multirun.job_rows), how many times it copied, from which jobs at which
     steps, and the searched values it ends with (those of its last copy, or its own where it never
-    copied; a scheduler's changes to the lr are not counted). Read from each job's metrics.json and
-    .hydra/config.yaml in `sweep_dir`."""
-    import yaml
+    copied; a scheduler's changes to the lr are not counted). The lineages are the rows' (each job's
+    metrics.json); a job's own values are read from its .hydra/config.yaml in `sweep_dir`."""
+    from descend.configtext import read_yaml
 
-    from descend.results import read_metrics
-
-    lineages = {row["job"]: (read_metrics(sweep_dir / row["job"]) or {}).get("lineage") or [] for row in rows}
+    lineages = {row["job"]: row.get("lineage") or [] for row in rows}
     if not any(lineages.values()):
         return ""
     keys = list(dict.fromkeys(key for entries in lineages.values() for entry in entries for key in entry["values"]))
@@ -137,7 +135,7 @@ def pbt_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
             final = entries[-1]["values"]
         else:  # never copied: its own values, as its job's config says
             saved = sweep_dir / job / ".hydra" / "config.yaml"
-            final = ((yaml.safe_load(saved.read_text()) or {}) if saved.is_file() else {}).get("optimizer") or {}
+            final = ((read_yaml(saved) or {}) if saved.is_file() else {}).get("optimizer") or {}
         sources = ", ".join(f"{entry['folder']} ({entry['step']})" for entry in entries) or "—"
         values = [f"{final[key]:.4g}" if isinstance(final.get(key), (int, float)) else "—" for key in keys]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in [job, str(len(entries)), sources, *values]) + " |")

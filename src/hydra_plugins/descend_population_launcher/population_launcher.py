@@ -202,7 +202,7 @@ class PopulationLauncher(Launcher):
         # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
         OmegaConf.resolve(task_cfg)
         member = Member(task_cfg, Path(output_dir), task_name=hydra.runtime.choices.get("task", "?"), number=hydra.job.num,
-                        chosen=chosen_keys(hydra))
+                        chosen=chosen_keys(hydra), overrides=ret.overrides)
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
 
