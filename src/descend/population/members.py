@@ -52,6 +52,7 @@ class Member:
         self.resume_from: Path | None = None
         self.checkpoint: dict[str, Any] | None = None
         self.saved_with: Any = None  # what else its checkpoints hold: PBT's generator and lineage (events.PopulationPBT)
+        self._log_file: logging.FileHandler | None = None  # log_file
 
     def sessions(self) -> Any:
         """The Sessions callback a single run of this job has (build.build_trainer adds it), for the
@@ -188,8 +189,16 @@ class Member:
     # ---- its log ----
     @contextlib.contextmanager
     def logging(self) -> Iterator[None]:
-        with log_to([self.run_dir]):
+        with log_to([self]):
             yield
+
+    def log_file(self) -> logging.FileHandler:
+        """Its train.log's handler, opened at its first record and kept open until finish: each
+        opening of a file costs this machine's disk up to a millisecond, for every member."""
+        if self._log_file is None:
+            self._log_file = logging.FileHandler(self.run_dir / "train.log", delay=True)
+            self._log_file.setFormatter(logging.Formatter(LOG_FORMAT))
+        return self._log_file
 
     def finish(self, trainer: Any, wall_time_s: float) -> float:
         """metrics.json, the solution, TensorBoard's final entries and the console report, as
@@ -207,21 +216,18 @@ class Member:
             write_results(self.run_dir, self.cfg, record, self.task if trained else None, self.loggers if trained else [], stage,
                           self.diverged, self.chosen)
             report(record, self.run_dir, advice=False)  # a sweep: summary.md compares with theory
+        self.log_file().close()
         loss = record["metrics"].get("loss")
         return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
 
 
 @contextlib.contextmanager
-def log_to(folders: list[Path]) -> Iterator[None]:
-    """The log (root logger and descend's console record) goes to the train.log of each folder
+def log_to(members: list[Member]) -> Iterator[None]:
+    """The log (root logger and descend's console record) goes to the train.log of each member
     given, beside the console, while in this context: Hydra's job logging, for many jobs."""
     root, console = logging.getLogger(), logging.getLogger("descend.console")
     saved = root.handlers[:], console.handlers[:]
-    # opened at a member's first record: a member builds and trains without one, and 1024 members'
-    # files opened at each of these contexts cost more than their training (every member's report writes one)
-    files = [logging.FileHandler(folder / "train.log", delay=True) for folder in folders]
-    for handler in files:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    files = [member.log_file() for member in members]
     root.handlers = [h for h in saved[0] if not isinstance(h, logging.FileHandler)] + files
     console.handlers = list(files)
     try:
@@ -229,7 +235,7 @@ def log_to(folders: list[Path]) -> Iterator[None]:
     finally:
         root.handlers, console.handlers = saved
         for handler in files:
-            handler.close()
+            handler.flush()
 
 
 def share_data(tasks: list[Any]) -> None:
@@ -360,7 +366,7 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
                 raise UserError(f"hydra.launcher.{'pbt' if hasattr(pruner, 'interval') else 'pruner'}.metric={pruner.metric}: task {members[0].record['task']} does not validate; "
                                 "use train/loss")
             trainer = population_trainer(members[0].cfg, pruner)
-            with log_to([m.run_dir for m in members]), population_checkpoint(population) as ckpt_path:
+            with log_to(members), population_checkpoint(population) as ckpt_path:
                 trainer.fit(population, ckpt_path=ckpt_path)
                 if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
                     trainer.test(population, verbose=False)

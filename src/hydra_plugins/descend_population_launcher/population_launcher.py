@@ -15,6 +15,7 @@ import os
 import pickle
 import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ class PopulationLauncher(Launcher):
         self.pbt_settings = OmegaConf.to_container(pbt) if isinstance(pbt, DictConfig) else pbt
         self.pruner: Any = None  # pruning.PrunerConf or pbt.PBTConf, checked in setup
         self.texts: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # a group's configtext.TextTemplates (save_configs)
+        self.files: ThreadPoolExecutor | None = None  # where save_configs hands its writes while jobs start
+        self.written: list[Future[None]] = []
         self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
@@ -150,7 +153,14 @@ class PopulationLauncher(Launcher):
 
         quiet_lightning()
         with kept_from_collection():
-            jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
+            # the jobs' .hydra/ files are written by a thread of their own while the jobs start: creating
+            # a file costs this machine's disk up to a millisecond, and the thread waits for it off the GIL
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="descend-job-files") as self.files:
+                jobs = [self.start_job(config, task_cfg, first=i == 0) for i, (config, task_cfg) in enumerate(zip(configs, task_cfgs))]
+            self.files, written = None, self.written[:]
+            self.written.clear()
+            for future in written:
+                future.result()  # a file that could not be written fails the sweep, as run_job's would
             members = [member for _, member in jobs]
             made: dict[Any, Any] = {}  # members alike but for the optimiser's numbers copy one task (build.new_task)
             for member, checkpoint in zip(members, resume_from):
@@ -210,7 +220,7 @@ class PopulationLauncher(Launcher):
         """The job's .hydra/ files, the bytes Hydra's _save_config writes. A derived job's config.yaml
         and hydra.yaml are the texts of the first job of its group (configtext.TextTemplate) with the
         entries that differ rendered anew: the keys its overrides set, its number, name and folder."""
-        from descend.configtext import TextTemplate, plain_value, save_config, to_yaml
+        from descend.configtext import TextTemplate, plain_value, to_yaml
 
         derived = _DERIVED.pop(id(config), None)
         texts = None
@@ -224,10 +234,14 @@ class PopulationLauncher(Launcher):
                          hydra_text.text({("hydra", *key.split(".")): plain_value(config.hydra, key) for key in PER_JOB_HYDRA_KEYS}))
             except Exception:  # a key OmegaConf cannot select as written (a[0]): the whole text, below
                 texts = None
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, text, node, keys in (("config.yaml", texts and texts[0], task_cfg, None), ("hydra.yaml", texts and texts[1], config, ["hydra"])):
-            (folder / name).write_text(text if text is not None else to_yaml(node, keys=keys), encoding="utf-8")
-        save_config(config.hydra.overrides.task, "overrides.yaml", folder)
+        files = {name: text if text is not None else to_yaml(node, keys=keys)
+                 for name, text, node, keys in (("config.yaml", texts and texts[0], task_cfg, None),
+                                                ("hydra.yaml", texts and texts[1], config, ["hydra"]),
+                                                ("overrides.yaml", None, config.hydra.overrides.task, None))}
+        if self.files is None:
+            write_texts(folder, files)
+        else:
+            self.written.append(self.files.submit(write_texts, folder, files))
 
     def end_job(self, config: DictConfig, ret: JobReturn, member: Any) -> JobReturn:
         assert self.hydra_context is not None
@@ -254,6 +268,15 @@ def kept_from_collection() -> Iterator[None]:
         gc.freeze()
         if enabled:
             gc.enable()
+
+
+def write_texts(folder: Path, texts: dict[str, str]) -> None:
+    """Files named by `texts` keys, holding its values, in `folder` (made if need be): a job's
+    .hydra/ files, as hydra.core.utils._save_config writes them (utf-8)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        with open(folder / name, "w", encoding="utf-8") as file:
+            file.write(text)
 
 
 def use_hydra_config(config: DictConfig) -> None:
