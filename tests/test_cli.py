@@ -197,11 +197,7 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
     [
         (["task=nope"], "task=nope is unknown; choose one of: eigen, inverse, linreg, lowrank, mlp, quadratic"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
-        (["task=lowrank", "task.rank=11"], "task.rank=11 must be an integer in 1..10 (the matrix is 10x10)"),
         (["task.matrix.path=missing.npy"], "/missing.npy: no such file"),  # resolved against the folder the command ran in
-        (["task.matrix.values=[1,2,0]"], "condition number"),
-        (["task=mlp", "task.data.path=table.csv", "task.data.target=nope"], "no column named 'nope'"),
-        (["task=mlp", "task.split=[0.5,0.5,0.5]"], "task.split"),
         (["optimizer.lrr=3"], "optimizer.lrr=3: optimizer.lrr is not a key of this config; did you mean optimizer.lr?"),
         (["task=lowrank", "task.rnak=3"], "task.rnak=3: task.rnak is not a key of this config; did you mean task.rank?"),
         (["task.matrix.values=[1,2"], "task.matrix.values=[1,2: cannot parse this override"),
@@ -212,7 +208,6 @@ def test_csv_data_for_linreg_and_mlp(tmp_path):
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, overrides, culprit):
-    (tmp_path / "table.csv").write_text("x,y\n1,2\n2,4\n")
     (tmp_path / "holes.csv").write_text("x,y\n1,2\nNA,4\n")
     proc = run_cli(*overrides, *QUIET, cwd=tmp_path, expect=2)
     assert culprit in one_line_error(proc)

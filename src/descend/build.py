@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from descend.checkpoints import checkpoint_step
-from descend.errors import ConfigError, DataError, UserError, require_int
+from descend.errors import ConfigError, DataError, UserError, is_number, require_int
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def validate(cfg: DictConfig, gpu: bool = True) -> None:
     """Checks that no library makes before it is too late to say which key is wrong. `gpu=False`:
     not whether this machine has the GPU asked for (a SLURM sweep's jobs run on other machines)."""
     lr = cfg.optimizer.get("lr")
-    if lr != AUTO and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+    if lr != AUTO and (not is_number(lr) or not lr > 0):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.1, or auto (quadratic tasks, sgd)")
     for key in ("max_steps", "log_every_n_steps"):
         value = cfg.trainer.get(key)
@@ -35,6 +35,9 @@ def validate(cfg: DictConfig, gpu: bool = True) -> None:
     if gpu:
         check_gpu(cfg.trainer)
     check_loss_scaling(cfg)
+    clip_algorithm = cfg.trainer.get("gradient_clip_algorithm")
+    if clip_algorithm not in (None, "norm", "value"):
+        raise ConfigError(f"trainer.gradient_clip_algorithm={clip_algorithm!r} is unknown; use norm or value")
     if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError(
             f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
@@ -62,6 +65,22 @@ def check_files(cfg: DictConfig) -> None:
         if not Path(str(cfg.ckpt_path)).expanduser().is_file():
             raise DataError(f"ckpt_path={cfg.ckpt_path}: no such file; give a checkpoint file (a run's checkpoints/last.ckpt), "
                             "or resume=<run folder>")
+
+
+def check_task(cfg: DictConfig) -> None:
+    """The task's own settings, by its class's check_config (tasks/base.py): the rules its
+    constructor applies that need no data read, refused before any run folder exists. A task
+    class without check_config (a user's own, through hydra.searchpath) is checked as it is built."""
+    from hydra.utils import get_class
+
+    target = cfg.task.get("_target_") if "task" in cfg else None
+    try:
+        check = getattr(get_class(str(target)), "check_config", None) if target else None
+    except Exception:  # not importable: instantiate names the key as the task is built
+        return
+    if check is not None:
+        task = OmegaConf.to_container(cfg.task, resolve=True)
+        check({k: v for k, v in task.items() if k != "_target_"})
 
 
 def unbounded(trainer: DictConfig) -> str:
@@ -146,9 +165,7 @@ def build_task(cfg: DictConfig, made: dict[Any, Any] | None = None) -> Any:
     task = new_task(cfg, optimizer, scheduler, made)
     if auto:
         task.optimizer_factory = functools.partial(optimizer, lr=optimal_lr(task, cfg))
-    clip_val, clip_algorithm = (cfg.trainer.get(k) for k in STEP_TRAINER_KEYS)
-    if clip_algorithm not in (None, "norm", "value"):
-        raise ConfigError(f"trainer.gradient_clip_algorithm={clip_algorithm!r} is unknown; use norm or value")
+    clip_val, clip_algorithm = (cfg.trainer.get(k) for k in STEP_TRAINER_KEYS)  # checked by validate
     task.step_settings = StepSettings(steps_per_batch=cfg.get("steps_per_batch", 100), clip_val=clip_val, clip_algorithm=clip_algorithm or "norm")
     return task
 

@@ -31,6 +31,11 @@ def exit_with_error(message: str, code: int = 2) -> NoReturn:
     raise RefusedCommand(message, code)
 
 
+def is_number(value: object) -> bool:
+    """An int or a float, not a bool (YAML's true is no number)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
 def require_int(value: object, key: str, low: int = 1, high: int | None = None, why: str = "") -> int:
     """`value` as an int in [low, high], or a ConfigError naming the key, the accepted range and why."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):

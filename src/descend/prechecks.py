@@ -189,13 +189,14 @@ def _compose_or_exit(overrides: list[str], conf: Path, given: list[str] | None, 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from descend.build import check_files, validate
+    from descend.build import check_files, check_task, validate
 
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("train", overrides=overrides)
         check_files(cfg)
         validate(cfg, gpu=here)
+        check_task(cfg)
     except RefusedCommand:
         raise
     except UserError as error:  # a ConfigError or DataError of the composed config

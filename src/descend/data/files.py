@@ -77,6 +77,14 @@ def checked_matrix(array: np.ndarray, culprit: str) -> np.ndarray:
     return array
 
 
+def csv_header(path: str | Path, key: str = "task.data.path") -> list[str]:
+    """The column names on a CSV's first line, read without the rest of the file (a config's
+    target and columns are checked against them before any run folder exists)."""
+    file = existing_file(path, key, (".csv",))
+    with file.open(newline="") as handle:
+        return [name.strip() for name in next(csv.reader(handle), [])]
+
+
 def read_csv_table(path: str | Path, key: str = "task.data.path") -> tuple[list[str], np.ndarray, list[int]]:
     """Header names, a float64 array (rows × columns; NaN where a cell is empty or not a number,
     such as `NA`) and each data row's line number in the file (1 is the header; blank lines skipped),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-from descend.data.files import read_csv_table
-from descend.errors import ConfigError, DataError, require_int
+from descend.data.files import csv_header, read_csv_table
+from descend.errors import ConfigError, DataError, is_number, require_int
 
 
 @dataclass
@@ -64,74 +65,99 @@ class Scaling:
         return cls(x_mean, x_std.clamp_min(1e-12), y_mean, y_std.clamp_min(1e-12))
 
 
-def table_source(
-    source: str = "seed",
-    rows: int = 256,
-    features: int = 1,
-    noise: float = 0.0,
-    weights: list[float] | None = None,
-    bias: float = 0.0,
-    hidden: int = 16,
-    seed: int = 0,
-    path: str | None = None,
-    target: str | None = None,
-    columns: list[str] | None = None,
-    missing: str = "error",
-) -> Table:
-    if path:  # a path is the user's own table, whatever `source` says
-        return csv_table(path, target, columns, missing)
-    require_int(rows, "task.data.rows")
-    require_int(features, "task.data.features")
-    require_int(hidden, "task.data.hidden")
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ConfigError(f"task.data.noise={noise} must be >= 0")
+@dataclass(frozen=True)
+class TableConfig:
+    """`task.data.*`, as the module's docstring describes it."""
+
+    source: str = "seed"
+    rows: int = 256
+    features: int = 1
+    noise: float = 0.0
+    weights: list[float] | None = None
+    bias: float = 0.0
+    hidden: int = 16
+    seed: int = 0
+    path: str | None = None
+    target: str | None = None
+    columns: list[str] | None = None
+    missing: str = "error"
+
+    def rows_made(self) -> int | None:
+        """The number of rows of a generated table, or None for a CSV (known once read). Refuses
+        settings no table can be made of, with a ConfigError or DataError naming the key: a CSV's
+        columns are checked against its header line. table_source calls it first, and prechecks
+        (through the task's check_config) before any run folder exists, so the rules live here once."""
+        if self.path:  # a path is the user's own table, whatever `source` says
+            self.check_columns()
+            return None
+        require_int(self.rows, "task.data.rows")
+        require_int(self.features, "task.data.features")
+        require_int(self.hidden, "task.data.hidden")
+        if not is_number(self.noise) or self.noise < 0:
+            raise ConfigError(f"task.data.noise={self.noise} must be >= 0")
+        if self.source not in SOURCES:
+            raise ConfigError(f"task.data.source={self.source!r} is unknown; use {', '.join(SOURCES)}, or set task.data.path=<file.csv>")
+        if self.source == "linear" and self.weights is not None and len(self.weights) != self.features:
+            raise ConfigError(f"task.data.weights has {len(self.weights)} values but task.data.features={self.features}; make them agree")
+        return 5 if self.source == "seed" else self.rows
+
+    def check_columns(self) -> None:
+        """task.data.missing, and the target and feature columns against the CSV's header line."""
+        if self.missing not in MISSING:
+            raise ConfigError(f"task.data.missing={self.missing!r} is unknown; use error (refuse rows with missing values) or drop (leave them out)")
+        header = csv_header(self.path)
+        if not self.target:
+            raise ConfigError(f"task.data.target is not set; name the column to predict, one of: {', '.join(header)}")
+        if self.target not in header:
+            raise DataError(f"task.data.path={self.path}: no column named {self.target!r}; columns are: {', '.join(header)}")
+        unknown = [c for c in self.columns or [] if c not in header]
+        if unknown:
+            raise DataError(f"task.data.columns names {unknown} which {self.path} does not have; columns are: {', '.join(header)}")
+
+
+SOURCES = ("seed", "linear", "sin", "teacher")
+
+
+def table_source(**data: Any) -> Table:
+    """The table the config's `task.data` (TableConfig's keys) asks for."""
+    config = TableConfig(**data)
+    config.rows_made()
+    if config.path:
+        return csv_table(config.path, config.target, config.columns, config.missing)
+    source, rows, features, noise, seed = config.source, config.rows, config.features, config.noise, config.seed
     generator = torch.Generator().manual_seed(seed)
     names = [f"x{i}" for i in range(features)]
     if source == "seed":
         x = torch.arange(1.0, 6.0).unsqueeze(1)
         return Table(x, 2 * x[:, 0], ["x"], "y", noise_floor=0.0)
     if source == "linear":
-        if weights is None:
-            true_w = torch.randn(features, generator=generator)
-        elif len(weights) != features:
-            raise ConfigError(f"task.data.weights has {len(weights)} values but task.data.features={features}; make them agree")
-        else:
-            true_w = torch.tensor([float(w) for w in weights])
+        true_w = torch.randn(features, generator=generator) if config.weights is None else torch.tensor([float(w) for w in config.weights])
         x = torch.randn(rows, features, generator=generator)
-        y = x @ true_w + bias + noise * torch.randn(rows, generator=generator)
+        y = x @ true_w + config.bias + noise * torch.randn(rows, generator=generator)
         return Table(x, y, names, "y", noise_floor=noise**2)
     if source == "sin":
         x = torch.linspace(0, 2 * math.pi, rows).unsqueeze(1)
         y = torch.sin(x[:, 0]) + noise * torch.randn(rows, generator=generator)
         return Table(x, y, ["x"], "y", noise_floor=noise**2)
-    if source == "teacher":
-        x = torch.randn(rows, features, generator=generator)
-        w1 = torch.randn(features, hidden, generator=generator) / math.sqrt(features)
-        w2 = torch.randn(hidden, generator=generator) / math.sqrt(hidden)
-        y = torch.tanh(x @ w1) @ w2 * 2.0 + noise * torch.randn(rows, generator=generator)
-        return Table(x, y, names, "y", noise_floor=noise**2)
-    raise ConfigError(f"task.data.source={source!r} is unknown; use seed, linear, sin, teacher, or set task.data.path=<file.csv>")
+    # teacher
+    x = torch.randn(rows, features, generator=generator)
+    w1 = torch.randn(features, config.hidden, generator=generator) / math.sqrt(features)
+    w2 = torch.randn(config.hidden, generator=generator) / math.sqrt(config.hidden)
+    y = torch.tanh(x @ w1) @ w2 * 2.0 + noise * torch.randn(rows, generator=generator)
+    return Table(x, y, names, "y", noise_floor=noise**2)
 
 
 MISSING = ("error", "drop")
 
 
 def csv_table(path: str, target: str | None, columns: list[str] | None, missing: str = "error") -> Table:
-    """The user's CSV as a Table of its numeric columns. A cell that is empty or not a number (`NA`)
-    in a used column is refused with the columns and lines it is on, or with `missing="drop"` its
-    row is dropped (pandas' dropna over the used columns) and the count reported."""
-    if missing not in MISSING:
-        raise ConfigError(f"task.data.missing={missing!r} is unknown; use error (refuse rows with missing values) or drop (leave them out)")
-    header, values, lines = read_csv_table(path)
-    if not target:
-        raise ConfigError(f"task.data.target is not set; name the column to predict, one of: {', '.join(header)}")
-    if target not in header:
-        raise DataError(f"task.data.path={path}: no column named {target!r}; columns are: {', '.join(header)}")
+    """The user's CSV as a Table of its numeric columns (the settings checked by TableConfig). A cell
+    that is empty or not a number (`NA`) in a used column is refused with the columns and lines it
+    is on, or with `missing="drop"` its row is dropped (pandas' dropna over the used columns) and
+    the count reported."""
+    header, values, lines = read_csv_table(path)  # missing, target and columns checked by TableConfig.check_columns
     numeric = [name for j, name in enumerate(header) if not np.isnan(values[:, j]).all()]
     if columns:
-        unknown = [c for c in columns if c not in header]
-        if unknown:
-            raise DataError(f"task.data.columns names {unknown} which {path} does not have; columns are: {', '.join(header)}")
         feature_names = list(columns)
     else:
         feature_names = [name for name in numeric if name != target]

@@ -13,7 +13,7 @@ A task subclass provides, at most:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -27,15 +27,16 @@ INITS = ("rand", "randn", "zeros")
 log = logging.getLogger(__name__)
 
 
+def check_init(init: object) -> None:
+    """task.init is one of INITS, or a ConfigError that lists them."""
+    if init not in INITS:
+        raise ConfigError(f"task.init={init!r} is unknown; use one of {', '.join(INITS)}")
+
+
 def initial(init: str, *shape: int) -> torch.Tensor:
     """Initial parameter values; `rand` is the seed notebooks' `torch.rand` after `manual_seed`."""
-    if init == "rand":
-        return torch.rand(*shape)
-    if init == "randn":
-        return torch.randn(*shape)
-    if init == "zeros":
-        return torch.zeros(*shape)
-    raise ConfigError(f"task.init={init!r} is unknown; use one of {', '.join(INITS)}")
+    check_init(init)
+    return {"rand": torch.rand, "randn": torch.randn, "zeros": torch.zeros}[init](*shape)
 
 
 def flat_cat(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -86,7 +87,8 @@ class Task(pl.LightningModule):
         # Collects the init args of the subclass too. logger=False: descend logs the
         # hyper-parameters once, at the end, with the final metrics (a real HPARAMS tab).
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        require_int(steps_per_epoch, "task.steps_per_epoch")
+        # the subclass's own arguments too (hparams collects them): the rules prechecks applied
+        type(self).check_config(self.hparams)
         self.optimizer_factory = optimizer
         self.scheduler_config = scheduler
         self._reference: dict[str, torch.Tensor] | None = None
@@ -102,6 +104,43 @@ class Task(pl.LightningModule):
         self.own_loggers: list[Any] | None = None
         self.stage_values: dict[str, float] = {}  # the last val/ and test/ metrics (log_stage_metrics)
         self.stop_signal: int | None = None  # a signal asked the run to stop after this batch (stopping.py)
+
+    @classmethod
+    def check_config(cls, task: Mapping[str, Any]) -> None:
+        """Refuse the task's settings that are wrong whatever the data holds, with a ConfigError (or
+        a DataError: a CSV's header) naming the key. `task`: the task's keys (`task.*` of the config,
+        or the constructor's arguments); a key left out takes its default, which is valid.
+
+        Called before any run folder exists (prechecks, through build.check_task: a refused command
+        writes nothing) and by __init__, so each rule lives once. What needs the data read or
+        drawn (a matrix's shape from its file, its condition number or symmetry) is checked as the
+        task is built. A subclass extends it with its own keys."""
+        if "steps_per_epoch" in task:
+            require_int(task["steps_per_epoch"], "task.steps_per_epoch")
+        if "init" in task:
+            check_init(task["init"])
+
+    @staticmethod
+    def matrix_shape(task: Mapping[str, Any], need: str = "") -> tuple[int, int] | None:
+        """The shape of the matrix `task.matrix` makes, its settings checked (MatrixConfig.shape);
+        None where it is a file's (or there is none). `need`: why it must be square, if it must."""
+        from descend.data.matrix import MatrixConfig, require_square
+
+        shape = MatrixConfig(**task["matrix"]).shape() if "matrix" in task else None
+        if shape is not None and need:
+            require_square(shape, need)
+        return shape
+
+    @staticmethod
+    def listed_matrix(task: Mapping[str, Any]) -> torch.Tensor | None:
+        """The matrix where the config lists its values (task.matrix.source=diag): made in no time,
+        so what a task needs of its values is checked before any run folder too; else None."""
+        from descend.data.matrix import MatrixConfig, matrix_source
+
+        config = MatrixConfig(**task["matrix"]) if "matrix" in task else None
+        if config is None or config.path or config.source != "diag":
+            return None
+        return matrix_source(**task["matrix"])
 
     # ---- the task contract (overridden by subclasses) ----
     def full_batch(self) -> tuple[torch.Tensor, ...]:

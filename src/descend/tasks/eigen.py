@@ -8,11 +8,13 @@ convergence curves sit in one TensorBoard chart.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from descend.data.matrix import matrix_source, require_symmetric
+from descend.data.matrix import SYMMETRIC, matrix_source, require_symmetric
+from descend.errors import ConfigError
 from descend.tasks.base import Task, initial
 
 
@@ -33,16 +35,22 @@ def line_angle(v: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 class EigenTask(Task):
     device_caches = (*Task.device_caches, "_top", "_power")
 
+    @classmethod
+    def check_config(cls, task: Mapping[str, Any]) -> None:
+        super().check_config(task)
+        cls.matrix_shape(task, need=SYMMETRIC)
+        listed = cls.listed_matrix(task)
+        if listed is not None:
+            require_symmetric(listed, definite=False)
+        if task.get("init") == "zeros":
+            raise ConfigError("task.init=zeros gives v = 0, where the Rayleigh quotient is undefined; use randn or rand")
+
     def __init__(self, matrix: dict[str, Any], init: str = "randn", **base: Any) -> None:
         super().__init__(**base)
         a = matrix_source(**matrix)
         require_symmetric(a, definite=False)
         self.register_buffer("a", a, persistent=False)
         self.v = torch.nn.Parameter(initial(init, a.shape[0]))
-        if not bool(self.v.detach().any()):
-            from descend.errors import ConfigError
-
-            raise ConfigError("task.init=zeros gives v = 0, where the Rayleigh quotient is undefined; use randn or rand")
         self.register_buffer("v0", self.v.detach().clone(), persistent=False)  # where both methods start
         # (iterations, vector), on v0's device: _apply moves it with the module (device_caches)
         self._power: tuple[int, torch.Tensor] = (0, self.v0.double())

@@ -2,28 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from descend.data.matrix import matrix_source
-from descend.errors import ConfigError, DataError
+from descend.data.matrix import matrix_source, require_square
+from descend.errors import ConfigError, is_number
 from descend.plots import heatmap
 from descend.tasks.base import Task, initial
 
 
+SQUARE = "the inverse task needs a square matrix"
+
+
+def check_invertible(m: torch.Tensor, max_condition: float) -> None:
+    """The n×n matrix M's condition number is below task.max_condition, or a ConfigError."""
+    condition = float(torch.linalg.cond(m.double()))
+    if not condition < max_condition:
+        raise ConfigError(
+            f"task.matrix: the matrix is singular or nearly so (condition number {condition:.3g} ≥ "
+            f"task.max_condition={max_condition:.3g}); give an invertible matrix"
+        )
+
+
 class InverseTask(Task):
+    @classmethod
+    def check_config(cls, task: Mapping[str, Any]) -> None:
+        super().check_config(task)
+        cls.matrix_shape(task, need=SQUARE)
+        limit = task.get("max_condition")
+        if "max_condition" in task and (not is_number(limit) or not limit > 1):
+            # every matrix's condition number is at least 1: none would be accepted
+            raise ConfigError(f"task.max_condition={limit!r} must be a number > 1, e.g. 1e7 (a condition number is at least 1)")
+        listed = cls.listed_matrix(task)
+        if listed is not None and "max_condition" in task:
+            check_invertible(listed, limit)
+
     def __init__(self, matrix: dict[str, Any], init: str = "rand", max_condition: float = 1e7, **base: Any) -> None:
         super().__init__(**base)
         m = matrix_source(**matrix)
-        if m.shape[0] != m.shape[1]:
-            raise DataError(f"task.matrix: the matrix is {m.shape[0]}x{m.shape[1]}; the inverse task needs a square matrix")
-        condition = float(torch.linalg.cond(m.double()))
-        if not condition < max_condition:
-            raise ConfigError(
-                f"task.matrix: the matrix is singular or nearly so (condition number {condition:.3g} ≥ "
-                f"task.max_condition={max_condition:.3g}); give an invertible matrix"
-            )
+        require_square(tuple(m.shape), SQUARE)  # a file's shape is known now
+        check_invertible(m, max_condition)
         size = m.shape[0]
         # Data as non-persistent buffers: they follow the module to its device and precision,
         # and are rebuilt from the config rather than stored in every checkpoint.

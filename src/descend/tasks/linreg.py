@@ -11,19 +11,31 @@ it is, so the seed example keeps its exact trajectory.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from descend.data.table import Scaling, table_source
+from descend.data.table import Scaling, TableConfig, table_source
 from descend.errors import ConfigError
 from descend.tasks.base import Task, initial
 
 log = logging.getLogger(__name__)
 
 
+STANDARDIZE = (True, False, "auto")
+
+
 class LinRegTask(Task):
     device_caches = (*Task.device_caches, "_least_squares")
+
+    @classmethod
+    def check_config(cls, task: Mapping[str, Any]) -> None:
+        super().check_config(task)
+        if "data" in task:
+            TableConfig(**task["data"]).rows_made()
+        if "standardize" in task and task["standardize"] not in STANDARDIZE:
+            raise ConfigError(f"task.standardize={task['standardize']!r} must be auto (files only), true or false")
 
     def __init__(
         self,
@@ -36,8 +48,6 @@ class LinRegTask(Task):
     ) -> None:
         super().__init__(**base)
         table = table_source(**data)
-        if standardize not in (True, False, "auto"):
-            raise ConfigError(f"task.standardize={standardize!r} must be auto (files only), true or false")
         enabled = bool(data.get("path")) if standardize == "auto" else standardize
         scaling = Scaling.fit(table.features, table.target, enabled=enabled, center=bias)
         self.standardized = enabled

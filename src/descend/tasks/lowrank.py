@@ -9,6 +9,7 @@ entries): for a 2000×2000 matrix the product is 16 MB of float32 that `U @ V.T`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,14 +23,30 @@ SAVED_PRODUCT = 512 * 512  # U·Vᵀ goes into solution.pt/.npz up to this many 
 BLOCK = 1 << 20  # entries of U·Vᵀ compared with the optimum at a time (8 MB in float64)
 
 
+def check_rank(rank: object, shape: tuple[int, int] | None) -> None:
+    """task.rank: a positive integer, at most min(m, n) of the m×n matrix where its shape is known
+    (from the config; a file's once read): beyond it U·Vᵀ has no more to fit."""
+    if shape is None:
+        require_int(rank, "task.rank")
+    else:
+        require_int(rank, "task.rank", 1, min(shape), why=f"the matrix is {shape[0]}x{shape[1]}")
+
+
 class LowRankTask(Task):
     device_caches = (*Task.device_caches, "_best", "_matrix_norm")  # the optimum's factors, moved with the module
+
+    @classmethod
+    def check_config(cls, task: Mapping[str, Any]) -> None:
+        super().check_config(task)
+        shape = cls.matrix_shape(task)
+        if "rank" in task:
+            check_rank(task["rank"], shape)
 
     def __init__(self, matrix: dict[str, Any], rank: int = 2, init: str = "rand", **base: Any) -> None:
         super().__init__(**base)
         a = matrix_source(**matrix)
         rows, cols = a.shape
-        require_int(rank, "task.rank", 1, min(rows, cols), why=f"the matrix is {rows}x{cols}")
+        check_rank(rank, (rows, cols))  # a file's shape is known now
         self.register_buffer("matrix", a, persistent=False)
         self.U = torch.nn.Parameter(initial(init, rows, rank))
         self.V = torch.nn.Parameter(initial(init, cols, rank))

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from descend.data.loaders import GroupedBatches, TensorBatches
-from descend.data.table import Scaling, table_source
-from descend.errors import ConfigError, require_int
+from descend.data.table import Scaling, TableConfig, table_source
+from descend.errors import ConfigError, is_number, require_int
 from descend.plots import curve
 from descend.tasks.base import Task
 
@@ -25,13 +26,19 @@ log = logging.getLogger(__name__)
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}
 
 
-def build_mlp(inputs: int, hidden: list[int], activation: str, dropout: float) -> nn.Sequential:
-    if activation not in ACTIVATIONS:
+def check_model(model: Mapping[str, Any]) -> None:
+    """task.model's activation, hidden sizes and dropout (those given), or a ConfigError naming the key."""
+    activation, hidden, dropout = (model.get(key) for key in ("activation", "hidden", "dropout"))
+    if "activation" in model and activation not in ACTIVATIONS:
         raise ConfigError(f"task.model.activation={activation!r} is unknown; use one of {', '.join(ACTIVATIONS)}")
-    if not isinstance(hidden, list) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+    if "hidden" in model and (not isinstance(hidden, list) or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)):
         raise ConfigError(f"task.model.hidden={hidden!r} must be a list of positive layer sizes, e.g. [64, 64]")
-    if not 0 <= dropout < 1:
+    if "dropout" in model and (not is_number(dropout) or not 0 <= dropout < 1):
         raise ConfigError(f"task.model.dropout={dropout} must lie in [0, 1)")
+
+
+def build_mlp(inputs: int, hidden: list[int], activation: str, dropout: float) -> nn.Sequential:
+    check_model({"hidden": hidden, "activation": activation, "dropout": dropout})
     layers: list[nn.Module] = []
     for width in hidden:
         layers += [nn.Linear(inputs, width), ACTIVATIONS[activation]()]
@@ -40,20 +47,39 @@ def build_mlp(inputs: int, hidden: list[int], activation: str, dropout: float) -
     return nn.Sequential(*layers, nn.Linear(inputs, 1))
 
 
-def split_rows(rows: int, fractions: list[float], seed: int) -> list[torch.Tensor]:
-    """Train, validation and test row indices, drawn by `seed`."""
+def split_counts(fractions: list[float], rows: int | None) -> list[int] | None:
+    """The train, validation and test sizes of `rows` rows (None where the number of rows is not yet
+    known: a CSV's, before it is read), or a ConfigError naming task.split."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
         raise ConfigError(f"task.split={fractions} must be three non-negative fractions (train, val, test) summing to 1")
+    if rows is None:
+        return None
     counts = [int(rows * f) for f in fractions[1:]]
     train = rows - sum(counts)
     if train < 1 or (fractions[1] > 0 and counts[0] < 1) or (fractions[2] > 0 and counts[1] < 1):
         raise ConfigError(f"task.split={fractions} leaves an empty split of the {rows} rows; use more rows or other fractions")
+    return [train, *counts]
+
+
+def split_rows(rows: int, fractions: list[float], seed: int) -> list[torch.Tensor]:
+    """Train, validation and test row indices, drawn by `seed`."""
+    sizes = split_counts(fractions, rows)
     order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
-    return list(torch.split(order, [train, *counts]))
+    return list(torch.split(order, sizes))
 
 
 class MLPTask(Task):
     device_caches = (*Task.device_caches, "_test_predictions")  # with the solution, after teardown
+
+    @classmethod
+    def check_config(cls, task: Mapping[str, Any]) -> None:
+        super().check_config(task)
+        rows = TableConfig(**task["data"]).rows_made() if "data" in task else None
+        if "split" in task:
+            split_counts(list(task["split"]), rows)
+        if "batch_size" in task:
+            require_int(task["batch_size"], "task.batch_size")
+        check_model(task.get("model") or {})
 
     def __init__(
         self,
@@ -66,7 +92,6 @@ class MLPTask(Task):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        require_int(batch_size, "task.batch_size")
         table = table_source(**data)
         self.noise_floor = table.noise_floor
         train, val, test = split_rows(len(table.target), list(split), data.get("seed", 0))
