@@ -74,3 +74,40 @@ def test_tensorboards_reader_reads_what_the_in_place_writer_wrote(tmp_path: Path
     accumulator = EventAccumulator(str(tmp_path))
     accumulator.Reload()
     assert [(e.step, e.value) for e in accumulator.Scalars("train/loss")] == [(s, 2.0**-s) for s in range(0, 50, 10)]
+
+
+def test_rows_written_together_are_the_events_torchs_writer_writes(tmp_path: Path):
+    """stepping.write_rows (a member's logged steps, from one template per tag set, in one write)
+    writes, row for row, the records SummaryWriter.add_summary writes: the same bytes but the
+    time stamp, and each step's tags as tags.py files them."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from descend.stepping import write_rows
+    from descend.tags import tensorboard_tag
+
+    generator = random.Random(1)
+    rows = [(step, {"train/loss": generator.random(), "lr-SGD": 0.46, **({"ref/excess_loss": 1e-9} if step % 3 else {})})
+            for step in range(0, 500, 10)]
+    logger = TensorBoardLogger(str(tmp_path / "ours"), name="", version="")
+    write_rows(logger, rows[:20])
+    write_rows(logger, rows[20:])  # a later batch reuses the templates
+    logger.experiment.flush()
+    from torch.utils.tensorboard import SummaryWriter
+    # torch's own path: a Summary built for the row, through the SummaryWriter's FileWriter
+
+    theirs = SummaryWriter(str(tmp_path / "theirs"))
+    for step, row in rows:
+        summary = Summary(value=[Summary.Value(tag=tensorboard_tag(tag), simple_value=value) for tag, value in row.items()])
+        theirs._get_file_writer().add_summary(summary, step)
+    theirs.close()
+
+    def read(folder: Path) -> list[bytes]:
+        [path] = folder.glob("events.out.tfevents.*")
+        events = [e for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
+        for event in events:
+            event.wall_time = 0.0
+        return [e.SerializeToString() for e in events]
+
+    ours = read(tmp_path / "ours")
+    assert len(ours) == len(rows) and ours == read(tmp_path / "theirs")

@@ -67,8 +67,8 @@ class RecordsInPlace:
     system calls and two thread switches an event. One run hardly notices; a population's 64
     writers woke 64 threads that fought the training thread for the GIL (950,000 futex calls in
     a 2000-step sweep). The bytes are the same, and each record still reaches the file as it is
-    written (a write per record), so TensorBoard shows a running job's curves as before and a
-    killed process loses none of them."""
+    written (write_records: the records of a batch's logged steps together), so TensorBoard shows
+    a running job's curves as before and a killed process loses none of them."""
 
     def __init__(self, path: str) -> None:
         from tensorboard.summary.writer.record_writer import RecordWriter
@@ -77,11 +77,17 @@ class RecordsInPlace:
         self._records = RecordWriter(self._file)
 
     def write(self, data: bytes) -> None:
+        self.write_records([data])
+
+    def write_records(self, records: list[bytes]) -> None:
+        """Records (serialised events), each framed by TensorBoard's RecordWriter, reaching the file
+        together (the whole of them, however many system calls it takes)."""
         if self._file.closed:
             raise OSError("Writer is closed")  # as _AsyncWriter says it
         try:
-            self._records.write(data)
-            self._file.flush()  # the whole record, however many system calls it takes
+            for data in records:
+                self._records.write(data)
+            self._file.flush()
         except OSError as error:  # a full disk: name the file in the run's one-line error
             error.filename = error.filename or self._file.name
             raise
@@ -95,6 +101,17 @@ class RecordsInPlace:
         except OSError as error:  # what a full disk kept in the buffer: name the file, as write does
             error.filename = error.filename or self._file.name
             raise
+
+
+def write_records(file_writer: Any, records: list[bytes]) -> None:
+    """Serialised events into a SummaryWriter's event file (its FileWriter): in one write where
+    the file is written in place (RecordsInPlace), else one by one through TensorBoard's writer."""
+    sink = file_writer.event_writer._async_writer
+    if isinstance(sink, RecordsInPlace):
+        sink.write_records(records)
+    else:
+        for data in records:
+            sink.write(data)
 
 
 def write_events_in_place() -> None:
