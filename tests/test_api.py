@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 
@@ -84,6 +85,7 @@ def test_sweep_returns_every_job_with_any_launcher_and_runs_answers_best_lr_per_
     monkeypatch.chdir(tmp_path)
     basic = descend.sweep("task=inverse", "optimizer.lr=0.1,0.46,0.9", "trainer.max_steps=30", quiet=True)
     together = descend.sweep("task=inverse", "optimizer.lr=0.1,0.46,0.9", "trainer.max_steps=30", launcher="population", quiet=True)
+    assert gc.get_freeze_count() == 0  # the population's jobs are the caller's collector's again
     assert [r.folder.name for r in basic] == [r.folder.name for r in together] == [
         "00_optimizer.lr=0.1", "01_optimizer.lr=0.46", "02_optimizer.lr=0.9"]
     assert [r.metrics["loss"] == pytest.approx(t.metrics["loss"], rel=1e-5) for r, t in zip(basic, together)] == [True] * 3

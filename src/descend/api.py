@@ -15,6 +15,7 @@ in one process (a notebook): the root logger is left as it was found, nothing is
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import logging
@@ -283,6 +284,9 @@ def _hydra_app(argv: list[str], multirun: bool, exits: list[int], refusals: list
         return Path(job.hydra_cfg.hydra.runtime.output_dir)
     finally:
         GlobalHydra.instance().clear()
+        # the population launcher leaves its last batch's jobs frozen out of the collector's scans
+        # (kept_from_collection) for a process that ends with the sweep; this one goes on
+        gc.unfreeze()
 
 
 @contextlib.contextmanager
