@@ -100,14 +100,6 @@ def read_yaml(path: Path) -> Any:
     return yaml.load(path.read_text(), Loader=SAFE_LOADER)
 
 
-def save_config(cfg: Any, filename: str, folder: Path, keys: list[str] | None = None) -> None:
-    """What hydra.core.utils._save_config writes (a job's .hydra/ files), the same bytes; `keys`
-    as to_yaml's."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / filename, "w", encoding="utf-8") as file:
-        file.write(to_yaml(cfg, keys=keys))
-
-
 def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:
     """The lines `key: value` takes in the whole text, nested under the keys `above`."""
     if isinstance(value, dict) and value:  # its line, then its entries' texts: keyed one by one below,

@@ -222,9 +222,10 @@ class PopulationLauncher(Launcher):
         entries that differ rendered anew: the keys its overrides set, its number, name and folder."""
         from descend.configtext import TextTemplate, plain_value, to_yaml
 
-        derived = _DERIVED.pop(id(config), None)
+        derived = derivation(config)
+        _DERIVED.pop(id(config), None)  # this job's entry is read for the last time here
         texts = None
-        if derived is not None and derived.config is config:
+        if derived is not None:
             if derived.group not in self.texts:
                 self.texts[derived.group] = (TextTemplate(OmegaConf.to_container(task_cfg, enum_to_str=True)),
                                              TextTemplate({"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)}))
@@ -272,7 +273,7 @@ def kept_from_collection() -> Iterator[None]:
 
 def write_texts(folder: Path, texts: dict[str, str]) -> None:
     """Files named by `texts` keys, holding its values, in `folder` (made if need be): a job's
-    .hydra/ files, as hydra.core.utils._save_config writes them (utf-8)."""
+    .hydra/ files, as hydra.core.utils._save_config writes them (utf-8, configtext's texts)."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
         with open(folder / name, "w", encoding="utf-8") as file:
