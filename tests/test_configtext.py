@@ -18,6 +18,8 @@ TRICKY = [
     "a: b", "#x", "${hydra:runtime.output_dir}", "line\nbreak", "trailing ", "ünïcode ∑", "'quoted'", '"dq"',
     "- dash", "x" * 150, " ".join(["word"] * 40), "Examples:\n  python -m train a=b\n" * 4, [], {}, [1, "a", None],
     [{"a": 1}, {"b": [2, 3]}], {"nested": {"deep": {"deeper": "x" * 90}}},
+    1e17, -0.0, 2.5e-300, float("-inf"), 0.1 + 0.2, "/tmp/multirun/2026-11-30/12-00-00/3", "/a/b=c/d-e_f.g", "/",
+    "/" + "long/" * 30, "/with space", "/x:y", "/x#y",
 ]
 
 
@@ -50,6 +52,19 @@ def test_composed_configs_match_omegaconf_while_values_change(overrides: list[st
                 assert configtext.to_yaml(node) == OmegaConf.to_yaml(node)
             job = job_config(cfg)  # what the task receives, as dashboard.log_to_tensorboard writes it
             assert configtext.to_yaml(job, resolve=True) == OmegaConf.to_yaml(job, resolve=True)
+
+
+def test_a_jobs_own_floats_and_folders_are_written_as_pyyaml_writes_them() -> None:
+    """The one-line texts of floats and plain absolute paths (configtext._render's shortcut) equal
+    PyYAML's own, at every depth, for values of every magnitude and sign."""
+    rng = random.Random(7)
+    values = [rng.uniform(-1, 1) * 10 ** rng.randint(-320, 308) for _ in range(2000)]
+    values += [float(v) for v in (0, 1, 10**16, 10**17, 1e22, 5e-324)] + [rng.random() for _ in range(200)]
+    values += ["/" + "/".join(rng.choice(["tmp", "a=b", "x.y", "2026-11-30", "12-00-00", "_", "-"]) for _ in range(rng.randint(0, 8)))
+               for _ in range(300)]
+    for value in values:
+        for above in ((), ("optimizer",), ("callbacks", "checkpoint")):
+            assert configtext._render(above, "lr", value) == configtext._dump(configtext._nested(above, {"lr": value}))[len(configtext._header(above)):], value
 
 
 def test_lists_and_scalars_are_written_whole() -> None:

@@ -83,15 +83,15 @@ def test_rows_written_together_are_the_events_torchs_writer_writes(tmp_path: Pat
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-    from descend.stepping import write_rows
+    from descend.stepping import Row, write_rows
     from descend.tags import tensorboard_tag
 
     generator = random.Random(1)
     rows = [(step, {"train/loss": generator.random(), "lr-SGD": 0.46, **({"ref/excess_loss": 1e-9} if step % 3 else {})})
             for step in range(0, 500, 10)]
     logger = TensorBoardLogger(str(tmp_path / "ours"), name="", version="")
-    write_rows(logger, rows[:20])
-    write_rows(logger, rows[20:])  # a later batch reuses the templates
+    write_rows(logger, [(step, Row.of(row)) for step, row in rows[:20]])
+    write_rows(logger, [(step, Row.of(row)) for step, row in rows[20:]])  # a later batch reuses the templates
     logger.experiment.flush()
     from torch.utils.tensorboard import SummaryWriter
     # torch's own path: a Summary built for the row, through the SummaryWriter's FileWriter

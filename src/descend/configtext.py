@@ -13,6 +13,8 @@ same. tests/test_configtext.py checks the text against OmegaConf.to_yaml.
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,11 @@ def to_yaml(cfg: Any, *, resolve: bool = False, keys: list[str] | None = None) -
         data = OmegaConf.to_container(cfg, resolve=resolve, enum_to_str=True)
     else:
         data = {key: OmegaConf.to_container(cfg[key], resolve=resolve, enum_to_str=True) for key in keys}
+    return yaml_text(data)
+
+
+def yaml_text(data: Any) -> str:
+    """OmegaConf.to_yaml's text of plain data (OmegaConf.to_container's), reusing entries' texts."""
     if not isinstance(data, dict) or not data:
         return _dump(data)
     if len(_ENTRIES) > _MOST_ENTRIES:
@@ -114,11 +121,46 @@ def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:
     return text
 
 
+# a key, and a string value, that PyYAML writes plain (no quotes): an identifier, and an absolute
+# path of these characters (no YAML indicator or implicit type starts with "/", and with no space
+# the line is never folded)
+_PLAIN_KEYS: dict[str, bool] = {}
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./=-]*\Z")
+
+
 def _render(above: tuple[Any, ...], key: Any, value: Any) -> str:
+    if isinstance(key, str) and _plain_key(key):  # a job's own lr or folder: one line, without PyYAML's
+        scalar = None                                    # emitter (a tenth of a millisecond each)
+        if type(value) is float:
+            scalar = _float_text(value)
+        elif type(value) is str and _PLAIN_PATH.match(value):
+            scalar = value
+        if scalar is not None:
+            return f"{'  ' * len(above)}{key}: {scalar}\n"
     text = _dump(_nested(above, {key: value}))
     prefix = _header(above) or ""
     assert text.startswith(prefix), (above, key)  # _header's check: keys above take a line each
     return text[len(prefix) :]
+
+
+def _plain_key(key: str) -> bool:
+    """Whether PyYAML writes `key` as it is (not "true", quoted, nor a long "? " key)."""
+    plain = _PLAIN_KEYS.get(key)
+    if plain is None:
+        plain = _PLAIN_KEYS[key] = _dump({key: 0}) == f"{key}: 0\n"
+    return plain
+
+
+def _float_text(value: float) -> str:
+    """A float as PyYAML's representer writes it (SafeRepresenter.represent_float), plain."""
+    if value != value:
+        return ".nan"
+    if value in (math.inf, -math.inf):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value).lower()
+    if "." not in text and "e" in text:  # 1e17 is no YAML float: 1.0e17
+        text = text.replace("e", ".0e", 1)
+    return text
 
 
 def _header(keys: tuple[Any, ...]) -> str | None:

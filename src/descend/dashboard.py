@@ -183,7 +183,7 @@ def log_to_tensorboard(loggers: list[Any], cfg: DictConfig, record: dict[str, An
     differing = {"run", *chosen}
     for logger in tensorboard_loggers(loggers):
         writer = logger.experiment
-        writer.add_text("config", "    " + configtext.to_yaml(shown, resolve=True).replace("\n", "\n    "))
+        writer.add_text("config", "    " + configtext.yaml_text(shown).replace("\n", "\n    "))
         write_scalars(logger, metrics, record["steps"])
         write_hparams(logger.log_dir, hparams.summaries(values, list(metrics), differing, record["status"] == "completed"))
         logger.finalize("success" if record["status"] == "completed" else "failed")

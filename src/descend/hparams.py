@@ -38,30 +38,31 @@ def chosen_keys(hydra_cfg: DictConfig) -> list[str]:
     return [k for k in keys if k not in excluded]
 
 
-def shown_config(cfg: DictConfig) -> DictConfig:
-    """The config as the dashboard shows it: a matrix or table read from a file by its absolute
-    path, without the generator's settings the file leaves unused (`source: random, rows: 10`)."""
-    task = cfg.get("task")
-    files = [name for name in FILE_SETTINGS if task is not None and isinstance(task.get(name), DictConfig) and task[name].get("path")]
-    if not files:
-        return cfg
-    shown = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    for name in files:
-        node = shown.task[name]
-        kept = {key: node[key] for key in FILE_SETTINGS[name] if key in node}
-        kept["path"] = os.path.abspath(os.path.expanduser(str(node.path)))
-        shown.task[name] = kept
+def shown_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as the dashboard shows it, as plain data, resolved: a matrix or table read from
+    a file by its absolute path, without the generator's settings the file leaves unused
+    (`source: random, rows: 10`). One conversion serves the text and the HPARAMS entry (a
+    population's members each convert theirs, and a conversion costs a millisecond)."""
+    shown = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    task = shown.get("task")
+    for name in FILE_SETTINGS:
+        node = task.get(name) if isinstance(task, dict) else None
+        if isinstance(node, dict) and node.get("path"):
+            kept = {key: node[key] for key in FILE_SETTINGS[name] if key in node}
+            kept["path"] = os.path.abspath(os.path.expanduser(str(node["path"])))
+            task[name] = kept
     return shown
 
 
-def hyperparameters(cfg: DictConfig, task_name: str, run_name: str) -> dict[str, Any]:
-    """The run's settings, flattened: its name, the task, optimiser and scheduler by name and with
-    their arguments, the seed and the step budget."""
+def hyperparameters(shown: dict[str, Any], task_name: str, run_name: str) -> dict[str, Any]:
+    """The run's settings (`shown`: shown_config's data), flattened: its name, the task, optimiser
+    and scheduler by name and with their arguments, the seed and the step budget."""
     def target(node: Any) -> str:
         return str(node.get("_target_", "?")).rsplit(".", 1)[-1] if node else "none"
 
-    flat: dict[str, Any] = {"run": run_name, "task": task_name, "optimizer": target(cfg.get("optimizer")),
-                            "scheduler": target(cfg.get("scheduler")), "seed": cfg.seed, "trainer.max_steps": cfg.trainer.get("max_steps")}
+    flat: dict[str, Any] = {"run": run_name, "task": task_name, "optimizer": target(shown.get("optimizer")),
+                            "scheduler": target(shown.get("scheduler")), "seed": shown.get("seed"),
+                            "trainer.max_steps": (shown.get("trainer") or {}).get("max_steps")}
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict):
@@ -72,17 +73,19 @@ def hyperparameters(cfg: DictConfig, task_name: str, run_name: str) -> dict[str,
             flat[prefix] = node if isinstance(node, (int, float, str, bool)) else str(node)
 
     for group in ("task", "optimizer", "scheduler"):
-        if cfg.get(group):
-            walk(group, OmegaConf.to_container(cfg[group], resolve=True))
+        if shown.get(group):
+            walk(group, shown[group])
     return flat
 
 
-def with_chosen(flat: dict[str, Any], cfg: DictConfig, chosen: list[str]) -> dict[str, Any]:
+def with_chosen(flat: dict[str, Any], shown: dict[str, Any], chosen: list[str]) -> dict[str, Any]:
     """`flat` plus the chosen keys it lacks (trainer.precision=64-true, a swept trainer key)."""
     for key in chosen:
         if key not in flat:
-            value = OmegaConf.select(cfg, key, default=None)
-            if value is not None and not isinstance(value, DictConfig):
+            value: Any = shown
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value is not None and not isinstance(value, dict):
                 flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
 

@@ -118,10 +118,13 @@ class StepPlan:
 
 class MetricBuffer:
     """Scalars of the logging steps inside a batch, kept as device tensors and written to the
-    loggers with one transfer when the batch ends (or up to the step where a run diverged)."""
+    loggers with one transfer when the batch ends (or up to the step where a run diverged).
+
+    A step's entry is a dict of values (`add`), or a `Row` already in its written form (`add_row`:
+    a population's members, whose rows are made for all of them at once)."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[int, dict[str, Any]]] = []
+        self.pending: list[tuple[int, dict[str, Any] | Row]] = []
 
     def add(self, step: int, metrics: dict[str, Any]) -> None:
         # On the CPU a value is read at once (the same float the flush would read): a small tensor
@@ -131,9 +134,16 @@ class MetricBuffer:
         # on the device until the flush (one transfer, no wait per logging step).
         metrics = {k: v.item() if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v for k, v in metrics.items()}
         if self.pending and self.pending[-1][0] == step:
-            self.pending[-1][1].update(metrics)
+            last = self.pending[-1][1]
+            if isinstance(last, Row):
+                self.pending[-1] = (step, last := dict(zip(last.names, last.values)))
+            last.update(metrics)
         else:
             self.pending.append((step, dict(metrics)))
+
+    def add_row(self, step: int, row: Row) -> None:
+        """A step's row as it is written: host floats, log10 companions included (with_log10)."""
+        self.pending.append((step, row))
 
     def flush(self, loggers: Sequence[Any], through_step: int | None = None) -> None:
         """Write every buffered step (up to `through_step`), then forget the buffer."""
@@ -141,18 +151,36 @@ class MetricBuffer:
         self.pending = []
         if not kept or not loggers:
             return
-        values = iter(host_floats([v for _, m in kept for v in m.values() if isinstance(v, torch.Tensor)]))
-        rows = [(step, with_log10({k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()}))
+        values = iter(host_floats([v for _, m in kept if isinstance(m, dict) for v in m.values() if isinstance(v, torch.Tensor)]))
+        rows = [(step, metrics) if isinstance(metrics, Row) else
+                (step, Row.of(with_log10({k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()})))
                 for step, metrics in kept]
         for logger in loggers:
             write_rows(logger, rows)
+
+
+class Row:
+    """One logged step's scalars as written: their names (a tuple shared by the rows of a tag
+    set) and host floats in the same order. Cheaper than a dict for a population's rows."""
+
+    __slots__ = ("names", "values")
+
+    def __init__(self, names: tuple[str, ...], values: Sequence[float]) -> None:
+        self.names, self.values = names, values
+
+    @classmethod
+    def of(cls, metrics: dict[str, float]) -> Row:
+        return cls(tuple(metrics), tuple(metrics.values()))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.names, self.values))
 
 
 def read_back(buffers: Sequence[MetricBuffer]) -> None:
     """The pending device values of several buffers (a population's members) replaced by Python
     floats with one transfer, so that their flushes need none: a transfer per member would make
     the host wait for a GPU once per member per group."""
-    slots = [(metrics, key) for buffer in buffers for _, metrics in buffer.pending
+    slots = [(metrics, key) for buffer in buffers for _, metrics in buffer.pending if isinstance(metrics, dict)
              for key, value in metrics.items() if isinstance(value, torch.Tensor)]
     for (metrics, key), value in zip(slots, host_floats([metrics[key] for metrics, key in slots])):
         metrics[key] = value
@@ -199,10 +227,10 @@ def with_log10(row: dict[str, float]) -> dict[str, float]:
 
 def write_scalars(logger: Any, row: dict[str, float], step: int) -> None:
     """One step's scalars through a Lightning logger (write_rows)."""
-    write_rows(logger, [(step, row)])
+    write_rows(logger, [(step, Row.of(row))])
 
 
-def write_rows(logger: Any, rows: list[tuple[int, dict[str, float]]]) -> None:
+def write_rows(logger: Any, rows: list[tuple[int, Row]]) -> None:
     """Steps' scalars through a Lightning logger. TensorBoard gets each step's as one event, each
     under its group's tag (tags.py): its writer costs about as much per event as a small step, and
     log_metrics writes one per scalar. The events are made from one template per set of tags
@@ -212,7 +240,7 @@ def write_rows(logger: Any, rows: list[tuple[int, dict[str, float]]]) -> None:
 
     if not isinstance(logger, TensorBoardLogger):
         for step, row in rows:
-            logger.log_metrics(row, step=step)
+            logger.log_metrics(row.as_dict(), step=step)
         return
     events = getattr(logger, "_descend_scalar_events", None)
     if events is None:
@@ -228,16 +256,17 @@ class ScalarEvents:
     def __init__(self) -> None:
         self.templates: dict[tuple[str, ...], Any] = {}
 
-    def write(self, file_writer: Any, rows: list[tuple[int, dict[str, float]]]) -> None:
+    def write(self, file_writer: Any, rows: list[tuple[int, Row]]) -> None:
         import time
 
         from descend.dashboard import write_records
 
         records = []
+        now = time.time()
         for step, row in rows:
-            event = self.template(tuple(row))
-            event.wall_time, event.step = time.time(), int(step)
-            for value, number in zip(event.summary.value, row.values()):
+            event = self.template(row.names)
+            event.wall_time, event.step = now, int(step)
+            for value, number in zip(event.summary.value, row.values):
                 value.simple_value = number
             records.append(event.SerializeToString())
         write_records(file_writer, records)
@@ -251,7 +280,6 @@ class ScalarEvents:
             event = Event(summary=Summary(value=[Summary.Value(tag=tensorboard_tag(name), simple_value=0.0) for name in names]))
             self.templates[names] = event
         return event
-
 
 def log_last_step(task: Any, optimizer: torch.optim.Optimizer) -> None:
     """The curves' point at the run's last step, at its final parameters: a logging step's row is

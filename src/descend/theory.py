@@ -68,10 +68,17 @@ class Spectrum:
         # as Python floats for excess_loss: it runs at every logged step of every run (and of
         # every member of a population), and torch's per-op cost is most of it on a few numbers
         self._terms = list(zip(self.eigenvalues.tolist(), self.energies.tolist()))
+        self._per_lr: dict[float, list[tuple[float, float, float]]] = {}
 
     def excess_loss(self, lr: float, steps: int) -> float:
         """The loss above the optimum after `steps` plain gradient-descent steps from the start."""
-        return 0.5 * sum(value * power((1 - lr * value) ** 2, steps) * energy for value, energy in self._terms)
+        terms = self._per_lr.get(lr)
+        if terms is None:  # each term's (1 - lr·λ)², computed once: this runs at every logged step of every member
+            terms = self._per_lr[lr] = [(value, (1 - lr * value) ** 2, energy) for value, energy in self._terms]
+        try:
+            return 0.5 * sum(value * base**steps * energy for value, base, energy in terms)
+        except OverflowError:  # a diverging run: infinite, as in torch
+            return 0.5 * sum(value * power(base, steps) * energy for value, base, energy in terms)
 
     def summary(self, lr: float | None) -> dict[str, float]:
         """What metrics.json, the console and TensorBoard state; the contraction for plain SGD only."""

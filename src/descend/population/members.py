@@ -8,6 +8,7 @@ fits, and leaves in every job's folder what that job run alone leaves (results.w
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -142,6 +143,11 @@ class Member:
         if self.scheduler is None or settings.get("interval", "epoch") != interval:
             return []
         return [(self.scheduler, int(settings.get("frequency", 1)), settings.get("monitor"))]
+
+    @functools.cached_property
+    def watches_loss(self) -> bool:
+        """Whether its scheduler reads the logged train/loss (a plateau scheduler, Task.monitored_value)."""
+        return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
     def stop_pruned(self, step: int, details: dict[str, Any]) -> None:
         """Pruned at `step` (pruning.py): its record says by which rule, and how to continue it alone."""

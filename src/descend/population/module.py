@@ -11,6 +11,7 @@ solution, theory, checkpoints) works on the member unchanged and sees the curren
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
@@ -210,21 +211,69 @@ class Population(pl.LightningModule):
         """A logging step: what a single run logs (stepping.after_backward), member by member."""
         norms = member_norms(grads)
         together = self.member_distances(loss)
+        active = self.active
         # On the host (the CPU) every member's numbers become Python floats at once, the values the
         # buffer's read_back would give: a tensor index per member per metric cost more than the step.
         # Elsewhere they stay device tensors, read back once per batch (a read here would wait for the device).
-        on_host = self.device.type in stepping.HOST_CHECKED
-        values = loss.tolist() if on_host else loss
-        norm_values = norms.tolist() if on_host else norms
-        shared = None if together is None else {k: v.tolist() if on_host else v for k, v in together.items()}
-        for index in self.active:
+        if self.device.type in stepping.HOST_CHECKED:
+            if together is not None and self.record_rows(step, active, loss, together, norms):
+                return
+            loss_values, norm_values = loss.tolist(), norms.tolist()
+            together = None if together is None else {k: v.tolist() for k, v in together.items()}
+        else:
+            loss_values, norm_values = loss, norms
+        for index in active:
             member = self.members[index]
             task, state = member.task, member.task.step_state
             state.loss = state.logged_loss = loss[index]
-            distances = task.distances(loss[index]) if shared is None else {k: v[index] for k, v in shared.items()}
-            metrics = {"train/loss": values[index], **distances, **task.predicted(step),
+            distances = task.distances(loss[index]) if together is None else {k: v[index] for k, v in together.items()}
+            metrics = {"train/loss": loss_values[index], **distances, **task.predicted(step),
                        **stepping.learning_rates(member.optimizer), "train/grad_norm": norm_values[index]}
             task.metric_buffer.add(step, metrics)
+
+    def record_rows(self, step: int, active: list[int], loss: torch.Tensor, distances: dict[str, torch.Tensor],
+                    norms: torch.Tensor) -> bool:
+        """record_metrics on the host for members alike (the same names logged: one optimiser
+        with one parameter group, theory predicting for all or none), a column per metric for all
+        of them at once: each member's row is a stepping.Row, the values a single run's buffer
+        would write (its dict and with_log10's companions, in that order). False where the members
+        are not alike, for the member-by-member path."""
+        members = [self.members[i] for i in active]
+        names = self._row_names(members, distances)
+        if names is None:
+            return False
+        rows = torch.tensor(active) if len(active) < len(self.members) else None
+        def column(values: torch.Tensor) -> list[float]:
+            return (values if rows is None else values.index_select(0, rows)).tolist()
+
+        columns = [column(loss), *(column(v) for v in distances.values())]
+        if "theory/excess_loss" in names:
+            columns.append([m.task.theory.excess_loss(step) for m in members])
+        columns.append([float(m.optimizer.param_groups[0]["lr"]) for m in members])
+        columns.append(column(norms))
+        named = dict(zip(names, columns))
+        companions = [log10_column(named[tag]) for tag in stepping.LOG10_TAGS if tag in named]
+        all_names = names + tuple(stepping.LOG10_TAGS[tag] for tag in stepping.LOG10_TAGS if tag in named)
+        for member, values in zip(members, zip(*columns, *companions)):
+            if member.watches_loss:  # a plateau scheduler reads the last logged loss (Task.monitored_value)
+                member.task.step_state.loss = member.task.step_state.logged_loss = values[0]
+            if None in values:  # a value ≤ 0 or NaN: no log10 point, as with_log10 leaves it out
+                kept = [(n, v) for n, v in zip(all_names, values) if v is not None]
+                member.task.metric_buffer.add_row(step, stepping.Row(tuple(n for n, _ in kept), tuple(v for _, v in kept)))
+            else:
+                member.task.metric_buffer.add_row(step, stepping.Row(all_names, values))
+        return True
+
+    def _row_names(self, members: list[Member], distances: dict[str, torch.Tensor]) -> tuple[str, ...] | None:
+        """The names every member logs at a logging step, in a single run's order; None where they differ."""
+        predicting = {m.task.theory is not None and m.task.theory.predicts for m in members}
+        optimizers = {(type(m.optimizer).__name__, len(m.optimizer.param_groups)) for m in members}
+        if len(predicting) != 1 or len(optimizers) != 1:
+            return None
+        (name, groups), = optimizers
+        if groups != 1:
+            return None
+        return ("train/loss", *distances, *(("theory/excess_loss",) if predicting.pop() else ()), f"lr-{name}", "train/grad_norm")
 
     def clipped(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:
         """trainer.gradient_clip_val per member, as torch.nn.utils.clip_grad_norm_/value_ would."""
@@ -292,6 +341,17 @@ class Population(pl.LightningModule):
         self.updater.keep(keep, list(self.stacked))
         if self.guards is not None:
             self.guards.keep(keep)
+
+
+def log10_column(values: list[float]) -> list[float | None]:
+    """math.log10 of each value, None where a value has none (≤ 0, NaN), as with_log10 decides."""
+    try:
+        out = list(map(math.log10, values))
+    except ValueError:  # a value ≤ 0
+        return [math.log10(v) if v > 0 else None for v in values]
+    if math.isnan(sum(out)):  # a NaN (log10 gives +inf at most, never -inf, so no inf - inf)
+        return [v if v == v else None for v in out]
+    return out
 
 
 def member_norms(grads: list[torch.Tensor]) -> torch.Tensor:
