@@ -98,3 +98,25 @@ def test_a_jobs_text_is_the_first_jobs_with_its_own_entries(overrides: list[str]
         hydra = hydra_text.text({("hydra", *k.split(".")): configtext.plain_value(cfg.hydra, k) for k in PER_JOB_HYDRA_KEYS})
         assert hydra == OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, "hydra"))
     assert task_text.text({("task", "no_such_key"): 1}) is None  # not an entry: the caller renders the whole config
+
+
+@pytest.mark.parametrize("task", ["inverse", "mlp", "lowrank", "linreg", "eigen", "quadratic"])
+def test_resolved_data_is_to_containers(task: str) -> None:
+    """configtext.resolved_data equals OmegaConf.to_container(resolve=True, enum_to_str=True) for
+    a job's config before resolving (its interpolations: to_container's own path) and after
+    OmegaConf.resolve (read from the nodes), and for values to_container treats specially."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", [f"task={task}", "optimizer.lr=0.25"], return_hydra_config=True)
+        cfg.hydra.runtime.output_dir = "/tmp/job"
+        HydraConfig.instance().set_config(cfg)
+        job = job_config(cfg)
+        expected = OmegaConf.to_container(job, resolve=True, enum_to_str=True)
+        assert configtext.resolved_data(job) == expected
+        OmegaConf.resolve(job)
+        assert configtext.resolved_data(job) == expected
+    odd = OmegaConf.create({"missing": "???", "none": None, "list": [1, {"a": None}, "???"], "empty": {},
+                            "escaped": "\\${not.one}", "nested": {"x": "${none}"}})
+    assert configtext.resolved_data(odd) == OmegaConf.to_container(odd, resolve=True, enum_to_str=True)
+    del odd["escaped"]  # resolved, it is a literal ${not.one} that to_container would take for an interpolation
+    OmegaConf.resolve(odd)
+    assert configtext.resolved_data(odd) == OmegaConf.to_container(odd, resolve=True, enum_to_str=True)

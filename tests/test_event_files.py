@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -111,3 +112,27 @@ def test_rows_written_together_are_the_events_torchs_writer_writes(tmp_path: Pat
 
     ours = read(tmp_path / "ours")
     assert len(ours) == len(rows) and ours == read(tmp_path / "theirs")
+
+
+def test_a_populations_records_are_the_proto_paths_byte_for_byte():
+    """records.ScalarRecords (a step's rows of every member from one numpy array) gives, record
+    for record, the framed bytes of the Event proto path (stepping.ScalarEvents + TensorBoard's
+    framing): steps of every varint length and step 0 (left out of the proto), values that are
+    NaN, ±inf, -0.0, subnormal, or beyond float32's range."""
+    import numpy as np
+
+    from descend.records import ScalarRecords, frame
+    from descend.stepping import Row, ScalarEvents
+
+    names = ("train/loss", "ref/excess_loss", "theory/excess_loss", "lr-SGD", "train/grad_norm", "train/log10_loss")
+    ours, protos = ScalarRecords(names), ScalarEvents()
+    generator = random.Random(3)
+    specials = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1e-40, 5e-324, 1e300, -1e300]
+    for step in (0, 1, 127, 128, 16383, 16384, 2**35, 10):
+        columns = np.array([[generator.choice([generator.uniform(-1e3, 1e3), generator.random(), *specials])
+                             for _ in range(9)] for _ in names])
+        records = ours.records(step, 1764500000.25, columns)
+        assert len(records) == 9
+        for member, record in enumerate(records):
+            expected = frame(protos.event(step, Row(names, tuple(columns[:, member].tolist())), 1764500000.25))
+            assert record == expected, (step, member)

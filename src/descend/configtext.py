@@ -84,6 +84,46 @@ class TextTemplate:
         return "".join(segments)
 
 
+def resolved_data(cfg: Any) -> Any:
+    """OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), read from the nodes directly
+    where no interpolation is left (a population member's config, which OmegaConf.resolve
+    resolved in place): to_container checks each node for interpolations and resolves it, a
+    millisecond for a job's config. Where a value holds one (`${...}`, or an escaped one that
+    resolving made literal), or a key is not a plain string or number, it is to_container's."""
+    try:
+        return _node_data(cfg)
+    except _NotPlain:
+        return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def _node_data(node: Any) -> Any:
+    from enum import Enum
+
+    from omegaconf import DictConfig, ListConfig
+
+    if isinstance(node, (DictConfig, ListConfig)):
+        if node._is_none():
+            return None
+        if node._is_missing():
+            return "???"
+        content = node._content
+        if isinstance(content, str):  # a container's interpolation
+            raise _NotPlain
+        if isinstance(node, ListConfig):
+            return [_node_data(child) for child in content]
+        if not all(type(key) in (str, int) for key in content):
+            raise _NotPlain
+        return {key: _node_data(child) for key, child in content.items()}
+    value = node._value()
+    if isinstance(value, str) and "${" in value:
+        raise _NotPlain
+    return value.name if isinstance(value, Enum) else value
+
+
 def plain_value(cfg: Any, key: str) -> Any:
     """The value at dotted `key` of an OmegaConf config as OmegaConf.to_container(cfg,
     enum_to_str=True) holds it: unresolved, containers as plain dicts and lists."""

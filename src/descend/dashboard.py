@@ -43,10 +43,9 @@ def layout(names: list[str]) -> dict[str, dict[str, list[Any]]]:
 def masked_crc32c(data: bytes) -> int:
     """TensorBoard's record checksum (tensorboard.compat...pywrap_tensorflow.masked_crc32c), with
     the CRC-32C from google-crc32c's C code instead of a Python loop over the bytes."""
-    import google_crc32c
+    from descend.records import _masked_one
 
-    crc = google_crc32c.value(bytes(data))
-    return (((crc >> 15) | ((crc << 17) & 0xFFFFFFFF)) + 0xA282EAD8) & 0xFFFFFFFF
+    return _masked_one(bytes(data))
 
 
 def use_fast_checksums() -> None:
@@ -71,22 +70,24 @@ class RecordsInPlace:
     a running job's curves as before and a killed process loses none of them."""
 
     def __init__(self, path: str) -> None:
-        from tensorboard.summary.writer.record_writer import RecordWriter
-
         self._file = open(path, "ab")  # noqa: SIM115 - closed by close(), as the writer's file is
-        self._records = RecordWriter(self._file)
 
     def write(self, data: bytes) -> None:
         self.write_records([data])
 
     def write_records(self, records: list[bytes]) -> None:
-        """Records (serialised events), each framed by TensorBoard's RecordWriter, reaching the file
-        together (the whole of them, however many system calls it takes)."""
+        """Records (serialised events), each framed as TensorBoard's RecordWriter frames it,
+        reaching the file together (the whole of them, however many system calls it takes)."""
+        from descend.records import frame
+
+        self.write_framed(b"".join(frame(data) for data in records))
+
+    def write_framed(self, data: bytes) -> None:
+        """Framed records (records.py) reaching the file together."""
         if self._file.closed:
             raise OSError("Writer is closed")  # as _AsyncWriter says it
         try:
-            for data in records:
-                self._records.write(data)
+            self._file.write(data)
             self._file.flush()
         except OSError as error:  # a full disk: name the file in the run's one-line error
             error.filename = error.filename or self._file.name
@@ -112,6 +113,12 @@ def write_records(file_writer: Any, records: list[bytes]) -> None:
     else:
         for data in records:
             sink.write(data)
+
+
+def in_place_sink(file_writer: Any) -> RecordsInPlace | None:
+    """The FileWriter's RecordsInPlace, which takes framed records (records.py); None for another sink."""
+    sink = file_writer.event_writer._async_writer
+    return sink if isinstance(sink, RecordsInPlace) else None
 
 
 def write_events_in_place() -> None:

@@ -43,7 +43,9 @@ def shown_config(cfg: DictConfig) -> dict[str, Any]:
     a file by its absolute path, without the generator's settings the file leaves unused
     (`source: random, rows: 10`). One conversion serves the text and the HPARAMS entry (a
     population's members each convert theirs, and a conversion costs a millisecond)."""
-    shown = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    from descend.configtext import resolved_data
+
+    shown = resolved_data(cfg)
     task = shown.get("task")
     for name in FILE_SETTINGS:
         node = task.get(name) if isinstance(task, dict) else None

@@ -124,7 +124,7 @@ class MetricBuffer:
     a population's members, whose rows are made for all of them at once)."""
 
     def __init__(self) -> None:
-        self.pending: list[tuple[int, dict[str, Any] | Row]] = []
+        self.pending: list[tuple[int, dict[str, Any] | Row | bytes]] = []
 
     def add(self, step: int, metrics: dict[str, Any]) -> None:
         # On the CPU a value is read at once (the same float the flush would read): a small tensor
@@ -133,7 +133,7 @@ class MetricBuffer:
         # a 2000×2000 problem grew the process by tens of MB per logging step. A GPU's values stay
         # on the device until the flush (one transfer, no wait per logging step).
         metrics = {k: v.item() if isinstance(v, torch.Tensor) and v.device.type == "cpu" else v for k, v in metrics.items()}
-        if self.pending and self.pending[-1][0] == step:
+        if self.pending and self.pending[-1][0] == step and not isinstance(self.pending[-1][1], bytes):
             last = self.pending[-1][1]
             if isinstance(last, Row):
                 self.pending[-1] = (step, last := dict(zip(last.names, last.values)))
@@ -141,8 +141,9 @@ class MetricBuffer:
         else:
             self.pending.append((step, dict(metrics)))
 
-    def add_row(self, step: int, row: Row) -> None:
-        """A step's row as it is written: host floats, log10 companions included (with_log10)."""
+    def add_row(self, step: int, row: Row | bytes) -> None:
+        """A step's row as it is written: host floats, log10 companions included (with_log10), or
+        its TensorBoard record already framed (records.py; for a buffer that TensorBoard alone reads)."""
         self.pending.append((step, row))
 
     def flush(self, loggers: Sequence[Any], through_step: int | None = None) -> None:
@@ -152,7 +153,7 @@ class MetricBuffer:
         if not kept or not loggers:
             return
         values = iter(host_floats([v for _, m in kept if isinstance(m, dict) for v in m.values() if isinstance(v, torch.Tensor)]))
-        rows = [(step, metrics) if isinstance(metrics, Row) else
+        rows = [(step, metrics) if isinstance(metrics, (Row, bytes)) else
                 (step, Row.of(with_log10({k: (next(values) if isinstance(v, torch.Tensor) else float(v)) for k, v in metrics.items()})))
                 for step, metrics in kept]
         for logger in loggers:
@@ -240,7 +241,7 @@ def write_rows(logger: Any, rows: list[tuple[int, Row]]) -> None:
 
     if not isinstance(logger, TensorBoardLogger):
         for step, row in rows:
-            logger.log_metrics(row.as_dict(), step=step)
+            logger.log_metrics(row.as_dict(), step=step)  # a framed record (bytes) has no as_dict: TensorBoard's alone
         return
     events = getattr(logger, "_descend_scalar_events", None)
     if events is None:
@@ -256,20 +257,27 @@ class ScalarEvents:
     def __init__(self) -> None:
         self.templates: dict[tuple[str, ...], Any] = {}
 
-    def write(self, file_writer: Any, rows: list[tuple[int, Row]]) -> None:
+    def write(self, file_writer: Any, rows: list[tuple[int, Row | bytes]]) -> None:
+        """The rows' events into the file: framed records (records.py) pass as they are."""
         import time
 
-        from descend.dashboard import write_records
+        from descend.dashboard import in_place_sink, write_records
+        from descend.records import frame
 
-        records = []
         now = time.time()
-        for step, row in rows:
-            event = self.template(row.names)
-            event.wall_time, event.step = now, int(step)
-            for value, number in zip(event.summary.value, row.values):
-                value.simple_value = number
-            records.append(event.SerializeToString())
-        write_records(file_writer, records)
+        sink = in_place_sink(file_writer)
+        if sink is None:  # TensorBoard's own writer (a remote store), which frames each event itself
+            write_records(file_writer, [self.event(step, row, now) for step, row in rows])
+        else:
+            sink.write_framed(b"".join(row if isinstance(row, bytes) else frame(self.event(step, row, now)) for step, row in rows))
+
+    def event(self, step: int, row: Row, wall_time: float) -> bytes:
+        """The row's serialised Event."""
+        event = self.template(row.names)
+        event.wall_time, event.step = wall_time, int(step)
+        for value, number in zip(event.summary.value, row.values):
+            value.simple_value = number
+        return event.SerializeToString()
 
     def template(self, names: tuple[str, ...]) -> Any:
         event = self.templates.get(names)

@@ -149,6 +149,16 @@ class Member:
         """Whether its scheduler reads the logged train/loss (a plateau scheduler, Task.monitored_value)."""
         return isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
+    @functools.cached_property
+    def records_only(self) -> bool:
+        """Whether its scalars go to one TensorBoard event file written in place, alone: its rows
+        can then be handed over as framed records (records.py, Population.record_rows)."""
+        from descend.dashboard import in_place_sink, tensorboard_loggers
+
+        loggers = self.task.writing_loggers()
+        return (len(loggers) == 1 and len(tensorboard_loggers(loggers)) == 1
+                and in_place_sink(lightning_internals.tensorboard_file_writer(loggers[0])) is not None)
+
     def stop_pruned(self, step: int, details: dict[str, Any]) -> None:
         """Pruned at `step` (pruning.py): its record says by which rule, and how to continue it alone."""
         from descend.results import continue_from

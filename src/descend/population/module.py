@@ -12,14 +12,18 @@ solution, theory, checkpoints) works on the member unchanged and sees the curren
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from torch import nn
 
 from descend import lightning_internals, stepping, stopping
 from descend.population.optimizers import VectorisedOptimizer
+from descend.records import ScalarRecords
 
 if TYPE_CHECKING:
     from descend.population.members import Member
@@ -62,6 +66,7 @@ class Population(pl.LightningModule):
         self._stopped_values: dict[int, list[torch.Tensor]] = {}
         self.guards: Any = None  # events.MemberGuards, where the guards check every step on the host
         self._vmapped: dict[tuple[str, tuple[bool, ...]], Any] = {}  # per_member's batched methods
+        self._records: dict[tuple[str, ...], ScalarRecords] = {}  # record_rows' encoders, by the names logged
         self.stop_signal: int | None = None  # a signal stops every member after this batch (stopping.py)
 
     # ---- the members' parameters as views of ours ----
@@ -235,9 +240,10 @@ class Population(pl.LightningModule):
                     norms: torch.Tensor) -> bool:
         """record_metrics on the host for members alike (the same names logged: one optimiser
         with one parameter group, theory predicting for all or none), a column per metric for all
-        of them at once: each member's row is a stepping.Row, the values a single run's buffer
-        would write (its dict and with_log10's companions, in that order). False where the members
-        are not alike, for the member-by-member path."""
+        of them at once: the values a single run's buffer would write (its dict and with_log10's
+        companions, in that order), as each member's framed TensorBoard record where TensorBoard
+        alone reads its rows (records.py), else as a stepping.Row. False where the members are not
+        alike, for the member-by-member path."""
         members = [self.members[i] for i in active]
         names = self._row_names(members, distances)
         if names is None:
@@ -254,14 +260,24 @@ class Population(pl.LightningModule):
         named = dict(zip(names, columns))
         companions = [log10_column(named[tag]) for tag in stepping.LOG10_TAGS if tag in named]
         all_names = names + tuple(stepping.LOG10_TAGS[tag] for tag in stepping.LOG10_TAGS if tag in named)
-        for member, values in zip(members, zip(*columns, *companions)):
+        for member, value in zip(members, columns[0]):
             if member.watches_loss:  # a plateau scheduler reads the last logged loss (Task.monitored_value)
-                member.task.step_state.loss = member.task.step_state.logged_loss = values[0]
-            if None in values:  # a value ≤ 0 or NaN: no log10 point, as with_log10 leaves it out
-                kept = [(n, v) for n, v in zip(all_names, values) if v is not None]
-                member.task.metric_buffer.add_row(step, stepping.Row(tuple(n for n, _ in kept), tuple(v for _, v in kept)))
-            else:
-                member.task.metric_buffer.add_row(step, stepping.Row(all_names, values))
+                member.task.step_state.loss = member.task.step_state.logged_loss = value
+        # members without some log10 point (a value ≤ 0 or NaN: with_log10 leaves it out) log fewer names
+        partial = sorted({k for column in companions if None in column for k, value in enumerate(column) if value is None})
+        rest: Iterable[int] = range(len(members))
+        if all(member.records_only for member in members):  # TensorBoard alone: records made all at once
+            left_out = set(partial)
+            whole = [k for k in range(len(members)) if k not in left_out] if partial else range(len(members))
+            values = [*columns, *companions] if not partial else [[column[k] for k in whole] for column in (*columns, *companions)]
+            encoder = self._records.get(all_names) or self._records.setdefault(all_names, ScalarRecords(all_names))
+            for k, record in zip(whole, encoder.records(step, time.time(), np.array(values, dtype=np.float64))):
+                members[k].task.metric_buffer.add_row(step, record)
+            rest = partial
+        for k in rest:
+            values = [column[k] for column in (*columns, *companions)]
+            kept = [(n, v) for n, v in zip(all_names, values) if v is not None]
+            members[k].task.metric_buffer.add_row(step, stepping.Row(tuple(n for n, _ in kept), tuple(v for _, v in kept)))
         return True
 
     def _row_names(self, members: list[Member], distances: dict[str, torch.Tensor]) -> tuple[str, ...] | None:
