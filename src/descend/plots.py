@@ -121,19 +121,20 @@ def _write_cells(canvas: np.ndarray, font: object, values: np.ndarray, origin: t
 @functools.lru_cache(maxsize=4096)
 def _cell_coverage(text: str, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Where `text` centred in a square cell of `cell` pixels (its top-left pixel at integer
-    coordinates) covers it, as write(anchor="mm") would draw it: the rows, columns (int64) and
+    coordinates) covers it, as write(anchor="mm") would draw it: the rows, columns (int16) and
     coverage (uint16, 1..255) of its covered pixels; None where some of it falls outside the cell."""
-    from PIL import Image
-
     centre = cell / 2  # the same fraction of a pixel in every cell
     mask, left, top = _label(text, "mm", (math.modf(centre)[0],) * 2)
-    placed = Image.new("L", (cell, cell), 0)
-    placed.paste(mask, (int(centre) + left, int(centre) + top))  # clipped to the cell
-    inside = np.asarray(placed)
-    if inside.sum(dtype=np.int64) != np.asarray(mask).sum(dtype=np.int64):
+    coverage = np.asarray(mask)
+    rows, cols = np.nonzero(coverage)
+    values = coverage[rows, cols].astype(np.uint16)
+    rows, cols = rows + (int(centre) + top), cols + (int(centre) + left)
+    if not ((rows >= 0).all() and (rows < cell).all() and (cols >= 0).all() and (cols < cell).all()):
         return None
-    rows, cols = np.nonzero(inside)
-    return rows, cols, inside[rows, cols].astype(np.uint16)
+    kept = rows.astype(np.int16), cols.astype(np.int16), values  # a few hundred bytes a text in the cache
+    for array in kept:
+        array.flags.writeable = False  # shared by every picture that shows this text
+    return kept
 
 
 BLACK, WHITE = (0, 0, 0), (255, 255, 255)
@@ -144,7 +145,8 @@ def write(image: Any, xy: tuple[float, float], text: str, ink: tuple[int, int, i
     the middle), pixel for pixel what ImageDraw.text(xy, text, fill=ink, font=_font(),
     anchor=anchor) draws: its coverage mask, rendered once per text (_label), blended by
     Image.paste, which runs the C blend that ImageDraw.text ends in (ImagingFill2). Rendering
-    was two thirds of a 4×4 heatmap's cost: 19 texts, most of them the same few numbers."""
+    was two thirds of a 4×4 heatmap's cost: 19 texts, most of them the same few numbers.
+    `xy` is not negative (Pillow splits a negative coordinate's fraction differently)."""
     x, y = xy
     start = (math.modf(x)[0], math.modf(y)[0])  # Pillow renders the fraction of a pixel in the glyphs
     mask, left, top = _label(text, anchor, start)
