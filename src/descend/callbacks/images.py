@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import time
-import zlib
 from typing import Any
 
 import lightning.pytorch as pl
@@ -83,13 +82,13 @@ class ImageLogger(pl.Callback):
 
 
 def png_summary(tag: str, picture: np.ndarray) -> Any:
-    """A picture (H×W×3 or H×W×4 uint8) as TensorBoard's image Summary, what
-    torch.utils.tensorboard.summary.image(tag, picture, dataformats="HWC") builds, encoded faster:
-    Pillow's PNG at zlib's fastest level and run-length strategy (lossless; the flat colour blocks
-    of our pictures compress about as well as at the default level) instead of the default level,
-    and without torch's float round trip and same-size resize. Half a millisecond for a 4×4
-    heatmap where torch took one, a fifth of the time for a 64×64 one. Other arrays go
-    through torch's function."""
+    """A picture (H×W×3 or H×W×4 uint8) as TensorBoard's image Summary, the one
+    torch.utils.tensorboard.summary.image(tag, picture, dataformats="HWC") builds, encoded
+    faster: Pillow's PNG at zlib's fastest level (lossless; 0.47 ms and 6.7 kB for a 4×4
+    heatmap where torch's default level took 0.73 ms for 6.0 kB, 0.76 ms and 18 kB for a 64×64 one
+    against 2.4 ms and 16 kB; zlib's run-length strategy was a tenth faster but 30-45 % larger)
+    and without torch's float round trip and same-size resize. Other arrays go through torch's
+    function."""
     from PIL import Image
     from torch.utils.tensorboard.summary import Summary, image
 
@@ -97,7 +96,7 @@ def png_summary(tag: str, picture: np.ndarray) -> Any:
         return image(tag, picture, dataformats="HWC")
     height, width, channels = picture.shape
     encoded = io.BytesIO()
-    Image.fromarray(picture).save(encoded, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
+    Image.fromarray(picture).save(encoded, format="PNG", compress_level=1)
     picture_summary = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue())
     return Summary(value=[Summary.Value(tag=tag, image=picture_summary)])
 
