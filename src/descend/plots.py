@@ -50,7 +50,7 @@ def scaled_picture(panels: list[np.ndarray], low: float, high: float, colormap: 
     """Matrices as coloured blocks from `low` to `high`, side by side, and a colour bar with
     its values at the right. Drawn with numpy and Pillow's text: a tenth of what a matplotlib
     figure with a colour bar costs, which matters at a picture every hundred steps."""
-    from PIL import Image, ImageDraw  # TensorBoard's add_image imports PIL anyway
+    from PIL import Image  # TensorBoard's add_image imports PIL anyway
 
     colour = _colour_map(colormap)
     font = _font()
@@ -58,26 +58,22 @@ def scaled_picture(panels: list[np.ndarray], low: float, high: float, colormap: 
     blocks = [_blocks(values, low, high, colour, size) for values in panels]
     height = max(b.shape[0] for b in blocks)
     ticks = ((0, "la", high), (height // 2, "lm", (low + high) / 2), (height, "ld", low))  # value at the top, middle, bottom
-    label_width = int(max(font.getlength(_number(value)) for _, _, value in ticks)) + 1
+    label_width = int(max(_length(font, _number(value)) for _, _, value in ticks)) + 1
     width = 4 + sum(b.shape[1] + GAP for b in blocks) + BAR_WIDTH + 4 + label_width + 4
     canvas = np.full((top + height + 6, width, 3), 255, dtype=np.uint8)
     x = 4
-    for block in blocks:
+    for values, block in zip(panels, blocks):
         canvas[top : top + block.shape[0], x : x + block.shape[1]] = block
+        if max(values.shape) <= CELL_VALUES_UP_TO:
+            _write_cells(canvas, font, values, (x, top), block.shape[0] // values.shape[0], (low, high), colour)
         x += block.shape[1] + GAP
     ramp = colour(np.linspace(1.0, 0.0, height))  # high at the top
     canvas[top : top + height, x : x + BAR_WIDTH] = (ramp[:, None, :] * 255).astype(np.uint8)
     image = Image.fromarray(canvas)
-    draw = ImageDraw.Draw(image)
     if caption:
-        draw.text((4, 2), caption, fill=(0, 0, 0), font=font)
+        write(image, (4, 2), caption, BLACK, "la")
     for y, anchor, value in ticks:
-        draw.text((x + BAR_WIDTH + 4, top + y), _number(value), fill=(0, 0, 0), font=font, anchor=anchor)
-    x = 4
-    for values, block in zip(panels, blocks):
-        if max(values.shape) <= CELL_VALUES_UP_TO:
-            _write_cells(draw, font, values, (x, top), block.shape[0] // values.shape[0], (low, high), colour)
-        x += block.shape[1] + GAP
+        write(image, (x + BAR_WIDTH + 4, top + y), _number(value), BLACK, anchor)
     return np.asarray(image)
 
 
@@ -91,15 +87,94 @@ def _blocks(values: np.ndarray, low: float, high: float, colour: Callable[[Any],
     return rgb.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def _write_cells(draw: object, font: object, values: np.ndarray, origin: tuple[int, int], cell: int,
+def _write_cells(canvas: np.ndarray, font: object, values: np.ndarray, origin: tuple[int, int], cell: int,
                  scale: tuple[float, float], colour: Callable[[Any], np.ndarray]) -> None:
+    """The values in their cells of `canvas` (H×W×3 uint8, changed in place; `origin` the
+    panel's top-left pixel, `cell` pixels a cell), black on light colours and white on dark:
+    each text centred in its cell as ImageDraw.text(anchor="mm") draws it. The pixels its
+    glyphs cover (_cell_coverage) are blended in one numpy pass for all cells, with Pillow's
+    rounding: (out·(255 − m) + ink·m) / 255 as ImagingFill2's BLEND computes it."""
     low, high = scale
     light = colour((values - low) / (high - low)) @ np.array([0.299, 0.587, 0.114]) > 0.5  # luminance
     texts = cell_texts(values, max(abs(low), abs(high)), cell - 4, font)
-    for (row, col), value in np.ndenumerate(values):
-        centre = (origin[0] + (col + 0.5) * cell, origin[1] + (row + 0.5) * cell)
-        ink = (0, 0, 0) if light[row, col] else (255, 255, 255)
-        draw.text(centre, texts[row][col], fill=ink, font=font, anchor="mm")
+    x, y = origin
+    coverage = [_cell_coverage(text, cell) for line in texts for text in line]
+    if any(c is None for c in coverage):  # a text reaching out of its cell: drawn one by one
+        from PIL import Image
+
+        image = Image.fromarray(canvas)
+        for row, line in enumerate(texts):
+            for col, text in enumerate(line):
+                write(image, (x + (col + 0.5) * cell, y + (row + 0.5) * cell), text, BLACK if light[row, col] else WHITE, "mm")
+        canvas[...] = np.asarray(image)
+        return
+    counts = [len(c[2]) for c in coverage]
+    rows, cols = np.indices(values.shape).reshape(2, -1)
+    ys = np.concatenate([c[0] for c in coverage]) + np.repeat(y + rows * cell, counts)
+    xs = np.concatenate([c[1] for c in coverage]) + np.repeat(x + cols * cell, counts)
+    mask = np.concatenate([c[2] for c in coverage])[:, None]
+    ink = np.repeat(np.where(light.reshape(-1), 0, 255).astype(np.uint16), counts)[:, None]
+    blend = canvas[ys, xs] * (255 - mask) + ink * mask + 128  # uint16: at most 255·255 + 128
+    canvas[ys, xs] = ((blend >> 8) + blend) >> 8
+
+
+@functools.lru_cache(maxsize=4096)
+def _cell_coverage(text: str, cell: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Where `text` centred in a square cell of `cell` pixels (its top-left pixel at integer
+    coordinates) covers it, as write(anchor="mm") would draw it: the rows, columns (int16) and
+    coverage (uint16, 1..255) of its covered pixels; None where some of it falls outside the cell."""
+    centre = cell / 2  # the same fraction of a pixel in every cell
+    mask, left, top = _label(text, "mm", (math.modf(centre)[0],) * 2)
+    coverage = np.asarray(mask)
+    rows, cols = np.nonzero(coverage)
+    values = coverage[rows, cols].astype(np.uint16)
+    rows, cols = rows + (int(centre) + top), cols + (int(centre) + left)
+    if not ((rows >= 0).all() and (rows < cell).all() and (cols >= 0).all() and (cols < cell).all()):
+        return None
+    kept = rows.astype(np.int16), cols.astype(np.int16), values  # a few hundred bytes a text in the cache
+    for array in kept:
+        array.flags.writeable = False  # shared by every picture that shows this text
+    return kept
+
+
+BLACK, WHITE = (0, 0, 0), (255, 255, 255)
+
+
+def write(image: Any, xy: tuple[float, float], text: str, ink: tuple[int, int, int], anchor: str) -> None:
+    """`text` in _font() onto a Pillow RGB image at `xy` (Pillow's text anchor, e.g. "mm" for
+    the middle), pixel for pixel what ImageDraw.text(xy, text, fill=ink, font=_font(),
+    anchor=anchor) draws: its coverage mask, rendered once per text (_label), blended by
+    Image.paste, which runs the C blend that ImageDraw.text ends in (ImagingFill2). Rendering
+    was two thirds of a 4×4 heatmap's cost: 19 texts, most of them the same few numbers.
+    `xy` is not negative (Pillow splits a negative coordinate's fraction differently)."""
+    x, y = xy
+    start = (math.modf(x)[0], math.modf(y)[0])  # Pillow renders the fraction of a pixel in the glyphs
+    mask, left, top = _label(text, anchor, start)
+    image.paste(ink, (int(x) + left, int(y) + top), mask)
+
+
+@functools.lru_cache(maxsize=4096)
+def _label(text: str, anchor: str, start: tuple[float, float]) -> tuple[Any, int, int]:
+    """The coverage of `text` drawn at `start` (a fraction of a pixel), as an "L" image, and its
+    top-left corner relative to the integer part of where it is drawn. Drawn with
+    ImageDraw.text in white on black with two pixels' margin around the font's bounding box:
+    on black, Pillow's blend leaves exactly the coverage (255·m/255 rounds to m), and
+    pasting the margin's zeros leaves the picture as it was."""
+    from PIL import Image, ImageDraw
+
+    font = _font()
+    left, top, right, bottom = font.getbbox(text, anchor=anchor)
+    margin = 2
+    mask = Image.new("L", (right - left + 2 * margin, bottom - top + 2 * margin), 0)
+    x0, y0 = margin - left, margin - top  # where the text's anchor lies in the mask
+    ImageDraw.Draw(mask).text((x0 + start[0], y0 + start[1]), text, fill=255, font=font, anchor=anchor)
+    return mask, -x0, -y0
+
+
+@functools.lru_cache(maxsize=4096)
+def _length(font: Any, text: str) -> float:
+    """font.getlength(text), measured once: cell_texts measures every cell at each precision."""
+    return font.getlength(text)
 
 
 def cell_texts(values: np.ndarray, limit: float, width: float, font: object | None = None) -> list[list[str]]:
@@ -121,7 +196,7 @@ def cell_texts(values: np.ndarray, limit: float, width: float, font: object | No
         if limit < 10.0**-places:
             break  # the largest value would read 0: the exponent form shows it
         texts = [[_fixed(v, places) for v in row] for row in rows]
-        if all(font.getlength(t) <= width for row in texts for t in row):
+        if all(_length(font, t) <= width for row in texts for t in row):
             return texts
     return [[_short_exponent(v, limit, width, font) for v in row] for row in rows]
 
@@ -140,7 +215,7 @@ def _short_exponent(value: float, limit: float, width: float, font: object) -> s
     for digits in (1, 0):
         mantissa, _, exponent = f"{value:.{digits}e}".partition("e")
         text = f"{mantissa}e{int(exponent)}"  # 1.2e5, not 1.2e+05
-        if font.getlength(text) <= width:
+        if _length(font, text) <= width:
             break
     return text
 

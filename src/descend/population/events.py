@@ -147,15 +147,13 @@ class PopulationImages(ImageLogger):
         (picture_key) takes that one's pictures and encoded summaries instead of drawing them again:
         the members of a learning-rate sweep start alike, and drawing and encoding a picture takes
         as long as a hundred of their steps."""
-        from torch.utils.tensorboard.summary import image
-
-        from descend.callbacks.images import add_summary, picture_loggers
+        from descend.callbacks.images import add_summary, picture_loggers, png_summary
         from descend.dashboard import tensorboard_loggers
 
         key = picture_key(member.task) if drawn is not None else None
         if key is None or key not in drawn:
             images = member.task.images()
-            summaries = [image(f"images/{tag}", picture, dataformats="HWC") for tag, picture in images.items()]
+            summaries = [png_summary(f"images/{tag}", picture) for tag, picture in images.items()]
             if key is not None:
                 drawn[key] = images, summaries
         else:
