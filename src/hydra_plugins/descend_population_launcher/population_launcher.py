@@ -9,6 +9,7 @@ Launcher found in the hydra_plugins namespace package. The sweepers hand it batc
 
 
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -26,7 +27,7 @@ from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
 
 from descend.population.pbt import PBTConf
 from descend.population.pruning import PrunerConf
@@ -59,6 +60,7 @@ class PopulationLauncher(Launcher):
         self.pbt_settings = OmegaConf.to_container(pbt) if isinstance(pbt, DictConfig) else pbt
         self.pruner: Any = None  # pruning.PrunerConf or pbt.PBTConf, checked in setup
         self.texts: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # a group's configtext.TextTemplates (save_configs)
+        self.interpolations: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}  # a group's interpolations (resolve)
         self.files: ThreadPoolExecutor | None = None  # where save_configs hands its writes while jobs start
         self.written: list[Future[None]] = []
         self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
@@ -86,7 +88,8 @@ class PopulationLauncher(Launcher):
         # an earlier batch's jobs (Optuna's) are over: the collector may take them (kept_from_collection);
         # the last batch's are left to the process's end, which frees them without scanning them
         gc.unfreeze()
-        return self.launch_batch(job_overrides, initial_job_idx)
+        with interpolations_parsed_once():
+            return self.launch_batch(job_overrides, initial_job_idx)
 
     def launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from descend.build import checkpoint_step
@@ -125,7 +128,7 @@ class PopulationLauncher(Launcher):
         their JobReturns go into `returns`."""
         from descend.population.grouping import plan
 
-        for planned, reason in plan([task_cfgs[i] for i in indices]):
+        for planned, reason in plan([task_cfgs[i] for i in indices], alike_jobs([configs[i] for i in indices], [task_cfgs[i] for i in indices])):
             jobs = [indices[i] for i in planned]
             for start in range(0, len(jobs), self.max_members):
                 chunk = jobs[start : start + self.max_members]
@@ -192,6 +195,8 @@ class PopulationLauncher(Launcher):
         from descend.population.members import Member
 
         assert self.hydra_context is not None and self.task_function is not None
+        derived = derivation(config)
+        _DERIVED.pop(id(config), None)  # this job's entry is read for the last time here
         hydra = config.hydra
         output_dir = os.path.abspath(os.path.join(str(hydra.sweep.dir), str(hydra.sweep.subdir)))
         with read_write(hydra.runtime), open_dict(hydra.runtime):
@@ -204,26 +209,35 @@ class PopulationLauncher(Launcher):
         ret.working_dir = os.getcwd()
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         if hydra.output_subdir is not None:
-            self.save_configs(config, task_cfg, Path(output_dir) / str(hydra.output_subdir))
+            self.save_configs(config, task_cfg, Path(output_dir) / str(hydra.output_subdir), derived)
         if first:  # the console as run_job sets it; each member's train.log is its own (members.log_to)
             configure_log(hydra.job_logging, hydra.verbose)
         self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
         # after saving config.yaml, which keeps the interpolations as run_job writes it:
         # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
-        OmegaConf.resolve(task_cfg)
+        self.resolve(task_cfg, derived)
         member = Member(task_cfg, Path(output_dir), task_name=hydra.runtime.choices.get("task", "?"), number=hydra.job.num,
                         chosen=chosen_keys(hydra), overrides=ret.overrides)
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
 
-    def save_configs(self, config: DictConfig, task_cfg: DictConfig, folder: Path) -> None:
+    def resolve(self, task_cfg: DictConfig, derived: "Derived | None") -> None:
+        """OmegaConf.resolve(task_cfg). A job derived from the first of its group has its
+        interpolations where that one's were, and where its overrides set values: only those
+        are resolved (resolve_at), not every entry of the config walked again."""
+        if derived is None:
+            OmegaConf.resolve(task_cfg)
+            return
+        if derived.group not in self.interpolations:  # the group's first job, still unresolved
+            self.interpolations[derived.group] = interpolation_paths(task_cfg)
+        resolve_at(task_cfg, [*self.interpolations[derived.group], *(tuple(key.split(".")) for key in derived.keys)])
+
+    def save_configs(self, config: DictConfig, task_cfg: DictConfig, folder: Path, derived: "Derived | None") -> None:
         """The job's .hydra/ files, the bytes Hydra's _save_config writes. A derived job's config.yaml
         and hydra.yaml are the texts of the first job of its group (configtext.TextTemplate) with the
         entries that differ rendered anew: the keys its overrides set, its number, name and folder."""
         from descend.configtext import TextTemplate, plain_value, to_yaml
 
-        derived = derivation(config)
-        _DERIVED.pop(id(config), None)  # this job's entry is read for the last time here
         texts = None
         if derived is not None:
             if derived.group not in self.texts:
@@ -308,7 +322,7 @@ def remember_sweep_configs(loader: Any) -> None:
         key = (id(master_config), tuple(sweep_overrides))
         if key in kept:  # the second call, the launcher's: that object, as nobody else holds it
             return kept.pop(key)
-        with kept_from_collection():
+        with kept_from_collection(), interpolations_parsed_once():
             parsed = OverridesParser.create().parse_overrides(sweep_overrides)
             signature = plain_signature(master_config, parsed)
             template = templates.get((id(master_config), signature)) if signature else None
@@ -387,6 +401,63 @@ def derive_sweep_config(template: bytes, parsed: list[Override], choices: set[st
     return config
 
 
+def interpolation_paths(cfg: Container) -> list[tuple[Any, ...]]:
+    """The places of cfg's interpolations (`${...}` values, in mappings and lists at any depth), in
+    the order OmegaConf.resolve meets them: ("trainer", "default_root_dir")."""
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(node: Container, above: tuple[Any, ...]) -> None:
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+            child = node._get_node(key)
+            if child._is_interpolation():
+                paths.append((*above, key))
+            elif isinstance(child, Container) and not (child._is_none() or child._is_missing()):
+                walk(child, (*above, key))
+
+    walk(cfg, ())
+    return paths
+
+
+def resolve_at(cfg: Container, paths: list[tuple[Any, ...]]) -> None:
+    """OmegaConf.resolve(cfg) for a config whose interpolations are all at (or under) `paths`: each
+    is resolved in place by OmegaConf's own step of resolve (_resolve_container_value), the rest
+    of the config left as it is, resolved already or plain. A path the config does not hold (an
+    override that replaced a mapping) resolves the whole config. tests/test_population.py checks
+    the result against OmegaConf.resolve."""
+    from omegaconf._impl import _resolve_container_value
+
+    try:
+        for path in paths:
+            parent = cfg
+            for key in path[:-1]:
+                parent = parent._get_node(key)
+            if parent._get_node(path[-1]) is None:  # not `in`, which resolves the value
+                raise KeyError(path)
+            _resolve_container_value(parent, path[-1])
+    except Exception:  # resolving is idempotent: what was resolved above stays resolved
+        OmegaConf.resolve(cfg)
+
+
+@contextlib.contextmanager
+def interpolations_parsed_once() -> Iterator[None]:
+    """OmegaConf's parse of an interpolation (`${hydra:runtime.output_dir}`, a sweep's job folder)
+    kept per text while jobs are composed and started: every job resolves the same few texts, and
+    ANTLR's Python parser takes 0.1-0.4 ms for each, each time (omegaconf.base calls
+    grammar_parser.parse for every resolution). The parse tree is only read by OmegaConf's
+    visitor, so one tree serves every resolution of its text. Re-entrant."""
+    import omegaconf.base
+
+    original = omegaconf.base.parse
+    if getattr(original, "cache_info", None) is not None:  # already inside
+        yield
+        return
+    omegaconf.base.parse = functools.lru_cache(maxsize=4096)(original)
+    try:
+        yield
+    finally:
+        omegaconf.base.parse = original
+
+
 def job_config(config: DictConfig) -> DictConfig:
     """The job's config without Hydra's node: what the task function receives (run_job deep-copies
     the whole config and deletes the node; copying only the rest is the same config, for less;
@@ -397,6 +468,30 @@ def job_config(config: DictConfig) -> DictConfig:
     task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(config))
     return task_cfg
+
+
+def alike_jobs(configs: list[DictConfig], task_cfgs: list[DictConfig]) -> list[int | None]:
+    """For grouping.plan: each job's first earlier job of its derivation group when, of the keys
+    their overrides set, those that differ are member settings (they differ in nothing else), else None."""
+    from descend.configtext import plain_value
+    from descend.population.grouping import member_setting
+
+    def differs(key: str, a: DictConfig, b: DictConfig) -> bool:
+        try:
+            one, other = plain_value(a, key), plain_value(b, key)
+        except Exception:  # a key OmegaConf cannot select as written (a[0])
+            return True
+        return type(one) is not type(other) or one != other
+
+    first: dict[tuple[Any, ...], int] = {}
+    alike: list[int | None] = []
+    for index, config in enumerate(configs):
+        derived = derivation(config)
+        earlier = first.setdefault(derived.group, index) if derived is not None else index
+        alike.append(earlier if earlier != index and all(member_setting(key, task_cfgs[earlier], task_cfgs[index])
+                                                         for key in derived.keys
+                                                         if differs(key, task_cfgs[earlier], task_cfgs[index])) else None)
+    return alike
 
 
 def describe(numbers: list[int]) -> str:
