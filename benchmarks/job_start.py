@@ -25,8 +25,11 @@ CALLS: dict[str, int] = defaultdict(int)
 
 
 def timed(owner: Any, name: str, label: str) -> None:
-    """owner.name counted under `label` (inclusive of what it calls)."""
-    original: Callable[..., Any] = getattr(owner, name)
+    """owner.name counted under `label` (inclusive of what it calls); nothing where owner has no
+    such function (an older commit)."""
+    original: Callable[..., Any] | None = getattr(owner, name, None)
+    if original is None:
+        return
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         started = time.process_time()
@@ -59,6 +62,7 @@ def main() -> None:
     launcher_phases = [
         ("job_config_of", "launcher: job config"),
         ("job_config", "launcher: job config without hydra"),
+        ("alike_jobs", "launcher: alike_jobs (for plan)"),
         ("start_job", "start_job"),
         ("save_configs", "  save_configs"),
         ("use_hydra_config", "  use_hydra_config"),
@@ -98,8 +102,8 @@ def main() -> None:
                 raise
         whole = time.process_time() - started
     print(f"{args.members} members, {args.steps} steps: whole command {whole:.2f} s CPU")
-    labels = [phases[0][2], *(label for _, label in launcher_phases[:2]), phases[1][2], launcher_phases[2][1],
-              *(label for _, label in launcher_phases[3:]), *(label for _, _, label in phases[2:])]
+    labels = [phases[0][2], *(label for _, label in launcher_phases[:3]), phases[1][2], launcher_phases[3][1],
+              *(label for _, label in launcher_phases[4:]), *(label for _, _, label in phases[2:])]
     for label in labels:
         print(f"{label:<40} {1000 * TOTALS[label] / args.members:7.3f} ms a job ({CALLS[label]} calls)")
 

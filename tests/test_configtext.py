@@ -52,6 +52,22 @@ def test_composed_configs_match_omegaconf_while_values_change(overrides: list[st
             assert configtext.to_yaml(job, resolve=True) == OmegaConf.to_yaml(job, resolve=True)
 
 
+def test_numbers_are_written_as_pyyaml_writes_them() -> None:
+    """An int or float entry is `key: 0`'s text with PyYAML's text of the number in place of the
+    0 (configtext._number_text): PyYAML's own rendering, for any number and any key."""
+    rng = random.Random(21)
+    numbers = [0, 1, -7, 10**30, -(10**30), 0.0, -0.0, 1.0, 0.46, 1e-05, 1e17, 1.5e300, 5e-324, float("inf"), float("-inf"),
+               float("nan"), 0.1 + 0.2, 123456789.0, 1e16, 1e15]
+    numbers += [rng.uniform(-1e3, 1e3) for _ in range(100)] + [rng.lognormvariate(0, 60) for _ in range(100)]
+    numbers += [rng.randint(-10**12, 10**12) for _ in range(50)]
+    keys = ["lr", "x" * 150, "with space", "1", "true", "k:v", "ünï", "_target_", 3, "a" * 75]
+    for above in [(), ("optimizer",), ("hydra", "job"), ("y" * 90, "z")]:
+        for key in keys:
+            for number in numbers:
+                assert configtext._entry_text(above, key, number) == configtext._render(above, key, number), (above, key, number)
+    assert configtext._ENTRIES[("number", ("optimizer",), "lr")] == "  lr: "  # the short way was taken
+
+
 def test_lists_and_scalars_are_written_whole() -> None:
     for data in (["optimizer.lr=0.1", "seed=2"], [], {}):
         assert configtext.to_yaml(OmegaConf.create(data)) == OmegaConf.to_yaml(OmegaConf.create(data))

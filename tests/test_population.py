@@ -255,20 +255,28 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("train", ["optimizer=adam", "trainer.max_steps=50"], run_mode=RunMode.MULTIRUN)
-        first = ["optimizer=adam", "optimizer.lr=0.1", "seed=1", "optimizer.betas=[0.9,0.99]"]
-        second = ["optimizer=adam", "optimizer.lr=0.02", "seed=7", "optimizer.betas=[0.8,0.9]"]
+        # a sweep's constants (max_steps) are set in the template already; a key set twice is applied in order
+        first = ["optimizer=adam", "optimizer.lr=0.1", "seed=1", "optimizer.betas=[0.9,0.99]", "trainer.max_steps=7"]
+        second = ["optimizer=adam", "optimizer.lr=0.02", "seed=7", "optimizer.betas=[0.8,0.9]", "trainer.max_steps=7"]
+        twice = (["seed=1", "seed=2", "optimizer.lr=0.1"], ["seed=5", "seed=2", "optimizer.lr=0.3"])
         parse = OverridesParser.create().parse_overrides
         assert plain_signature(master, parse(first)) == plain_signature(master, parse(second)) is not None
         assert plain_signature(master, parse(["optimizer=sgd,adam"])) is None and plain_signature(master, parse(["+foo=1"])) is None
-        template = loader.load_sweep_config(master, first)
-        composed = loader.load_sweep_config(master, second)
-    derived = derive_sweep_config(pickle.dumps(template), parse(second))
+        # a mapping is merged into the config: the template's entries would stay in the job's
+        assert plain_signature(master, parse(["callbacks.checkpoint={every_n_train_steps:7}"])) is None
+        template, composed = (loader.load_sweep_config(master, o) for o in (first, second))
+        twice_template, twice_composed = (loader.load_sweep_config(master, o) for o in twice)
+    derived = derive_sweep_config(pickle.dumps(template), parse(second), template_lines=tuple(first))
     assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(composed, resolve=False)
-    assert derived.hydra.job.override_dirname == "optimizer.betas=[0.8,0.9],optimizer.lr=0.02,optimizer=adam,seed=7"
+    assert derived.hydra.job.override_dirname == "optimizer.betas=[0.8,0.9],optimizer.lr=0.02,optimizer=adam,seed=7,trainer.max_steps=7"
     # the job's config without Hydra's node, derived from its own template: what job_config copies out
-    task = derive_sweep_config(pickle.dumps(job_config(template)), parse(second), choices=set(composed.hydra.runtime.choices))
+    task = derive_sweep_config(pickle.dumps(job_config(template)), parse(second), choices=set(composed.hydra.runtime.choices),
+                               template_lines=tuple(first))
     assert OmegaConf.to_container(task, resolve=False) == OmegaConf.to_container(job_config(composed), resolve=False)
     assert "hydra" not in task and OmegaConf.is_struct(task) == OmegaConf.is_struct(composed) and task.optimizer.lr == 0.02
+    derived = derive_sweep_config(pickle.dumps(twice_template), parse(twice[1]), template_lines=tuple(twice[0]))
+    assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(twice_composed, resolve=False)
+    assert derived.seed == 2
 
 
 @pytest.mark.parametrize("second", [
@@ -337,6 +345,45 @@ def test_plan_shares_the_verdict_of_jobs_alike_but_for_member_numbers():
     assert plan(configs, alike) == plan(configs) == [([0, 1, 2], None), ([3], plan(configs)[1][1]), ([4], plan(configs)[2][1]),
                                                       ([5], None)]
     assert "LBFGS" in plan(configs, alike)[2][1]
+
+
+def test_number_overrides_are_parsed_as_hydra_parses_them():
+    """parse_overrides reads `key=number` without Hydra's ANTLR parser: the same Override (type,
+    key, value and its type, input line) as Hydra's for every text its pattern takes; the rest,
+    Hydra's parser reads (or refuses) itself."""
+    import random
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.descend_population_launcher.population_launcher import NUMBER_OVERRIDE, parse_overrides
+
+    rng = random.Random(21)
+    values = ["0", "7", "-3", "+4", "10", "0.5", "-0.011765", "+1.0", "1e5", "1E-3", "2.5e+10", "-0.0", "1e400", "0e0",
+              "123456789012345678901234567890", "01", "1.", ".5", "1_000", "1e", "inf", "nan", "0x10", "1.5.2", " 1", "1 ", "",
+              "abc", "1,2", "[1]", "${a}", "true", "null"]
+    values += [f"{rng.uniform(-1e3, 1e3):.{rng.randint(0, 12)}f}" for _ in range(100)]
+    values += [repr(rng.lognormvariate(0, 30)) for _ in range(100)]
+    lines = [f"{key}={value}" for key in ("seed", "optimizer.lr", "a_b.c1.D", "_x") for value in values]
+    lines += ["x-y=1", "a.0=1", "+a=1", "++a=1", "~a=1", "~a", "a@b=1", "a/b=1", "$a=1", "a..b=1", "a=1,2"]
+    hydra = OverridesParser.create()
+    fast = 0
+    for line in lines:
+        try:
+            expected = hydra.parse_overrides([line])
+        except Exception as error:
+            assert NUMBER_OVERRIDE.fullmatch(line) is None, line
+            with pytest.raises(type(error)):
+                parse_overrides([line])
+            continue
+        got = parse_overrides([line])
+        assert repr(got) == repr(expected), line  # every field; repr tells 1 from 1.0 and -0.0 from 0.0
+        fast += NUMBER_OVERRIDE.fullmatch(line) is not None
+    assert fast > 700  # most of them took the short way
+    sweep = ["optimizer=adam", "optimizer.lr=0.1", "optimizer.betas=[0.8,0.9]", "trainer.enable_progress_bar=false"]
+    for _ in range(2):  # the second time, from its kept parses: each job its own Override objects
+        got = parse_overrides(sweep)
+        assert repr(got) == repr(hydra.parse_overrides(sweep))
+    assert got[2] is not parse_overrides(sweep)[2]
 
 
 def test_jobs_are_grouped_by_everything_but_per_member_numbers():

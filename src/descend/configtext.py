@@ -13,6 +13,7 @@ same. tests/test_configtext.py checks the text against OmegaConf.to_yaml.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +107,37 @@ def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:
         own, parent = _header(above + (key,)), _header(above)  # not by the repr of the whole subtree
         if own is not None and parent is not None:
             return own[len(parent) :] + "".join(_entry_text(above + (key,), k, v) for k, v in value.items())
+    if type(value) in (int, float):  # not bool: a job's number, a learning rate, new in every job
+        return _number_text(above, key, value)
     cache_key = (above, key, repr(value))  # repr tells 1 from 1.0, '1' and True
     text = _ENTRIES.get(cache_key)
     if text is None:
         text = _render(above, key, value)
         _ENTRIES[cache_key] = text
     return text
+
+
+def _number_text(above: tuple[Any, ...], key: Any, value: int | float) -> str:
+    """_render(above, key, value) of an int or a float without PyYAML's emitter (0.1 ms an entry):
+    the text of `key: 0` with the number in place of the 0, as PyYAML's representer writes it
+    (str() of an int, SafeRepresenter.represent_float's text of a float). A number is a plain
+    scalar without spaces, which the emitter writes as it is, wherever the key puts it."""
+    cache_key = ("number", above, key)
+    prefix = _ENTRIES.get(cache_key)
+    if prefix is None:
+        sample = _render(above, key, 0)
+        prefix = sample[: -len("0\n")] if sample.endswith(": 0\n") else ""
+        _ENTRIES[cache_key] = prefix
+    if not prefix:  # a key PyYAML does not write as `key: 0`: it renders the entry
+        return _render(above, key, value)
+    number = str(value) if type(value) is int else _representer().represent_float(value).value
+    return f"{prefix}{number}\n"
+
+
+@functools.cache
+def _representer() -> Any:
+    """One OmegaConf YAML dumper, for its representer's text of a scalar (it writes nothing)."""
+    return get_omega_conf_dumper()(None)
 
 
 def _render(above: tuple[Any, ...], key: Any, value: Any) -> str:

@@ -9,11 +9,13 @@ Launcher found in the hydra_plugins namespace package. The sweepers hand it batc
 
 
 import contextlib
+import copy
 import functools
 import gc
 import logging
 import os
 import pickle
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -313,27 +315,27 @@ def remember_sweep_configs(loader: Any) -> None:
     compose = loader.load_sweep_config
     kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
     # pickled: unpickling is a deep copy 3x faster than copy.deepcopy; the job's config, and the
-    # same without Hydra's node (job_config's, 5x faster than its masked copy)
-    templates: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+    # same without Hydra's node (job_config's, 5x faster than its masked copy); its overrides
+    templates: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[str, ...]]] = {}
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         key = (id(master_config), tuple(sweep_overrides))
         if key in kept:  # the second call, the launcher's: that object, as nobody else holds it
             return kept.pop(key)
         with kept_from_collection(), interpolations_parsed_once():
-            parsed = OverridesParser.create().parse_overrides(sweep_overrides)
+            parsed = parse_overrides(sweep_overrides)
             signature = plain_signature(master_config, parsed)
             template = templates.get((id(master_config), signature)) if signature else None
             task_cfg = None
             if template is not None:
-                config = derive_sweep_config(template[0], parsed)
-                task_cfg = derive_sweep_config(template[1], parsed, choices=set(config.hydra.runtime.choices))
+                config = derive_sweep_config(template[0], parsed, template_lines=template[2])
+                task_cfg = derive_sweep_config(template[1], parsed, choices=set(config.hydra.runtime.choices),
+                                               template_lines=template[2])
             else:
                 config = compose(master_config, sweep_overrides)
             if signature and template is None:
-                templates[(id(master_config), signature)] = pickle.dumps(config), pickle.dumps(job_config(config))
+                templates[(id(master_config), signature)] = (pickle.dumps(config), pickle.dumps(job_config(config)),
+                                                             tuple(sweep_overrides))
             if signature:
                 _DERIVED[id(config)] = Derived(config, task_cfg, (id(master_config), signature), signature[1])
         kept[key] = config
@@ -363,15 +365,52 @@ def derivation(config: DictConfig) -> Derived | None:
     return derived if derived is not None and derived.config is config else None
 
 
+# `key=number`, the form of a sweep's values (optimizer.lr=0.011765, seed=7): a subset of what Hydra's
+# override grammar reads as a key (ID, DOT_PATH) and an INT or FLOAT, without `_` separators
+NUMBER_OVERRIDE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=([+-]?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)")
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """OverridesParser.parse_overrides(overrides), without Hydra's ANTLR parser (0.3 ms an override,
+    for every job of a sweep) where it can: a `key=number` override is read as Hydra's visitor reads
+    it, int(text) or float(text); any other is parsed by Hydra once per text (a sweep's constant
+    overrides come again in every job) and each job given a copy. tests/test_population.py checks
+    the Overrides against Hydra's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType, ValueType
+
+    parsed: list[Override] = []
+    for line in overrides:
+        match = NUMBER_OVERRIDE.fullmatch(line)
+        if match is not None:
+            key, text, point, exponent = match.groups()
+            value = float(text) if point or exponent else int(text)
+            parsed.append(Override(type=OverrideType.CHANGE, key_or_group=key, value_type=ValueType.ELEMENT, _value=value,
+                                   input_line=line))
+            continue
+        if line not in _PARSED:
+            if len(_PARSED) >= 4096:
+                _PARSED.clear()
+            (_PARSED[line],) = OverridesParser.create().parse_overrides([line])
+        parsed.append(copy.copy(_PARSED[line]))
+    return parsed
+
+
+_PARSED: dict[str, Override] = {}  # an override's text -> Hydra's parse of it (parse_overrides)
+
+
 def plain_signature(master_config: DictConfig, overrides: list[Override]) -> tuple[Any, ...] | None:
     """What jobs must share for one's config to be derived from another's: the group choices and
-    the keys set. None where an override is not a plain `key=value` of the job's config."""
+    the keys set. None where an override is not a plain `key=value` of the job's config (a
+    mapping's value is merged into the config, not set)."""
     groups = set(master_config.hydra.runtime.choices)
     keys, choices = [], []
     for override in overrides:
         key = override.key_or_group
         if override.is_sweep_override() or override.package is not None or override.is_add() or override.is_delete() \
                 or override.is_force_add() or key.startswith("hydra") or "/" in key:
+            return None
+        if isinstance(override.value(), dict):  # merged into the mapping there: what the template's left would stay
             return None
         if key in groups:
             choices.append(override.input_line)
@@ -380,25 +419,44 @@ def plain_signature(master_config: DictConfig, overrides: list[Override]) -> tup
     return tuple(sorted(choices)), tuple(keys)
 
 
-def derive_sweep_config(template: bytes, parsed: list[Override], choices: set[str] | None = None) -> DictConfig:
+def derive_sweep_config(template: bytes, parsed: list[Override], choices: set[str] | None = None,
+                        template_lines: tuple[str, ...] = ()) -> DictConfig:
     """The pickled `template` config with `parsed` overrides (the same keys and group choices, other values)
     applied as Hydra's _load_configuration_impl applies them: the values, and where the template
     has Hydra's node, the job's task overrides and its override_dirname (the job folder's name).
-    A template without Hydra's node (job_config's) is given the group `choices` of its job.
+    A template without Hydra's node (job_config's) is given the group `choices` of its job. An
+    override the template's overrides (`template_lines`) hold as well is there already (changed).
     tests/test_population.py checks the result against Hydra's own composition."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
     config = pickle.loads(template)
     choices = set(config.hydra.runtime.choices) if choices is None else choices
-    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.key_or_group not in choices], config)
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in changed(parsed, template_lines) if o.key_or_group not in choices], config)
     if "hydra" not in config:
         return config
     with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.overrides.task = [o.input_line for o in parsed]
+        lines, task = [o.input_line for o in parsed], config.hydra.overrides.task
+        if len(task) == len(lines):  # the template's list, its entries that differ set
+            for index, line in enumerate(lines):
+                if task[index] != line:
+                    task[index] = line
+        else:
+            config.hydra.overrides.task = lines
         naming = config.hydra.job.config.override_dirname
         config.hydra.job.override_dirname = get_overrides_dirname(
             overrides=parsed, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
     return config
+
+
+def changed(parsed: list[Override], template_lines: tuple[str, ...]) -> list[Override]:
+    """The overrides a job derived from a template must apply: those whose text the template's
+    overrides do not hold (a sweep's constants are set there already). All of them where a key
+    comes twice or lies under another (a.b, a.b.c): their order then matters."""
+    keys = [o.key_or_group for o in parsed]
+    if len(set(keys)) < len(keys) or any(key.startswith(other + ".") for key in keys for other in keys):
+        return parsed
+    there = set(template_lines)
+    return [o for o in parsed if o.input_line not in there]
 
 
 def interpolation_paths(cfg: Container) -> list[tuple[Any, ...]]:
