@@ -54,17 +54,23 @@ def test_composed_configs_match_omegaconf_while_values_change(overrides: list[st
             assert configtext.to_yaml(job, resolve=True) == OmegaConf.to_yaml(job, resolve=True)
 
 
-def test_a_jobs_own_floats_and_folders_are_written_as_pyyaml_writes_them() -> None:
-    """The one-line texts of floats and plain absolute paths (configtext._render's shortcut) equal
-    PyYAML's own, at every depth, for values of every magnitude and sign."""
-    rng = random.Random(7)
-    values = [rng.uniform(-1, 1) * 10 ** rng.randint(-320, 308) for _ in range(2000)]
-    values += [float(v) for v in (0, 1, 10**16, 10**17, 1e22, 5e-324)] + [rng.random() for _ in range(200)]
-    values += ["/" + "/".join(rng.choice(["tmp", "a=b", "x.y", "2026-11-30", "12-00-00", "_", "-"]) for _ in range(rng.randint(0, 8)))
-               for _ in range(300)]
-    for value in values:
-        for above in ((), ("optimizer",), ("callbacks", "checkpoint")):
-            assert configtext._render(above, "lr", value) == configtext._dump(configtext._nested(above, {"lr": value}))[len(configtext._header(above)):], value
+def test_numbers_and_folders_are_written_as_pyyaml_writes_them() -> None:
+    """An int, float or plain absolute path entry is `key: 0`'s text with PyYAML's text of the
+    value in place of the 0 (configtext._scalar_text): PyYAML's own rendering, for any such value and any key."""
+    rng = random.Random(21)
+    numbers = [0, 1, -7, 10**30, -(10**30), 0.0, -0.0, 1.0, 0.46, 1e-05, 1e17, 1.5e300, 5e-324, float("inf"), float("-inf"),
+               float("nan"), 0.1 + 0.2, 123456789.0, 1e16, 1e15]
+    numbers += [rng.uniform(-1e3, 1e3) for _ in range(100)] + [rng.lognormvariate(0, 60) for _ in range(100)]
+    numbers += [rng.randint(-10**12, 10**12) for _ in range(50)]
+    numbers += ["/", "/tmp/multirun/2026-11-30/12-00-00/3", "/" + "long/" * 30]
+    numbers += ["/" + "/".join(rng.choice(["tmp", "a=b", "x.y", "2026-11-30", "12-00-00", "_", "-"]) for _ in range(rng.randint(0, 8)))
+                for _ in range(50)]
+    keys = ["lr", "x" * 150, "with space", "1", "true", "k:v", "ünï", "_target_", 3, "a" * 75]
+    for above in [(), ("optimizer",), ("hydra", "job"), ("y" * 90, "z")]:
+        for key in keys:
+            for number in numbers:
+                assert configtext._entry_text(above, key, number) == configtext._render(above, key, number), (above, key, number)
+    assert configtext._ENTRIES[("number", ("optimizer",), "lr")] == "  lr: "  # the short way was taken
 
 
 def test_lists_and_scalars_are_written_whole() -> None:

@@ -232,14 +232,14 @@ def test_ctrl_c_stops_every_member_and_one_resumes_alone_exactly(tmp_path):
 
 # ---- the parts, without a process ----
 
-def compose(*overrides: str):
+def compose(*overrides: str, return_hydra_config: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from descend.prechecks import config_dir
 
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=list(overrides))
+        return hydra_compose("train", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def test_a_derived_sweep_config_is_the_one_hydra_composes():
@@ -255,20 +255,135 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("train", ["optimizer=adam", "trainer.max_steps=50"], run_mode=RunMode.MULTIRUN)
-        first = ["optimizer=adam", "optimizer.lr=0.1", "seed=1", "optimizer.betas=[0.9,0.99]"]
-        second = ["optimizer=adam", "optimizer.lr=0.02", "seed=7", "optimizer.betas=[0.8,0.9]"]
+        # a sweep's constants (max_steps) are set in the template already; a key set twice is applied in order
+        first = ["optimizer=adam", "optimizer.lr=0.1", "seed=1", "optimizer.betas=[0.9,0.99]", "trainer.max_steps=7"]
+        second = ["optimizer=adam", "optimizer.lr=0.02", "seed=7", "optimizer.betas=[0.8,0.9]", "trainer.max_steps=7"]
+        twice = (["seed=1", "seed=2", "optimizer.lr=0.1"], ["seed=5", "seed=2", "optimizer.lr=0.3"])
         parse = OverridesParser.create().parse_overrides
         assert plain_signature(master, parse(first)) == plain_signature(master, parse(second)) is not None
         assert plain_signature(master, parse(["optimizer=sgd,adam"])) is None and plain_signature(master, parse(["+foo=1"])) is None
-        template = loader.load_sweep_config(master, first)
-        composed = loader.load_sweep_config(master, second)
-    derived = derive_sweep_config(pickle.dumps(template), parse(second))
+        # a mapping is merged into the config: the template's entries would stay in the job's
+        assert plain_signature(master, parse(["callbacks.checkpoint={every_n_train_steps:7}"])) is None
+        template, composed = (loader.load_sweep_config(master, o) for o in (first, second))
+        twice_template, twice_composed = (loader.load_sweep_config(master, o) for o in twice)
+    derived = derive_sweep_config(pickle.dumps(template), parse(second), template_lines=tuple(first))
     assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(composed, resolve=False)
-    assert derived.hydra.job.override_dirname == "optimizer.betas=[0.8,0.9],optimizer.lr=0.02,optimizer=adam,seed=7"
+    assert derived.hydra.job.override_dirname == "optimizer.betas=[0.8,0.9],optimizer.lr=0.02,optimizer=adam,seed=7,trainer.max_steps=7"
     # the job's config without Hydra's node, derived from its own template: what job_config copies out
-    task = derive_sweep_config(pickle.dumps(job_config(template)), parse(second), choices=set(composed.hydra.runtime.choices))
+    task = derive_sweep_config(pickle.dumps(job_config(template)), parse(second), choices=set(composed.hydra.runtime.choices),
+                               template_lines=tuple(first))
     assert OmegaConf.to_container(task, resolve=False) == OmegaConf.to_container(job_config(composed), resolve=False)
     assert "hydra" not in task and OmegaConf.is_struct(task) == OmegaConf.is_struct(composed) and task.optimizer.lr == 0.02
+    derived = derive_sweep_config(pickle.dumps(twice_template), parse(twice[1]), template_lines=tuple(twice[0]))
+    assert OmegaConf.to_container(derived, resolve=False) == OmegaConf.to_container(twice_composed, resolve=False)
+    assert derived.seed == 2
+
+
+@pytest.mark.parametrize("second", [
+    ["optimizer.lr=0.02", "task.matrix.cols=5"],                       # interpolations (${.rows}, ${task.sgd_lr}) set to numbers
+    ["optimizer.lr=${task.matrix.rows}", "task.matrix.cols=${.rows}"],  # interpolations where the first job has numbers
+    ["optimizer.lr=0.02", "task.matrix.cols=${oc.env:HOME}"],          # a resolver's interpolation
+])
+def test_a_derived_job_resolves_as_omegaconf_resolves(second):
+    """The launcher resolves a derived job's config only where its group's first job had
+    interpolations and where its own overrides set values (resolve_at): the config OmegaConf.resolve
+    makes of it, with ${hydra:runtime.output_dir} its own folder, with interpolations parsed once."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict, read_write
+
+    from hydra_plugins.descend_population_launcher.population_launcher import (
+        interpolation_paths, interpolations_parsed_once, job_config, resolve_at)
+
+    first = compose(return_hydra_config=True)
+    paths = interpolation_paths(job_config(first))
+    assert {("trainer", "default_root_dir"), ("callbacks", "checkpoint", "dirpath"), ("task", "matrix", "cols"), ("optimizer", "lr")} <= set(paths)
+    composed = compose(*second, return_hydra_config=True)
+    with read_write(composed.hydra), open_dict(composed.hydra):
+        composed.hydra.runtime.output_dir = "/tmp/job-7"
+    HydraConfig.instance().set_config(composed)
+    expected, derived = job_config(composed), job_config(composed)
+    OmegaConf.resolve(expected)
+    with interpolations_parsed_once():
+        resolve_at(derived, [*paths, *(tuple(o.split("=")[0].split(".")) for o in second)])
+    assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(expected)
+    assert "${" not in OmegaConf.to_yaml(derived) and derived.trainer.default_root_dir == "/tmp/job-7"
+    # a path the job does not hold (an override replaced a mapping): the whole config is resolved
+    fallback = job_config(composed)
+    resolve_at(fallback, [("task", "no_such_entry"), *paths])
+    assert OmegaConf.to_yaml(fallback) == OmegaConf.to_yaml(expected)
+
+
+def test_interpolations_parsed_once_give_omegaconfs_values_and_leave_its_parser_as_it_was():
+    import omegaconf.base
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.descend_population_launcher.population_launcher import interpolations_parsed_once
+
+    parse = omegaconf.base.parse
+    cfg = OmegaConf.create({"a": 2, "b": "${a}", "c": "x${a}y${b}", "d": {"e": "${..a}", "f": "${oc.decode:'[1, ${a}]'}"}})
+    expected = OmegaConf.to_container(cfg, resolve=True)
+    with interpolations_parsed_once():
+        with interpolations_parsed_once():  # re-entrant
+            assert OmegaConf.to_container(cfg, resolve=True) == expected
+        cfg.a = 3  # a tree kept for a text resolves with the values of the moment
+        assert OmegaConf.to_container(cfg, resolve=True) == {"a": 3, "b": 3, "c": "x3y3", "d": {"e": 3, "f": [1, 3]}}
+        assert omegaconf.base.parse.cache_info().hits > 0
+    assert omegaconf.base.parse is parse
+
+
+def test_plan_shares_the_verdict_of_jobs_alike_but_for_member_numbers():
+    """plan(configs, alike) is plan(configs): a job alike an earlier one but for member settings
+    (member_setting) takes its verdict and population key without walking its config."""
+    from descend.population.grouping import member_setting, plan
+
+    configs = [compose("optimizer.lr=0.1", "scheduler=step"), compose("optimizer.lr=0.2", "scheduler=step", "seed=5"),
+               compose("optimizer.lr=0.3", "scheduler=step", "scheduler.gamma=0.5"), compose("optimizer=lbfgs"),
+               compose("optimizer=lbfgs", "optimizer.lr=0.5"), compose("optimizer.lr=0.3", "scheduler=step", "trainer.max_steps=7")]
+    assert member_setting("optimizer.lr") and member_setting("seed") and not member_setting("trainer.max_steps")
+    assert member_setting("scheduler.gamma", configs[0], configs[2]) and not member_setting("scheduler.interval", configs[0])
+    alike = [None, 0, 0, None, 3, None]
+    assert plan(configs, alike) == plan(configs) == [([0, 1, 2], None), ([3], plan(configs)[1][1]), ([4], plan(configs)[2][1]),
+                                                      ([5], None)]
+    assert "LBFGS" in plan(configs, alike)[2][1]
+
+
+def test_number_overrides_are_parsed_as_hydra_parses_them():
+    """parse_overrides reads `key=number` without Hydra's ANTLR parser: the same Override (type,
+    key, value and its type, input line) as Hydra's for every text its pattern takes; the rest,
+    Hydra's parser reads (or refuses) itself."""
+    import random
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.descend_population_launcher.population_launcher import NUMBER_OVERRIDE, parse_overrides
+
+    rng = random.Random(21)
+    values = ["0", "7", "-3", "+4", "10", "0.5", "-0.011765", "+1.0", "1e5", "1E-3", "2.5e+10", "-0.0", "1e400", "0e0",
+              "123456789012345678901234567890", "01", "1.", ".5", "1_000", "1e", "inf", "nan", "0x10", "1.5.2", " 1", "1 ", "",
+              "abc", "1,2", "[1]", "${a}", "true", "null"]
+    values += [f"{rng.uniform(-1e3, 1e3):.{rng.randint(0, 12)}f}" for _ in range(100)]
+    values += [repr(rng.lognormvariate(0, 30)) for _ in range(100)]
+    lines = [f"{key}={value}" for key in ("seed", "optimizer.lr", "a_b.c1.D", "_x") for value in values]
+    lines += ["x-y=1", "a.0=1", "+a=1", "++a=1", "~a=1", "~a", "a@b=1", "a/b=1", "$a=1", "a..b=1", "a=1,2"]
+    hydra = OverridesParser.create()
+    fast = 0
+    for line in lines:
+        try:
+            expected = hydra.parse_overrides([line])
+        except Exception as error:
+            assert NUMBER_OVERRIDE.fullmatch(line) is None, line
+            with pytest.raises(type(error)):
+                parse_overrides([line])
+            continue
+        got = parse_overrides([line])
+        assert repr(got) == repr(expected), line  # every field; repr tells 1 from 1.0 and -0.0 from 0.0
+        fast += NUMBER_OVERRIDE.fullmatch(line) is not None
+    assert fast > 700  # most of them took the short way
+    sweep = ["optimizer=adam", "optimizer.lr=0.1", "optimizer.betas=[0.8,0.9]", "trainer.enable_progress_bar=false"]
+    for _ in range(2):  # the second time, from its kept parses: each job its own Override objects
+        got = parse_overrides(sweep)
+        assert repr(got) == repr(hydra.parse_overrides(sweep))
+    assert got[2] is not parse_overrides(sweep)[2]
 
 
 def test_jobs_are_grouped_by_everything_but_per_member_numbers():

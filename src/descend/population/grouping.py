@@ -64,15 +64,37 @@ def population_key(cfg: DictConfig) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def plan(configs: list[DictConfig]) -> list[tuple[list[int], str | None]]:
+def member_setting(key: str, *configs: DictConfig) -> bool:
+    """Whether config `key` (dotted) holds, in these configs, a number a member may set for itself:
+    the seed, an optimiser's MEMBER_OPTIMIZER_KEYS, a scheduler's number. population_key leaves
+    such keys out and why_alone does not read them, so configs that differ only there share both."""
+    section, _, name = key.partition(".")
+    if key == "seed" or (section == "optimizer" and name in MEMBER_OPTIMIZER_KEYS):
+        return True
+    if section != "scheduler" or not name or "." in name:
+        return False
+    values = [(OmegaConf.to_container(cfg.scheduler) if isinstance(cfg.get("scheduler"), DictConfig) else {}).get(name) for cfg in configs]
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def plan(configs: list[DictConfig], alike: list[int | None] | None = None) -> list[tuple[list[int], str | None]]:
     """The jobs (indices into `configs`) in populations, in order of their first job, each with
-    None, or alone with the reason. A population of one job runs alone too (reason None)."""
+    None, or alone with the reason. A population of one job runs alone too (reason None).
+    `alike[i]`, where given, is an earlier job that configs[i] differs from only in member
+    settings (member_setting): configs[i] shares its verdict and key without their walks."""
     groups: dict[str, list[int]] = {}
     alone: list[tuple[list[int], str | None]] = []
+    verdicts: dict[int, tuple[str | None, str | None]] = {}  # a job's reason, or its population's key
     for index, cfg in enumerate(configs):
-        reason = why_alone(cfg)
+        earlier = alike[index] if alike is not None else None
+        if earlier is not None and earlier in verdicts:
+            reason, key = verdicts[earlier]
+        else:
+            reason = why_alone(cfg)
+            key = population_key(cfg) if reason is None else None
+        verdicts[index] = reason, key
         if reason is not None:
             alone.append(([index], reason))
         else:
-            groups.setdefault(population_key(cfg), []).append(index)
+            groups.setdefault(key, []).append(index)
     return sorted([(jobs, None) for jobs in groups.values()] + alone, key=lambda item: item[0][0])

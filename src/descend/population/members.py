@@ -73,7 +73,7 @@ class Member:
         `made`: the tasks made for the members before it (build.new_task)."""
         import lightning.pytorch as pl
 
-        from descend.build import build_task, instantiate, made_once, validate
+        from descend.build import build_task, instantiate, validate
 
         with self.logging():
             try:
@@ -87,10 +87,7 @@ class Member:
                 else:
                     self.optimizer = config
                 # the callbacks whose state a checkpoint of its own run holds (see save_checkpoint)
-                # members with equal callback settings copy one made callback (build.made_once)
-                self.callbacks = [made_once(made, ("callback", name, repr(node)), lambda: instantiate(node, f"callbacks.{name}"))
-                                  if made is not None else instantiate(node, f"callbacks.{name}")
-                                  for name, node in (self.cfg.get("callbacks") or {}).items()
+                self.callbacks = [self.callback(name, node, made) for name, node in (self.cfg.get("callbacks") or {}).items()
                                   if node and node.get("_target_") in STATEFUL_CALLBACKS]
                 self.callbacks.append(self.sessions())
                 if self.resume_from is not None:
@@ -102,6 +99,17 @@ class Member:
                 self.record.update(error=str(error), user_error=True)
             except Exception as error:
                 record_failure(self.record, error)
+
+    def callback(self, name: str, node: DictConfig, made: dict[Any, Any] | None) -> Any:
+        """callbacks.<name> made for this member. Members with equal settings copy one made callback
+        (build.made_once); one whose settings name this member's folder (the checkpoint's dirpath)
+        is its own, made without keeping a copy no other member could take."""
+        from descend.build import instantiate, made_once
+
+        settings = repr(node)
+        if made is None or str(self.run_dir) in settings:
+            return instantiate(node, f"callbacks.{name}")
+        return made_once(made, ("callback", name, settings), lambda: instantiate(node, f"callbacks.{name}"))
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
         """What a single run's resume restores before its first step, from this member's checkpoint:

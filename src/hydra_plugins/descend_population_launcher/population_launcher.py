@@ -9,10 +9,13 @@ Launcher found in the hydra_plugins namespace package. The sweepers hand it batc
 
 
 import contextlib
+import copy
+import functools
 import gc
 import logging
 import os
 import pickle
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +29,7 @@ from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
 
 from descend.population.pbt import PBTConf
 from descend.population.pruning import PrunerConf
@@ -59,6 +62,7 @@ class PopulationLauncher(Launcher):
         self.pbt_settings = OmegaConf.to_container(pbt) if isinstance(pbt, DictConfig) else pbt
         self.pruner: Any = None  # pruning.PrunerConf or pbt.PBTConf, checked in setup
         self.texts: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # a group's configtext.TextTemplates (save_configs)
+        self.interpolations: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}  # a group's interpolations (resolve)
         self.files: ThreadPoolExecutor | None = None  # where save_configs hands its writes while jobs start
         self.written: list[Future[None]] = []
         self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
@@ -86,7 +90,8 @@ class PopulationLauncher(Launcher):
         # an earlier batch's jobs (Optuna's) are over: the collector may take them (kept_from_collection);
         # the last batch's are left to the process's end, which frees them without scanning them
         gc.unfreeze()
-        return self.launch_batch(job_overrides, initial_job_idx)
+        with interpolations_parsed_once():
+            return self.launch_batch(job_overrides, initial_job_idx)
 
     def launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from descend.build import checkpoint_step
@@ -125,7 +130,7 @@ class PopulationLauncher(Launcher):
         their JobReturns go into `returns`."""
         from descend.population.grouping import plan
 
-        for planned, reason in plan([task_cfgs[i] for i in indices]):
+        for planned, reason in plan([task_cfgs[i] for i in indices], alike_jobs([configs[i] for i in indices], [task_cfgs[i] for i in indices])):
             jobs = [indices[i] for i in planned]
             for start in range(0, len(jobs), self.max_members):
                 chunk = jobs[start : start + self.max_members]
@@ -192,6 +197,8 @@ class PopulationLauncher(Launcher):
         from descend.population.members import Member
 
         assert self.hydra_context is not None and self.task_function is not None
+        derived = derivation(config)
+        _DERIVED.pop(id(config), None)  # this job's entry is read for the last time here
         hydra = config.hydra
         output_dir = os.path.abspath(os.path.join(str(hydra.sweep.dir), str(hydra.sweep.subdir)))
         with read_write(hydra.runtime), open_dict(hydra.runtime):
@@ -204,26 +211,35 @@ class PopulationLauncher(Launcher):
         ret.working_dir = os.getcwd()
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         if hydra.output_subdir is not None:
-            self.save_configs(config, task_cfg, Path(output_dir) / str(hydra.output_subdir))
+            self.save_configs(config, task_cfg, Path(output_dir) / str(hydra.output_subdir), derived)
         if first:  # the console as run_job sets it; each member's train.log is its own (members.log_to)
             configure_log(hydra.job_logging, hydra.verbose)
         self.hydra_context.callbacks.on_job_start(config=config, task_function=self.task_function)
         # after saving config.yaml, which keeps the interpolations as run_job writes it:
         # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
-        OmegaConf.resolve(task_cfg)
+        self.resolve(task_cfg, derived)
         member = Member(task_cfg, Path(output_dir), task_name=hydra.runtime.choices.get("task", "?"), number=hydra.job.num,
                         chosen=chosen_keys(hydra), overrides=ret.overrides)
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
 
-    def save_configs(self, config: DictConfig, task_cfg: DictConfig, folder: Path) -> None:
+    def resolve(self, task_cfg: DictConfig, derived: "Derived | None") -> None:
+        """OmegaConf.resolve(task_cfg). A job derived from the first of its group has its
+        interpolations where that one's were, and where its overrides set values: only those
+        are resolved (resolve_at), not every entry of the config walked again."""
+        if derived is None:
+            OmegaConf.resolve(task_cfg)
+            return
+        if derived.group not in self.interpolations:  # the group's first job, still unresolved
+            self.interpolations[derived.group] = interpolation_paths(task_cfg)
+        resolve_at(task_cfg, [*self.interpolations[derived.group], *(tuple(key.split(".")) for key in derived.keys)])
+
+    def save_configs(self, config: DictConfig, task_cfg: DictConfig, folder: Path, derived: "Derived | None") -> None:
         """The job's .hydra/ files, the bytes Hydra's _save_config writes. A derived job's config.yaml
         and hydra.yaml are the texts of the first job of its group (configtext.TextTemplate) with the
         entries that differ rendered anew: the keys its overrides set, its number, name and folder."""
         from descend.configtext import TextTemplate, plain_value, to_yaml
 
-        derived = derivation(config)
-        _DERIVED.pop(id(config), None)  # this job's entry is read for the last time here
         texts = None
         if derived is not None:
             if derived.group not in self.texts:
@@ -299,27 +315,27 @@ def remember_sweep_configs(loader: Any) -> None:
     compose = loader.load_sweep_config
     kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
     # pickled: unpickling is a deep copy 3x faster than copy.deepcopy; the job's config, and the
-    # same without Hydra's node (job_config's, 5x faster than its masked copy)
-    templates: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+    # same without Hydra's node (job_config's, 5x faster than its masked copy); its overrides
+    templates: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[str, ...]]] = {}
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         key = (id(master_config), tuple(sweep_overrides))
         if key in kept:  # the second call, the launcher's: that object, as nobody else holds it
             return kept.pop(key)
-        with kept_from_collection():
-            parsed = OverridesParser.create().parse_overrides(sweep_overrides)
+        with kept_from_collection(), interpolations_parsed_once():
+            parsed = parse_overrides(sweep_overrides)
             signature = plain_signature(master_config, parsed)
             template = templates.get((id(master_config), signature)) if signature else None
             task_cfg = None
             if template is not None:
-                config = derive_sweep_config(template[0], parsed)
-                task_cfg = derive_sweep_config(template[1], parsed, choices=set(config.hydra.runtime.choices))
+                config = derive_sweep_config(template[0], parsed, template_lines=template[2])
+                task_cfg = derive_sweep_config(template[1], parsed, choices=set(config.hydra.runtime.choices),
+                                               template_lines=template[2])
             else:
                 config = compose(master_config, sweep_overrides)
             if signature and template is None:
-                templates[(id(master_config), signature)] = pickle.dumps(config), pickle.dumps(job_config(config))
+                templates[(id(master_config), signature)] = (pickle.dumps(config), pickle.dumps(job_config(config)),
+                                                             tuple(sweep_overrides))
             if signature:
                 _DERIVED[id(config)] = Derived(config, task_cfg, (id(master_config), signature), signature[1])
         kept[key] = config
@@ -349,15 +365,52 @@ def derivation(config: DictConfig) -> Derived | None:
     return derived if derived is not None and derived.config is config else None
 
 
+# `key=number`, the form of a sweep's values (optimizer.lr=0.011765, seed=7): a subset of what Hydra's
+# override grammar reads as a key (ID, DOT_PATH) and an INT or FLOAT, without `_` separators
+NUMBER_OVERRIDE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=([+-]?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)")
+
+
+def parse_overrides(overrides: list[str]) -> list[Override]:
+    """OverridesParser.parse_overrides(overrides), without Hydra's ANTLR parser (0.3 ms an override,
+    for every job of a sweep) where it can: a `key=number` override is read as Hydra's visitor reads
+    it, int(text) or float(text); any other is parsed by Hydra once per text (a sweep's constant
+    overrides come again in every job) and each job given a copy. tests/test_population.py checks
+    the Overrides against Hydra's."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType, ValueType
+
+    parsed: list[Override] = []
+    for line in overrides:
+        match = NUMBER_OVERRIDE.fullmatch(line)
+        if match is not None:
+            key, text, point, exponent = match.groups()
+            value = float(text) if point or exponent else int(text)
+            parsed.append(Override(type=OverrideType.CHANGE, key_or_group=key, value_type=ValueType.ELEMENT, _value=value,
+                                   input_line=line))
+            continue
+        if line not in _PARSED:
+            if len(_PARSED) >= 4096:
+                _PARSED.clear()
+            (_PARSED[line],) = OverridesParser.create().parse_overrides([line])
+        parsed.append(copy.copy(_PARSED[line]))
+    return parsed
+
+
+_PARSED: dict[str, Override] = {}  # an override's text -> Hydra's parse of it (parse_overrides)
+
+
 def plain_signature(master_config: DictConfig, overrides: list[Override]) -> tuple[Any, ...] | None:
     """What jobs must share for one's config to be derived from another's: the group choices and
-    the keys set. None where an override is not a plain `key=value` of the job's config."""
+    the keys set. None where an override is not a plain `key=value` of the job's config (a
+    mapping's value is merged into the config, not set)."""
     groups = set(master_config.hydra.runtime.choices)
     keys, choices = [], []
     for override in overrides:
         key = override.key_or_group
         if override.is_sweep_override() or override.package is not None or override.is_add() or override.is_delete() \
                 or override.is_force_add() or key.startswith("hydra") or "/" in key:
+            return None
+        if isinstance(override.value(), dict):  # merged into the mapping there: what the template's left would stay
             return None
         if key in groups:
             choices.append(override.input_line)
@@ -366,25 +419,101 @@ def plain_signature(master_config: DictConfig, overrides: list[Override]) -> tup
     return tuple(sorted(choices)), tuple(keys)
 
 
-def derive_sweep_config(template: bytes, parsed: list[Override], choices: set[str] | None = None) -> DictConfig:
+def derive_sweep_config(template: bytes, parsed: list[Override], choices: set[str] | None = None,
+                        template_lines: tuple[str, ...] = ()) -> DictConfig:
     """The pickled `template` config with `parsed` overrides (the same keys and group choices, other values)
     applied as Hydra's _load_configuration_impl applies them: the values, and where the template
     has Hydra's node, the job's task overrides and its override_dirname (the job folder's name).
-    A template without Hydra's node (job_config's) is given the group `choices` of its job.
+    A template without Hydra's node (job_config's) is given the group `choices` of its job. An
+    override the template's overrides (`template_lines`) hold as well is there already (changed).
     tests/test_population.py checks the result against Hydra's own composition."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
     config = pickle.loads(template)
     choices = set(config.hydra.runtime.choices) if choices is None else choices
-    ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.key_or_group not in choices], config)
+    ConfigLoaderImpl._apply_overrides_to_config([o for o in changed(parsed, template_lines) if o.key_or_group not in choices], config)
     if "hydra" not in config:
         return config
     with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.overrides.task = [o.input_line for o in parsed]
+        lines, task = [o.input_line for o in parsed], config.hydra.overrides.task
+        if len(task) == len(lines):  # the template's list, its entries that differ set
+            for index, line in enumerate(lines):
+                if task[index] != line:
+                    task[index] = line
+        else:
+            config.hydra.overrides.task = lines
         naming = config.hydra.job.config.override_dirname
         config.hydra.job.override_dirname = get_overrides_dirname(
             overrides=parsed, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
     return config
+
+
+def changed(parsed: list[Override], template_lines: tuple[str, ...]) -> list[Override]:
+    """The overrides a job derived from a template must apply: those whose text the template's
+    overrides do not hold (a sweep's constants are set there already). All of them where a key
+    comes twice or lies under another (a.b, a.b.c): their order then matters."""
+    keys = [o.key_or_group for o in parsed]
+    if len(set(keys)) < len(keys) or any(key.startswith(other + ".") for key in keys for other in keys):
+        return parsed
+    there = set(template_lines)
+    return [o for o in parsed if o.input_line not in there]
+
+
+def interpolation_paths(cfg: Container) -> list[tuple[Any, ...]]:
+    """The places of cfg's interpolations (`${...}` values, in mappings and lists at any depth), in
+    the order OmegaConf.resolve meets them: ("trainer", "default_root_dir")."""
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(node: Container, above: tuple[Any, ...]) -> None:
+        for key in node.keys() if isinstance(node, DictConfig) else range(len(node)):
+            child = node._get_node(key)
+            if child._is_interpolation():
+                paths.append((*above, key))
+            elif isinstance(child, Container) and not (child._is_none() or child._is_missing()):
+                walk(child, (*above, key))
+
+    walk(cfg, ())
+    return paths
+
+
+def resolve_at(cfg: Container, paths: list[tuple[Any, ...]]) -> None:
+    """OmegaConf.resolve(cfg) for a config whose interpolations are all at (or under) `paths`: each
+    is resolved in place by OmegaConf's own step of resolve (_resolve_container_value), the rest
+    of the config left as it is, resolved already or plain. A path the config does not hold (an
+    override that replaced a mapping) resolves the whole config. tests/test_population.py checks
+    the result against OmegaConf.resolve."""
+    from omegaconf._impl import _resolve_container_value
+
+    try:
+        for path in paths:
+            parent = cfg
+            for key in path[:-1]:
+                parent = parent._get_node(key)
+            if parent._get_node(path[-1]) is None:  # not `in`, which resolves the value
+                raise KeyError(path)
+            _resolve_container_value(parent, path[-1])
+    except Exception:  # resolving is idempotent: what was resolved above stays resolved
+        OmegaConf.resolve(cfg)
+
+
+@contextlib.contextmanager
+def interpolations_parsed_once() -> Iterator[None]:
+    """OmegaConf's parse of an interpolation (`${hydra:runtime.output_dir}`, a sweep's job folder)
+    kept per text while jobs are composed and started: every job resolves the same few texts, and
+    ANTLR's Python parser takes 0.1-0.4 ms for each, each time (omegaconf.base calls
+    grammar_parser.parse for every resolution). The parse tree is only read by OmegaConf's
+    visitor, so one tree serves every resolution of its text. Re-entrant."""
+    import omegaconf.base
+
+    original = omegaconf.base.parse
+    if getattr(original, "cache_info", None) is not None:  # already inside
+        yield
+        return
+    omegaconf.base.parse = functools.lru_cache(maxsize=4096)(original)
+    try:
+        yield
+    finally:
+        omegaconf.base.parse = original
 
 
 def job_config(config: DictConfig) -> DictConfig:
@@ -397,6 +526,30 @@ def job_config(config: DictConfig) -> DictConfig:
     task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     OmegaConf.set_struct(task_cfg, OmegaConf.is_struct(config))
     return task_cfg
+
+
+def alike_jobs(configs: list[DictConfig], task_cfgs: list[DictConfig]) -> list[int | None]:
+    """For grouping.plan: each job's first earlier job of its derivation group when, of the keys
+    their overrides set, those that differ are member settings (they differ in nothing else), else None."""
+    from descend.configtext import plain_value
+    from descend.population.grouping import member_setting
+
+    def differs(key: str, a: DictConfig, b: DictConfig) -> bool:
+        try:
+            one, other = plain_value(a, key), plain_value(b, key)
+        except Exception:  # a key OmegaConf cannot select as written (a[0])
+            return True
+        return type(one) is not type(other) or one != other
+
+    first: dict[tuple[Any, ...], int] = {}
+    alike: list[int | None] = []
+    for index, config in enumerate(configs):
+        derived = derivation(config)
+        earlier = first.setdefault(derived.group, index) if derived is not None else index
+        alike.append(earlier if earlier != index and all(member_setting(key, task_cfgs[earlier], task_cfgs[index])
+                                                         for key in derived.keys
+                                                         if differs(key, task_cfgs[earlier], task_cfgs[index])) else None)
+    return alike
 
 
 def describe(numbers: list[int]) -> str:
