@@ -204,6 +204,26 @@ def made_once(made: dict[Any, Any], key: Any, make: Callable[[], Any], generator
     return copy.deepcopy(template)
 
 
+def seed_everything(seed: int, made: dict[Any, Any] | None = None) -> None:
+    """Lightning's seed_everything(seed, workers=True, verbose=False). With `made` (a population's
+    members, seeded one after another), a seed equal to the last one given leaves the generators
+    as that seeding left them instead of seeding again: torch.manual_seed formats the Python
+    stack for each backend not started (CUDA, XPU, MTIA: their lazy seed queues, which then hold
+    this same seed), about 1.5 ms a member."""
+    import os
+
+    import lightning.pytorch as pl
+
+    last = made.get("seeded") if made is not None else None
+    if last is not None and type(seed) is int and last[0] == seed:
+        set_generator_states(last[1])
+        os.environ["PL_GLOBAL_SEED"], os.environ["PL_SEED_WORKERS"] = str(seed), "1"  # as seed_everything sets them
+        return
+    pl.seed_everything(seed, workers=True, verbose=False)
+    if made is not None:
+        made["seeded"] = (seed, generator_states())
+
+
 def generator_states() -> tuple[Any, ...]:
     """The global generators a task's making draws from: torch's, numpy's and Python's."""
     import random

@@ -55,16 +55,21 @@ class ImageLogger(pl.Callback):
             logger.log_images(images, step)
         self._spent += time.perf_counter() - start
 
-    def _within_budget(self) -> bool:
+    def _within_budget(self, pl_module: pl.LightningModule) -> bool:
         elapsed = time.perf_counter() - self._started
-        return self.max_share is None or self._spent <= self.max_share * elapsed
+        return self.max_share is None or self._spent + self._expected(pl_module) <= self.max_share * elapsed
+
+    def _expected(self, pl_module: pl.LightningModule) -> float:
+        """What the next pictures are expected to cost, in seconds, beyond what was spent: a run's
+        one picture is drawn while the budget lasts (its cost is about that of the last)."""
+        return 0.0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started, self._spent = time.perf_counter(), 0.0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         # before the update, as the seed notebook prints W·M at t % 20 == 0
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and self._within_budget():
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and self._within_budget(pl_module):
             self._log(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -133,25 +133,35 @@ class PopulationImages(ImageLogger):
     """ImageLogger's schedule and time budget, drawing every running member's pictures into its
     own TensorBoard run."""
 
+    _per_member = 0.0  # seconds a member's pictures took to draw, the last time
+
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int | None = None) -> None:
         start = time.perf_counter()
         drawn: dict[bytes, Any] = {}  # members at equal parameters draw one picture (a sweep's start)
-        for index in pl_module.active:
-            self.draw(pl_module.members[index], trainer.global_step if step is None else step, drawn)
-        self._spent += time.perf_counter() - start
+        drawings = sum(self.draw(pl_module.members[index], trainer.global_step if step is None else step, drawn)
+                       for index in pl_module.active)
+        spent = time.perf_counter() - start
+        self._spent += spent
+        self._per_member = spent / max(drawings, 1)
+
+    def _expected(self, pl_module: pl.LightningModule) -> float:
+        """A drawing of every member's pictures, which would not fit the budget it starts within:
+        at 1024 members one costs about a second, the budget of 50 s of training at 2%."""
+        return self._per_member * len(pl_module.active)
 
     @staticmethod
-    def draw(member: Any, step: int, drawn: dict[bytes, Any] | None = None) -> None:
+    def draw(member: Any, step: int, drawn: dict[bytes, Any] | None = None) -> bool:
         """Member's pictures at `step` into its own loggers (a diverged member's last, as its run's
         ImageLogger.on_exception). With `drawn`, a member whose parameters equal an earlier one's
         (picture_key) takes that one's pictures and encoded summaries instead of drawing them again:
         the members of a learning-rate sweep start alike, and drawing and encoding a picture takes
-        as long as a hundred of their steps."""
+        as long as a hundred of their steps. Returns whether it drew (False: it took another's)."""
         from descend.callbacks.images import add_summary, picture_loggers, png_summary
         from descend.dashboard import tensorboard_loggers
 
         key = picture_key(member.task) if drawn is not None else None
-        if key is None or key not in drawn:
+        new = key is None or key not in drawn
+        if new:
             images = member.task.images()
             summaries = [png_summary(f"images/{tag}", picture) for tag, picture in images.items()]
             if key is not None:
@@ -163,6 +173,7 @@ class PopulationImages(ImageLogger):
                 add_summary(logger.experiment, summary, step)
         for logger in picture_loggers(member.loggers):
             logger.log_images(images, step)
+        return new
 
 
 # past this many parameter values a picture key would cost what it saves (members.GRAIN_SIZE's order)

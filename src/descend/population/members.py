@@ -71,14 +71,12 @@ class Member:
         """The job's task with its initial values (its seed), optimiser, scheduler, loggers and
         callbacks. A bad config is this member's failure, in one line, as for a single run.
         `made`: the tasks made for the members before it (build.new_task)."""
-        import lightning.pytorch as pl
-
-        from descend.build import build_task, instantiate, validate
+        from descend.build import build_task, instantiate, seed_everything, validate
 
         with self.logging():
             try:
                 validate(self.cfg)
-                pl.seed_everything(self.cfg.seed, workers=True, verbose=False)
+                seed_everything(self.cfg.seed, made)
                 self.task = build_task(self.cfg, made)
                 self.rng = torch.get_rng_state()  # as its own run holds it when training starts
                 config = self.task.configure_optimizers()
