@@ -61,3 +61,33 @@ def test_a_disk_that_fills_during_training_is_one_line_naming_the_file(tmp_path)
         assert not list(disk.rglob("*.partial"))
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_at_a_population_members_solution_is_its_own_one_line_error(tmp_path, monkeypatch, capsys):
+    """A population writes its members' results from writer threads (results.writes_in_background):
+    a file that cannot be written is still its member's error, in one line naming the file, in its
+    metrics.json, with no partial file left; the other members' results are whole."""
+    import os
+
+    replace = os.replace
+
+    def full(source, target):
+        if str(target).endswith("solution.pt") and "lr=0.2" in str(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full)
+    sweep = tmp_path / "sweep"
+    code, stderr = run_in_process(monkeypatch, capsys, "-m", "hydra/launcher=population", f"hydra.sweep.dir={sweep}",
+                                  "optimizer.lr=0.1,0.2,0.3", "trainer.max_steps=30", *QUIET)
+    assert "Traceback" not in stderr  # (its status stays a single run's: completed, with the error)
+    failed, *others = [d for d in sorted(sweep.iterdir()) if d.is_dir() and "lr=0.2" in d.name] + \
+                      [d for d in sorted(sweep.iterdir()) if d.is_dir() and "lr=0.2" not in d.name]
+    (line,) = [x for x in stderr.splitlines() if x.startswith("error: cannot write")]
+    assert f"cannot write {failed / 'solution.pt'}: No space left on device; free space on that disk" in line
+    assert "No space left" in metrics(failed)["error"] and not (failed / "solution.pt").exists()
+    assert not list(sweep.rglob("*.partial"))
+    assert len(others) == 2
+    for job in others:
+        assert metrics(job)["status"] == "completed" and metrics(job)["error"] is None
+        assert (job / "solution.pt").is_file() and (job / "solution.npz").is_file() and (job / "checkpoints" / "last.ckpt").is_file()

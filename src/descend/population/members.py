@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from descend import lightning_internals
 from descend.errors import UserError
-from descend.results import new_record, record_failure, record_interrupt, record_stop
+from descend.results import new_record, record_failure, record_interrupt, record_stop, writes_in_background
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +222,20 @@ class Member:
             self._log_file.setFormatter(logging.Formatter(LOG_FORMAT))
         return self._log_file
 
+    def write_failed(self, error: OSError) -> None:
+        """A file of its results could not be written (finish's, written in the background): its
+        record says which and the fix, as a single run's does, if metrics.json can still be written."""
+        import sys
+
+        from descend.results import public, write_error_line, write_metrics
+
+        line = write_error_line(error, self.run_dir)
+        self.record.update(error=self.record.get("error") or line, user_error=True)
+        self.return_value = float("inf")
+        print(f"error: {line}", file=sys.stderr)
+        with contextlib.suppress(OSError):  # else metrics.json keeps what it said, or is missing
+            write_metrics(self.run_dir, public(self.record))
+
     def finish(self, trainer: Any, wall_time_s: float) -> float:
         """metrics.json, the solution, TensorBoard's final entries and the console report, as
         cli.train writes them; returns what the job returns to Hydra (its final loss, inf unless
@@ -417,6 +431,11 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
     for member in members:
         member.running = False
     wall_time_s = round(time.perf_counter() - started, 4)
+    with writes_in_background() as writes:  # solutions and records written by threads while the next member's are made
+        for member in members:
+            member.return_value = member.finish(trainer, wall_time_s)
     for member in members:
-        member.return_value = member.finish(trainer, wall_time_s)
+        error = writes.failed(member.run_dir)
+        if error is not None:
+            member.write_failed(error)
     return stopped
