@@ -363,3 +363,25 @@ def test_momentum_of_one_or_more_converges_at_no_lr(tmp_path):
     assert "warning: optimizer.momentum=1.5 is 1 or more" in proc.stdout and "take a momentum below 1" in proc.stdout
     assert "optimizer.momentum=1.5 is 1 or more, where heavy-ball momentum converges at no learning rate" in proc.stderr
     assert "lower it below lr_limit" not in proc.stderr
+
+
+def test_a_populations_predictions_are_each_members_own_bit_for_bit():
+    """theory.excess_losses (every member's plain-SGD prediction, a term at a time for all) gives
+    each member's own Spectrum.excess_loss exactly, diverging learning rates (inf) included, and
+    falls back to member by member where the members differ in their start."""
+    import random
+
+    from descend.theory import RunTheory, SGDStep, Spectrum, excess_losses
+
+    generator = random.Random(5)
+    spectrum = Spectrum(torch.tensor([1.0, 4.0, 9.0, 16.0], dtype=torch.float64), torch.tensor([0.3, 1e-3, 2.0, 0.7], dtype=torch.float64))
+    lrs = [generator.uniform(0.001, 0.2) for _ in range(50)] + [0.125, 0.2, 0.13]  # 0.13 > 2/16: diverges
+    theories = []
+    for lr in lrs:
+        member = RunTheory(Spectrum(spectrum.eigenvalues.clone(), spectrum.energies.clone()), 0, None)
+        member.settings = SGDStep(lr)
+        theories.append(member)
+    for step in (0, 1, 7, 100, 2000, 10**5):
+        assert excess_losses(theories, step) == [t.excess_loss(step) for t in theories]
+    theories[3].start = 10  # a resumed member
+    assert excess_losses(theories, 500) == [t.excess_loss(500) for t in theories]

@@ -19,7 +19,7 @@ import os
 import time
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 # final metrics in the order HPARAMS shows them (the first five by default); the rest follow in
 # the order the run recorded them

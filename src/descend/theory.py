@@ -18,6 +18,7 @@ linear too: see LinearPrediction and the comment above SGDStep.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,7 @@ class Spectrum:
         # every member of a population), and torch's per-op cost is most of it on a few numbers
         self._terms = list(zip(self.eigenvalues.tolist(), self.energies.tolist()))
         self._per_lr: dict[float, list[tuple[float, float, float]]] = {}
+        self._columns: dict[tuple[float, ...], list[list[float]]] = {}  # excess_losses' bases, by the members' lrs
 
     def excess_loss(self, lr: float, steps: int) -> float:
         """The loss above the optimum after `steps` plain gradient-descent steps from the start."""
@@ -399,3 +401,27 @@ class RunTheory:
                     f"plain gradient descent diverges on this task; take an lr below it (fastest: {self.spectrum.lr_optimal:.4g})")
         return (f"warning: optimizer.lr={lr:g} is above lr_limit = {self.summary['lr_limit']:.4g} ({self.formula}) for "
                 f"{self.settings.describe()}: it diverges on this task; take an lr below it")
+
+
+def excess_losses(theories: list[RunTheory], step: int) -> list[float]:
+    """[theory.excess_loss(step) for theory in theories] (a population's members), bit for bit:
+    where all take the plain-SGD closed form from one start over equal spectra (a learning-rate
+    sweep), its terms are computed a term at a time for every member together, by the same
+    floating-point operations in the same order as Spectrum.excess_loss."""
+    first = theories[0]
+    if not all(t.prediction is None and t.start == first.start and t.spectrum._terms == first.spectrum._terms for t in theories):
+        return [t.excess_loss(step) for t in theories]
+    steps = step - first.start
+    lrs = tuple(t.settings.lr for t in theories)
+    cache = first.spectrum._columns
+    bases = cache.get(lrs)
+    if bases is None:  # (1 - lr·λ)² of every member, a list per term, as Spectrum.excess_loss computes it
+        cache.clear()  # one population at a time: its learning rates as they stand
+        bases = cache[lrs] = [[(1 - lr * value) ** 2 for lr in lrs] for value, _ in first.spectrum._terms]
+    try:
+        total: list[float] = [0] * len(lrs)  # type: ignore[list-item]  - sum() starts from the int 0 too
+        for (value, energy), column in zip(first.spectrum._terms, bases):
+            total = list(map(operator.add, total, [value * base**steps * energy for base in column]))
+    except OverflowError:  # a diverging member: infinite, as Spectrum.excess_loss gives it
+        return [t.excess_loss(step) for t in theories]
+    return [0.5 * value for value in total]

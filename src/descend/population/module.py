@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from descend import lightning_internals, stepping, stopping
+from descend import lightning_internals, stepping, stopping, theory
 from descend.population.optimizers import VectorisedOptimizer
 from descend.records import ScalarRecords
 
@@ -67,6 +67,7 @@ class Population(pl.LightningModule):
         self.guards: Any = None  # events.MemberGuards, where the guards check every step on the host
         self._vmapped: dict[tuple[str, tuple[bool, ...]], Any] = {}  # per_member's batched methods
         self._records: dict[tuple[str, ...], ScalarRecords] = {}  # record_rows' encoders, by the names logged
+        self._names: tuple[Any, tuple[str, ...] | None] = (None, None)  # record_rows' names, for its members
         self.stop_signal: int | None = None  # a signal stops every member after this batch (stopping.py)
 
     # ---- the members' parameters as views of ours ----
@@ -245,7 +246,10 @@ class Population(pl.LightningModule):
         alone reads its rows (records.py), else as a stepping.Row. False where the members are not
         alike, for the member-by-member path."""
         members = [self.members[i] for i in active]
-        names = self._row_names(members, distances)
+        key = (len(self.members), tuple(active), tuple(distances))  # the names stay while the members do
+        if self._names[0] != key:
+            self._names = (key, self._row_names(members, distances))
+        names = self._names[1]
         if names is None:
             return False
         rows = torch.tensor(active) if len(active) < len(self.members) else None
@@ -254,7 +258,7 @@ class Population(pl.LightningModule):
 
         columns = [column(loss), *(column(v) for v in distances.values())]
         if "theory/excess_loss" in names:
-            columns.append([m.task.theory.excess_loss(step) for m in members])
+            columns.append(theory.excess_losses([m.task.theory for m in members], step))
         columns.append([float(m.optimizer.param_groups[0]["lr"]) for m in members])
         columns.append(column(norms))
         named = dict(zip(names, columns))
