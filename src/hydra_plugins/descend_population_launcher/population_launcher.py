@@ -30,6 +30,7 @@ from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, fi
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from descend.population.pbt import PBTConf
 from descend.population.pruning import PrunerConf
@@ -249,8 +250,8 @@ class PopulationLauncher(Launcher):
             try:
                 texts = (task_text.text({tuple(key.split(".")): plain_value(task_cfg, key) for key in derived.keys}),
                          hydra_text.text({("hydra", *key.split(".")): plain_value(config.hydra, key) for key in PER_JOB_HYDRA_KEYS}))
-            except Exception:  # a key OmegaConf cannot select as written (a[0]): the whole text, below
-                texts = None
+            except (OmegaConfBaseException, AttributeError, KeyError):  # a key OmegaConf cannot select as written
+                texts = None                                                # (a[0]): the whole text, below
         files = {name: text if text is not None else to_yaml(node, keys=keys)
                  for name, text, node, keys in (("config.yaml", texts and texts[0], task_cfg, None),
                                                 ("hydra.yaml", texts and texts[1], config, ["hydra"]),
@@ -537,7 +538,7 @@ def alike_jobs(configs: list[DictConfig], task_cfgs: list[DictConfig]) -> list[i
     def differs(key: str, a: DictConfig, b: DictConfig) -> bool:
         try:
             one, other = plain_value(a, key), plain_value(b, key)
-        except Exception:  # a key OmegaConf cannot select as written (a[0])
+        except (OmegaConfBaseException, AttributeError, KeyError):  # a key OmegaConf cannot select as written (a[0])
             return True
         return type(one) is not type(other) or one != other
 
