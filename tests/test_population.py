@@ -468,3 +468,33 @@ def test_the_vectorised_update_is_each_members_torch_optimiser(kind, settings, d
             value = torch.as_tensor(value, dtype=dtype)
             scale = max(rel, 1e-6) * float(value.abs().max())
             assert torch.allclose(torch.as_tensor(mine["state"][0][key], dtype=dtype), value, rtol=max(rel, 1e-6), atol=scale), key
+
+
+def test_members_loggers_and_checkpoints_made_alike_are_hydras_own():
+    """build.instantiate_alike (a member's logger and checkpoint from the partial Hydra made for the
+    first member, called with the member's own folder) makes the objects instantiate makes: the
+    same type and the same attributes, but for the checkpoint's clock at its making."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra_plugins.descend_population_launcher.population_launcher import job_config
+    from omegaconf import OmegaConf
+
+    from descend.build import instantiate, instantiate_alike
+    from descend.prechecks import config_dir
+
+    made: dict = {}
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        for number, lr in enumerate((0.1, 0.2, 0.46)):
+            cfg = compose("train", [f"optimizer.lr={lr}"], return_hydra_config=True)
+            cfg.hydra.runtime.output_dir = f"/tmp/descend-alike/{number}"
+            HydraConfig.instance().set_config(cfg)
+            job = job_config(cfg)
+            OmegaConf.resolve(job)
+            for key, node in (("logger.tensorboard", job.logger.tensorboard), ("callbacks.checkpoint", job.callbacks.checkpoint)):
+                theirs, ours = instantiate(node, key), instantiate_alike(node, key, made)
+                assert type(ours) is type(theirs)
+                mine, expected = vars(ours), vars(theirs)
+                assert mine.keys() == expected.keys()
+                differ = [k for k in expected if repr(mine[k]) != repr(expected[k])]
+                assert differ in ([], ["_last_saved_at"]), (key, differ)
+            assert str(ours.dirpath).startswith(f"/tmp/descend-alike/{number}")

@@ -71,7 +71,7 @@ class Member:
         """The job's task with its initial values (its seed), optimiser, scheduler, loggers and
         callbacks. A bad config is this member's failure, in one line, as for a single run.
         `made`: the tasks made for the members before it (build.new_task)."""
-        from descend.build import build_task, instantiate, seed_everything, validate
+        from descend.build import build_task, instantiate, instantiate_alike, seed_everything, validate
 
         with self.logging():
             try:
@@ -90,7 +90,9 @@ class Member:
                 self.callbacks.append(self.sessions())
                 if self.resume_from is not None:
                     self.restore(torch.load(self.resume_from, map_location="cpu", weights_only=False))
-                self.loggers = [instantiate(node, f"logger.{name}", **self.logger_resume(node)) for name, node in (self.cfg.get("logger") or {}).items() if node]
+                self.loggers = [instantiate_alike(node, f"logger.{name}", made, **self.logger_resume(node)) if made is not None
+                                else instantiate(node, f"logger.{name}", **self.logger_resume(node))
+                                for name, node in (self.cfg.get("logger") or {}).items() if node]
                 self.task.own_loggers = self.loggers
                 self.running = True
             except UserError as error:
@@ -102,11 +104,13 @@ class Member:
         """callbacks.<name> made for this member. Members with equal settings copy one made callback
         (build.made_once); one whose settings name this member's folder (the checkpoint's dirpath)
         is its own, made without keeping a copy no other member could take."""
-        from descend.build import instantiate, made_once
+        from descend.build import instantiate, instantiate_alike, made_once
 
         settings = repr(node)
-        if made is None or str(self.run_dir) in settings:
+        if made is None:
             return instantiate(node, f"callbacks.{name}")
+        if str(self.run_dir) in settings:
+            return instantiate_alike(node, f"callbacks.{name}", made)
         return made_once(made, ("callback", name, settings), lambda: instantiate(node, f"callbacks.{name}"))
 
     def restore(self, checkpoint: dict[str, Any]) -> None:
