@@ -21,21 +21,19 @@ class PopulationCheckpoint(Checkpoint):
     at the end), writing each running member's checkpoints/last.ckpt as its own run would."""
 
     def _save(self, trainer: pl.Trainer) -> None:
-        from descend.results import writes_in_background
-
         population = trainer.lightning_module
         base = lightning_internals.dump_checkpoint(trainer)
         stepping.read_back([population.members[index].task.metric_buffer for index in population.active])
-        with writes_in_background() as writes:  # the files are created by threads while the next member's is made
-            for index in population.active:
-                member = population.members[index]
-                # the curve up to this step on disk first (see Checkpoint._save)
-                member.task.metric_buffer.flush(member.loggers)
-                for logger in member.loggers:
-                    logger.save()
-                member.save_checkpoint(base, population.updater.load_into(index), trainer.global_step)
-        if writes.failures:  # as a checkpoint written in place would have raised it
-            raise next(iter(writes.failures.values()))
+        # one member after another, in order, in this thread: a kill between two members' files leaves
+        # the earlier members at this step and the later ones at the last (writer threads finished them
+        # out of order, and a resumed sweep then found members at steps it did not expect)
+        for index in population.active:
+            member = population.members[index]
+            # the curve up to this step on disk first (see Checkpoint._save)
+            member.task.metric_buffer.flush(member.loggers)
+            for logger in member.loggers:
+                logger.save()
+            member.save_checkpoint(base, population.updater.load_into(index), trainer.global_step)
         self._last_saved_at = self._last_time_checked = time.monotonic()
         self._last_global_step_saved = trainer.global_step
 
