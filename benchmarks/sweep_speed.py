@@ -5,7 +5,16 @@ as a user runs them: `python -m train ...` processes, back to back on this machi
 
 Prints, for each case, one run's seconds, the sweep's seconds and their ratio, and each process's
 peak resident memory (the OS's ru_maxrss of that child). The two alternate, `--repeats` times, and
-each keeps its best: this machine's speed drifts from run to run. Targets (issues 9 and 21):
+each keeps its best: this machine's speed drifts from run to run.
+
+Every process writes into a fresh folder of its own, and all of them are removed only at the end: on
+ext4 without a journal (this VM's disk), the kernel skips recently deleted inodes while it allocates
+new ones (fs/ext4/ialloc.c, recently_deleted: for 5 s, or 5 min while their inode table block is
+dirty), so creating a file right after some thousands were deleted costs up to ~1 ms instead of
+~20 us. A sweep removed before the next one is timed would charge that to the next one; a user's
+sweep does not follow a mass deletion of its own making. Runs soon after another large deletion
+(a previous invocation's clean-up, the test suite) are still slowed: leave this machine a few
+minutes after one. Targets (issues 9 and 21):
 16 inverse learning rates ≤ 1.5x one run, 64 and 256 ≤ 2x, 1024 ≤ 4x, 8 mlp learning rates ≤ 2x. --basic also times
 the same 16-job sweep with Hydra's basic launcher (one job after another), the ratio it replaces.
 """
@@ -22,24 +31,27 @@ import time
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 
 
+KEPT = tempfile.TemporaryDirectory(prefix="sweep_speed-")  # every run's folder, removed at exit (see above)
+
+
 def seconds(*overrides: str, quiet: bool = False) -> tuple[float, float]:
-    """Wall time and peak resident memory (MB) of one `python -m train` process, in a fresh folder;
-    fails loudly if it fails."""
-    with tempfile.TemporaryDirectory() as folder:
-        out, err = (open(os.path.join(folder, name), "w+") for name in ("stdout", "stderr"))
-        started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "train", *overrides, *QUIET], cwd=folder, stdout=out, stderr=err, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
-        elapsed = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read(), err.read()
-        out.close(), err.close()
-        if proc.returncode != 0:
-            raise SystemExit(f"python -m train {' '.join(overrides)} exited {proc.returncode}:\n{stderr[-2000:]}")
-        if "-m" in overrides and not quiet:
-            together = [line for line in stdout.splitlines() if line.startswith("population:")]
-            print("    " + "\n    ".join(together or ["(no population line: every job ran alone)"]))
+    """Wall time and peak resident memory (MB) of one `python -m train` process, in a fresh folder
+    kept until the end; fails loudly if it fails."""
+    folder = tempfile.mkdtemp(dir=KEPT.name)
+    out, err = (open(os.path.join(folder, name), "w+") for name in ("stdout", "stderr"))
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "train", *overrides, *QUIET], cwd=folder, stdout=out, stderr=err, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0), err.seek(0)
+    stdout, stderr = out.read(), err.read()
+    out.close(), err.close()
+    if proc.returncode != 0:
+        raise SystemExit(f"python -m train {' '.join(overrides)} exited {proc.returncode}:\n{stderr[-2000:]}")
+    if "-m" in overrides and not quiet:
+        together = [line for line in stdout.splitlines() if line.startswith("population:")]
+        print("    " + "\n    ".join(together or ["(no population line: every job ran alone)"]))
     return elapsed, usage.ru_maxrss / 1024  # kilobytes on Linux
 
 

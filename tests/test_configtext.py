@@ -55,8 +55,9 @@ def test_composed_configs_match_omegaconf_while_values_change(overrides: list[st
 
 
 def test_numbers_and_folders_are_written_as_pyyaml_writes_them() -> None:
-    """An int, float or plain absolute path entry is `key: 0`'s text with PyYAML's text of the
-    value in place of the 0 (configtext._scalar_text): PyYAML's own rendering, for any such value and any key."""
+    """An int, float, plain absolute path, `key=value` setting or string of digits is `key: 0`'s
+    text with PyYAML's text of the value in place of the 0 (configtext._scalar_text): PyYAML's own
+    rendering (OmegaConf's dumper), for any such value and any key."""
     rng = random.Random(21)
     numbers = [0, 1, -7, 10**30, -(10**30), 0.0, -0.0, 1.0, 0.46, 1e-05, 1e17, 1.5e300, 5e-324, float("inf"), float("-inf"),
                float("nan"), 0.1 + 0.2, 123456789.0, 1e16, 1e15]
@@ -65,16 +66,38 @@ def test_numbers_and_folders_are_written_as_pyyaml_writes_them() -> None:
     numbers += ["/", "/tmp/multirun/2026-11-30/12-00-00/3", "/" + "long/" * 30]
     numbers += ["/" + "/".join(rng.choice(["tmp", "a=b", "x.y", "2026-11-30", "12-00-00", "_", "-"]) for _ in range(rng.randint(0, 8)))
                 for _ in range(50)]
+    parts = ["optimizer", "lr", "0.1", "1e-05", "-3", "+x", "a_b", "true", "null", "nan", "inf", "0x1F", "2026-11-30", "/tmp", ",", "="]
+    numbers += ["a=", "x=y", "seed=3", "optimizer.lr=0.46", "a=1,b=2", "t=true", "n=null", "v=.inf", "k==", "f=1e5", "Yes=No"]
+    numbers += [rng.choice("abcxyzNOT_") + "".join(rng.choice(parts) for _ in range(rng.randint(0, 4))) + "="
+                + "".join(rng.choice(parts) for _ in range(rng.randint(0, 4))) for _ in range(100)]
+    numbers += ["0", "7", "12", "007", "1023", "9" * 40]
+    numbers = [n for n in numbers if not isinstance(n, str) or configtext._SCALAR_STRING.match(n)]
+    assert len([n for n in numbers if isinstance(n, str)]) > 150  # the short way is tried on these
     keys = ["lr", "x" * 150, "with space", "1", "true", "k:v", "ünï", "_target_", 3, "a" * 75]
     for above in [(), ("optimizer",), ("hydra", "job"), ("y" * 90, "z")]:
         for key in keys:
             for number in numbers:
                 assert configtext._entry_text(above, key, number) == configtext._render(above, key, number), (above, key, number)
-    assert configtext._ENTRIES[("number", ("optimizer",), "lr")] == "  lr: "  # the short way was taken
+    assert configtext._ENTRIES[("scalar", ("optimizer",), "lr")] == "  lr: "  # the short way was taken
+
+
+def test_overrides_lists_are_written_as_pyyaml_writes_them() -> None:
+    """A job's overrides (a list of `key=value` settings) under any key, and as a whole file
+    (overrides.yaml), without PyYAML's emitter (configtext._settings_text): its own rendering."""
+    rng = random.Random(7)
+    lists = [["optimizer.lr=0.1"], ["optimizer.lr=0.1", "seed=2", "hydra/launcher=population"], ["a=1,2", "b=[0.8,0.9]"],
+             [f"x{i}=" + str(rng.random()) for i in range(rng.randint(1, 30))], ["task=mlp", "optimizer=adam", "n=null"]]
+    for above in [(), ("hydra", "overrides"), ("y" * 90, "z")]:
+        for key in ["task", "x" * 150, "with space", 3]:
+            for value in lists:
+                assert configtext._entry_text(above, key, value) == configtext._render(above, key, value), (above, key, value)
+    assert configtext._ENTRIES[("settings", ("hydra", "overrides"), "task")] is not None  # the short way was taken
+    for data in lists:
+        assert configtext.to_yaml(OmegaConf.create(data)) == OmegaConf.to_yaml(OmegaConf.create(data))
 
 
 def test_lists_and_scalars_are_written_whole() -> None:
-    for data in (["optimizer.lr=0.1", "seed=2"], [], {}):
+    for data in (["optimizer.lr=0.1", "seed=2"], ["a b", "c=d"], [], {}):
         assert configtext.to_yaml(OmegaConf.create(data)) == OmegaConf.to_yaml(OmegaConf.create(data))
 
 

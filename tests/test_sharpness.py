@@ -3,6 +3,8 @@ Hessian, the logged curves and threshold, and a run's numbers unchanged with it 
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -109,3 +111,30 @@ def test_the_edge_of_stability_sweep_draws_each_jobs_sharpness_beside_2_over_lr(
         assert sorted(series) == [0, 10, 20, 30, 40, 50, 60]
         assert float(row[3]) == pytest.approx(series[60], rel=1e-3)  # the last sharpness, as logged
     assert (sweep / "sharpness.png").stat().st_size > 10_000
+
+
+def test_one_jobs_config_answers_for_a_sweep_only_where_callbacks_cannot_differ(tmp_path, monkeypatch):
+    """theory_plots.alike_callbacks: a summary reads one job's config for all only where the jobs'
+    overrides differ in dotted values outside `callbacks` (a learning-rate sweep); a group choice
+    or a callbacks override makes it read each job's own (here: one on, one off)."""
+    from descend.theory_plots import alike_callbacks, sharpness_curves
+
+    def rows(*overrides: str) -> list[dict]:
+        return [{"job": f"{i:02d}", "overrides": o} for i, o in enumerate(overrides)]
+
+    assert alike_callbacks(rows("optimizer.lr=0.1 seed=1", "optimizer.lr=0.2 seed=1")) is False  # seed: no dot
+    assert alike_callbacks(rows("optimizer.lr=0.1", "optimizer.lr=0.2 optimizer.momentum=0.9"))
+    for other in ("callbacks.sharpness.every_n_steps=0", "+callbacks.x.y=1", "task=mlp", "+experiment=edge_of_stability",
+                  "hydra/launcher=basic", "~callbacks.images"):
+        assert not alike_callbacks(rows("optimizer.lr=0.1", f"optimizer.lr=0.2 {other}")), other
+    # each job's own config where they may differ: job 00 measured sharpness and is read back, 01 not
+    for job, steps in (("00", 10), ("01", 0)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "config.yaml").write_text(f"callbacks:\n  sharpness:\n    every_n_steps: {steps}\n")
+    read: list[str] = []
+    monkeypatch.setattr("descend.api.load", lambda folder: read.append(folder.name) or types.SimpleNamespace(curves={}))
+    sharpness_curves(tmp_path, rows("callbacks.sharpness.every_n_steps=10", "callbacks.sharpness.every_n_steps=0"))
+    assert read == ["00"]
+    read.clear()  # alike (a learning-rate sweep): job 00's answer stands for both
+    sharpness_curves(tmp_path, rows("optimizer.lr=0.1", "optimizer.lr=0.2"))
+    assert read == ["00", "01"]

@@ -40,6 +40,8 @@ def to_yaml(cfg: Any, *, resolve: bool = False, keys: list[str] | None = None) -
 
 def yaml_text(data: Any) -> str:
     """OmegaConf.to_yaml's text of plain data (OmegaConf.to_container's), reusing entries' texts."""
+    if type(data) is list and data and all(type(item) is str and _PLAIN_SETTING.match(item) for item in data):
+        return "".join(f"- {item}\n" for item in data)  # overrides.yaml, as PyYAML writes a top-level list
     if not isinstance(data, dict) or not data:
         return _dump(data)
     if len(_ENTRIES) > _MOST_ENTRIES:
@@ -153,8 +155,10 @@ def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:
         own, parent = _header(above + (key,)), _header(above)  # not by the repr of the whole subtree
         if own is not None and parent is not None:
             return own[len(parent) :] + "".join(_entry_text(above + (key,), k, v) for k, v in value.items())
-    if type(value) in (int, float) or (type(value) is str and _PLAIN_PATH.match(value)):
-        return _scalar_text(above, key, value)  # not bool: a job's number, learning rate or folder, new in every job
+    if type(value) in (int, float) or (type(value) is str and _SCALAR_STRING.match(value)):
+        return _scalar_text(above, key, value)  # not bool: a job's number, learning rate, id, name or folder, new in every job
+    if type(value) is list and value and all(type(item) is str and _PLAIN_SETTING.match(item) for item in value):
+        return _settings_text(above, key, value)  # a job's overrides
     cache_key = (above, key, repr(value))  # repr tells 1 from 1.0, '1' and True
     text = _ENTRIES.get(cache_key)
     if text is None:
@@ -163,18 +167,25 @@ def _entry_text(above: tuple[Any, ...], key: Any, value: Any) -> str:
     return text
 
 
-# a string PyYAML writes plain (no quotes), as a number is: an absolute path of these characters
-# (no YAML indicator or implicit type starts with "/", and with no space the line is never folded)
-_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./=-]*\Z")
+# Strings whose text _scalar_text writes without PyYAML's emitter. None has a space (so no line is
+# ever folded), a quote, a colon or a "#"; in block style a comma or bracket inside a plain scalar
+# is allowed. _PLAIN_PATH and _PLAIN_SETTING are written plain, as a number is: no YAML indicator
+# or implicit type (bool, null, number, timestamp, "=") starts with "/", and none starting with a
+# letter holds a "=" (nor does Python's float() or int() read one, which OmegaConf's representer
+# would quote). _DIGITS (a job's id) is what OmegaConf's representer single-quotes, as int() reads it.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9_./=-]*\Z")  # a job's folder
+_PLAIN_SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_.,/+-]*=[A-Za-z0-9_.,/=+-]*\Z")  # `optimizer.lr=0.1`, override_dirname
+_DIGITS = re.compile(r"[0-9]+\Z")
+_SCALAR_STRING = re.compile(f"{_PLAIN_PATH.pattern}|{_PLAIN_SETTING.pattern}|{_DIGITS.pattern}")
 
 
 def _scalar_text(above: tuple[Any, ...], key: Any, value: int | float | str) -> str:
-    """_render(above, key, value) of an int, a float or a plain path (_PLAIN_PATH) without
-    PyYAML's emitter (0.1 ms an entry): the text of `key: 0` with the value in place of the 0, as
-    PyYAML's representer writes it (str() of an int, SafeRepresenter.represent_float's text of a
-    float, a plain string as it is). Such a value is a plain scalar without spaces, which the
-    emitter writes as it is, wherever the key puts it."""
-    cache_key = ("number", above, key)
+    """_render(above, key, value) of an int, a float or a _SCALAR_STRING without PyYAML's emitter
+    (0.1 ms an entry): the text of `key: 0` with the value in place of the 0, as PyYAML's
+    representer writes it (str() of an int, SafeRepresenter.represent_float's text of a float, a
+    plain string as it is, a string of digits in single quotes). Such a value is a scalar without
+    spaces, which the emitter writes as it is, wherever the key puts it."""
+    cache_key = ("scalar", above, key)
     prefix = _ENTRIES.get(cache_key)
     if prefix is None:
         sample = _render(above, key, 0)
@@ -182,8 +193,27 @@ def _scalar_text(above: tuple[Any, ...], key: Any, value: int | float | str) -> 
         _ENTRIES[cache_key] = prefix
     if not prefix:  # a key PyYAML does not write as `key: 0`: it renders the entry
         return _render(above, key, value)
-    text = value if type(value) is str else str(value) if type(value) is int else _representer().represent_float(value).value
+    if type(value) is str:
+        text = f"'{value}'" if _DIGITS.match(value) else value
+    else:
+        text = str(value) if type(value) is int else _representer().represent_float(value).value
     return f"{prefix}{text}\n"
+
+
+def _settings_text(above: tuple[Any, ...], key: Any, value: list[str]) -> str:
+    """_render(above, key, value) of a non-empty list of _PLAIN_SETTING strings (a job's overrides)
+    without PyYAML's emitter: each item on a line of its own, after the `- ` and the indent PyYAML
+    gives a list in that place, as the text of `key: [a=0]` shows them."""
+    cache_key = ("settings", above, key)
+    parts = _ENTRIES.get(cache_key)
+    if parts is None:
+        sample = _render(above, key, ["a=0"])
+        head, _, item = sample[: -len("a=0\n")].rpartition("\n") if sample.endswith("- a=0\n") else ("", "", "")
+        parts = _ENTRIES[cache_key] = (head + "\n", item) if item.strip() == "-" else None  # type: ignore[assignment]
+    if parts is None:  # not a block list in this place: PyYAML renders it
+        return _render(above, key, value)
+    head, item = parts
+    return head + "".join(f"{item}{setting}\n" for setting in value)
 
 
 @functools.cache

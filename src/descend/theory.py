@@ -26,7 +26,11 @@ import numpy as np
 import torch
 
 
-@dataclass
+# Spectrum.of's results by their inputs' bytes, the oldest dropped past 8
+_SPECTRA: dict[tuple[Any, ...], "Spectrum"] = {}
+
+
+@dataclass(eq=False)  # compared by identity: Spectrum.of shares one between equal inputs
 class Spectrum:
     eigenvalues: torch.Tensor  # of the Hessian block, float64, ascending
     energies: torch.Tensor  # the initial error's squared components along the eigenvectors, summed over rows
@@ -34,10 +38,20 @@ class Spectrum:
 
     @classmethod
     def of(cls, hessian_block: torch.Tensor, error_rows: torch.Tensor) -> "Spectrum":
-        """From a symmetric Hessian block (m×m) and the error at the start, rows of length m."""
-        values, vectors = torch.linalg.eigh(hessian_block.double().cpu())
-        components = error_rows.double().cpu().reshape(-1, len(values)) @ vectors
-        return cls(values, components.square().sum(0), vectors)
+        """From a symmetric Hessian block (m×m) and the error at the start, rows of length m.
+        Equal inputs give the same object (the last few kept): a learning-rate sweep's members
+        share one spectrum, so excess_losses tells they agree by identity, not term by term."""
+        hessian, error = hessian_block.double().cpu(), error_rows.double().cpu()
+        key = (tuple(hessian.shape), tuple(error.shape), hessian.numpy().tobytes(), error.numpy().tobytes())
+        spectrum = _SPECTRA.get(key)
+        if spectrum is None:
+            values, vectors = torch.linalg.eigh(hessian)
+            components = error.reshape(-1, len(values)) @ vectors
+            spectrum = cls(values, components.square().sum(0), vectors)
+            if len(_SPECTRA) >= 8:
+                _SPECTRA.pop(next(iter(_SPECTRA)))
+            _SPECTRA[key] = spectrum
+        return spectrum
 
     @property
     def smallest(self) -> float:
@@ -409,7 +423,9 @@ def excess_losses(theories: list[RunTheory], step: int) -> list[float]:
     sweep), its terms are computed a term at a time for every member together, by the same
     floating-point operations in the same order as Spectrum.excess_loss."""
     first = theories[0]
-    if not all(t.prediction is None and t.start == first.start and t.spectrum._terms == first.spectrum._terms for t in theories):
+    spectrum = first.spectrum
+    if not all(t.prediction is None and t.start == first.start and (t.spectrum is spectrum or t.spectrum._terms == spectrum._terms)
+               for t in theories):
         return [t.excess_loss(step) for t in theories]
     steps = step - first.start
     lrs = tuple(t.settings.lr for t in theories)

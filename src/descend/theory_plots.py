@@ -87,8 +87,9 @@ def sharpness_curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
     from descend.api import load
 
     curves = {}
+    measured = measured_sharpness(sweep_dir / rows[0]["job"]) if alike_callbacks(rows) else None
     for row in sorted(rows, key=lambda r: r["job"]):  # in job order: the colours follow the swept values
-        if measured_sharpness(sweep_dir / row["job"]):
+        if measured if measured is not None else measured_sharpness(sweep_dir / row["job"]):
             read = load(sweep_dir / row["job"]).curves
             if "curvature/sharpness" in read:
                 curves[row["job"]] = read
@@ -104,6 +105,20 @@ def sharpness_curves(sweep_dir: Path, rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {job} | {sharpness[0]:.4g} | {max(sharpness):.4g} | {sharpness[-1]:.4g} | {threshold:.4g} | "
                      f"{sharpness[-1] / threshold:.3f} |\n")
     return "".join(lines)
+
+
+def alike_callbacks(rows: list[dict[str, Any]]) -> bool:
+    """Whether the jobs' callbacks settings are the same for all: their overrides differ only in
+    values of dotted keys outside `callbacks` (multirun.job_rows keeps only the overrides that
+    differ), as a learning-rate sweep's do. No group choice (task=, +experiment=) among them,
+    which could set callbacks too. Then one job's config answers for all (a 1024-job summary read
+    1024 config.yaml files for it)."""
+    for row in rows:
+        for item in row["overrides"].split():
+            key = item.partition("=")[0].lstrip("+~")
+            if "." not in key or "/" in key or key.startswith(("callbacks.", "hydra.")):
+                return False
+    return True
 
 
 def measured_sharpness(job: Path) -> bool:
