@@ -136,3 +136,40 @@ def test_a_populations_records_are_the_proto_paths_byte_for_byte():
         for member, record in enumerate(records):
             expected = frame(protos.event(step, Row(names, tuple(columns[:, member].tolist())), 1764500000.25))
             assert record == expected, (step, member)
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_the_hparams_file_holds_the_events_torchs_file_writer_writes(tmp_path: Path, background: bool):
+    """dashboard.write_hparams (its records made here, the file put on disk now or by a writer
+    thread at a population's end): the events torch's FileWriter writes for the same summaries,
+    but for their wall times, in one file that replaces the run's earlier one."""
+    import contextlib
+
+    from torch.utils.tensorboard.writer import FileWriter
+
+    from descend.dashboard import HPARAMS_SUFFIX, write_hparams
+    from descend.hparams import summaries
+    from descend.results import writes_in_background
+
+    entry = summaries({"run": "00_optimizer.lr=0.1", "optimizer.lr": 0.1, "task": "inverse"}, ["final/loss"], {"run"}, True)
+    reference = FileWriter(str(tmp_path / "theirs"), filename_suffix=HPARAMS_SUFFIX)
+    for summary in entry:
+        reference.add_summary(summary)
+    reference.close()
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (ours / f"events.out.tfevents.1.earlier.1.0{HPARAMS_SUFFIX}").write_bytes(b"an earlier session's entry")
+    with writes_in_background() if background else contextlib.nullcontext():
+        write_hparams(str(ours), entry)
+    [mine], [theirs] = ours.iterdir(), (tmp_path / "theirs").iterdir()
+    assert mine.name.endswith(HPARAMS_SUFFIX) and "earlier" not in mine.name
+
+    def parsed(path: Path) -> list[event_pb2.Event]:
+        out = []
+        for record in records(path):
+            event = event_pb2.Event.FromString(record[12:-4])
+            event.wall_time = 0.0
+            out.append(event)
+        return out
+
+    assert len(parsed(mine)) == len(entry) + 1 and parsed(mine) == parsed(theirs)

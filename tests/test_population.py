@@ -472,8 +472,9 @@ def test_the_vectorised_update_is_each_members_torch_optimiser(kind, settings, d
 
 def test_members_loggers_and_checkpoints_made_alike_are_hydras_own():
     """build.instantiate_alike (a member's logger and checkpoint from the partial Hydra made for the
-    first member, called with the member's own folder) makes the objects instantiate makes: the
-    same type and the same attributes, but for the checkpoint's clock at its making."""
+    first member, called with the member's own folder; its optimiser's factory, the first one's
+    partial with its own lr) makes the objects instantiate makes: the same type and the same
+    attributes, but for the checkpoint's clock at its making."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
     from hydra_plugins.descend_population_launcher.population_launcher import job_config
@@ -498,3 +499,8 @@ def test_members_loggers_and_checkpoints_made_alike_are_hydras_own():
                 differ = [k for k in expected if repr(mine[k]) != repr(expected[k])]
                 assert differ in ([], ["_last_saved_at"]), (key, differ)
             assert str(ours.dirpath).startswith(f"/tmp/descend-alike/{number}")
+            # an optimiser's factory, itself a partial: Hydra's partial, keywords in its order
+            for stand_in in ({}, {"lr": 1.0}, {"momentum": 0.5}):
+                theirs, ours = instantiate(job.optimizer, "optimizer", **stand_in), instantiate_alike(job.optimizer, "optimizer", made, **stand_in)
+                assert (ours.func, ours.args, list(ours.keywords.items())) == (theirs.func, theirs.args, list(theirs.keywords.items()))
+                assert ours.keywords["lr"] == stand_in.get("lr", lr)

@@ -139,21 +139,25 @@ def instantiate_alike(node: Any, key: str, made: dict[Any, Any], **kwargs: Any) 
     first node of a key is instantiated by Hydra as a partial (`_partial_`), and a later one whose
     settings differ from the first's only in plain values (a logger's save_dir, a checkpoint's
     dirpath: the member's folder) calls that partial with its own values. The same object, without
-    Hydra's deep copy of the node and its target check for every member (a millisecond each)."""
+    Hydra's deep copy of the node and its target check for every member (a millisecond each).
+    A node that is a `_partial_` itself (an optimiser's factory) gives the first one's partial
+    with this node's values in its keywords, as Hydra would make it."""
     from descend.configtext import resolved_data
 
     data = resolved_data(node)
     plain = (str, int, float, bool, type(None))
     if not isinstance(data, dict) or not all(isinstance(v, plain) for v in data.values()):
         return instantiate(node, key, **kwargs)  # nested settings: Hydra's own conversion of them
-    entry = made.get(("alike", key, data.get("_target_")))
+    partial = data.get("_partial_") is True
+    entry = made.get(("alike", key, data.get("_target_"), partial))
     if entry is None:
-        made[("alike", key, data.get("_target_"))] = instantiate(node, key, _partial_=True), data
-        entry = made[("alike", key, data.get("_target_"))]
+        entry = made[("alike", key, data.get("_target_"), partial)] = instantiate(node, key, _partial_=True), data
     factory, first = entry
     changed = {k: v for k, v in data.items() if k not in first or type(v) is not type(first[k]) or v != first[k]}
     if data.keys() != first.keys() or any(k.startswith("_") for k in changed):
         return instantiate(node, key, **kwargs)
+    if partial:  # keywords in the node's order, as Hydra passes them, then the caller's
+        return functools.partial(factory.func, *factory.args, **{**factory.keywords, **changed, **kwargs})
     try:
         return factory(**changed, **kwargs)
     except Exception as error:  # as Hydra's instantiate reports a target's failure: one line naming the key
@@ -187,7 +191,9 @@ def build_task(cfg: DictConfig, made: dict[Any, Any] | None = None) -> Any:
 
     auto = cfg.optimizer.get("lr") == AUTO
     # with lr=auto the factory is built with a stand-in lr, replaced once the task knows its Hessian
-    optimizer = instantiate(cfg.optimizer, "optimizer", **({"lr": 1.0} if auto else {}))
+    stand_in = {"lr": 1.0} if auto else {}
+    optimizer = (instantiate_alike(cfg.optimizer, "optimizer", made, **stand_in) if made is not None
+                 else instantiate(cfg.optimizer, "optimizer", **stand_in))
     scheduler = scheduler_config(cfg.scheduler)
     try_factories(optimizer, scheduler)
     task = new_task(cfg, optimizer, scheduler, made)

@@ -4,6 +4,7 @@ folder, the custom-scalars page, and, at the end, the final metrics, the config 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
@@ -121,6 +122,27 @@ def in_place_sink(file_writer: Any) -> RecordsInPlace | None:
     return sink if isinstance(sink, RecordsInPlace) else None
 
 
+def event_file_path(logdir: str, suffix: str = "") -> str:
+    """A new event file's path, named as TensorBoard's EventFileWriter names it."""
+    import socket
+    import time
+
+    from tensorboard.summary.writer import event_file_writer
+
+    name = "events.out.tfevents.%010d.%s.%s.%s" % (time.time(), socket.gethostname(), os.getpid(), event_file_writer._global_uid.get())
+    return os.path.join(logdir, name) + suffix
+
+
+def first_event() -> Any:
+    """The event EventFileWriter opens a file with: the file version and the writer's name."""
+    import time
+
+    from tensorboard.compat.proto import event_pb2
+
+    return event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
+                           source_metadata=event_pb2.SourceMetadata(writer="tensorboard.summary.writer.event_file_writer"))
+
+
 def write_events_in_place() -> None:
     """Event files on local disk are written by RecordsInPlace: torch's SummaryWriter (which
     Lightning's TensorBoardLogger holds) builds its EventFileWriter from this module-level name."""
@@ -134,19 +156,11 @@ def write_events_in_place() -> None:
                 return
             # EventFileWriter.__init__ without its writer thread (started and stopped again for each
             # writer, two a population member) or its first open of the file: the same name, the same first event
-            import socket
-            import time
-
-            from tensorboard.compat.proto import event_pb2
-            from tensorboard.summary.writer import event_file_writer
-
             self._logdir = str(logdir)
             os.makedirs(self._logdir, exist_ok=True)
-            name = "events.out.tfevents.%010d.%s.%s.%s" % (time.time(), socket.gethostname(), os.getpid(), event_file_writer._global_uid.get())
-            self._file_name = os.path.join(self._logdir, name) + filename_suffix
+            self._file_name = event_file_path(self._logdir, filename_suffix)
             self._async_writer = RecordsInPlace(self._file_name)
-            self.add_event(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2",
-                                           source_metadata=event_pb2.SourceMetadata(writer="tensorboard.summary.writer.event_file_writer")))
+            self.add_event(first_event())
 
     writer.EventFileWriter = LocalEventFileWriter
 
@@ -203,14 +217,38 @@ def write_hparams(log_dir: str, summaries: Any) -> None:
     """The HPARAMS entry (the experiment, the session's start and its end) in an event file of its
     own, replacing the one an earlier session of the run wrote. TensorBoard keeps the first
     description it reads of a tag and a resume cannot purge it, so an entry in the main event
-    file would show the configuration the run first ended with, not the one it finished with."""
-    from pathlib import Path
+    file would show the configuration the run first ended with, not the one it finished with.
+    On local disk the file holds the records torch's FileWriter writes (its first event, then one
+    per summary), made here and put on disk by results.write_in_folder: by a writer thread at a
+    population's end, where creating a file is most of its cost."""
+    import time
 
     from torch.utils.tensorboard.writer import FileWriter
 
-    for old in Path(log_dir).glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
+    from descend.records import frame
+    from descend.results import write_in_folder
+
+    if "://" in str(log_dir):  # a remote store: TensorBoard's own writer
+        writer = FileWriter(log_dir, filename_suffix=HPARAMS_SUFFIX)
+        for summary in summaries:
+            writer.add_summary(summary)
+        writer.close()
+        return
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    path = event_file_path(str(log_dir), HPARAMS_SUFFIX)
+    data = b"".join(frame(event.SerializeToString())
+                    for event in (first_event(), *(Event(summary=summary, wall_time=time.time()) for summary in summaries)))
+    write_in_folder(Path(path), lambda: _replace_hparams(Path(path), data))
+
+
+def _replace_hparams(path: Path, data: bytes) -> None:
+    for old in path.parent.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
         old.unlink()
-    writer = FileWriter(log_dir, filename_suffix=HPARAMS_SUFFIX)
-    for summary in summaries:
-        writer.add_summary(summary)
-    writer.close()
+    try:
+        with open(path, "wb") as file:
+            file.write(data)
+    except OSError as error:
+        if error.filename is None:
+            error.filename = str(path)
+        raise

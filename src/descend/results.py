@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import io
 import json
 import math
@@ -64,6 +65,16 @@ def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def write_in_folder(path: Path, write: Callable[[], None]) -> None:
+    """write() (which writes the file `path`) now, or inside writes_in_background (the main thread
+    only) by the writer thread of path's folder, after the files given it before."""
+    if _background is not None and threading.current_thread() is threading.main_thread():
+        _background.submit_call(path, write)
+        return
+    with ctrl_c_deferred():
+        write()
+
+
 class BackgroundWrites:
     """Files (replace_atomically's) put on disk by writer threads while the main thread goes on.
     On this kind of machine creating a file is most of the cost of writing a small one (0.1 to
@@ -79,8 +90,12 @@ class BackgroundWrites:
         self.failures: dict[Path, OSError] = {}
 
     def submit(self, path: Path, data: bytes) -> None:
+        self.submit_call(path, functools.partial(_replace_with, path, lambda handle: handle.write(data)))
+
+    def submit_call(self, path: Path, write: Callable[[], None]) -> None:
+        """write() (which writes `path`) by the thread of path's folder; its OSError is path's failure."""
         pool = self.pools[hash(path.parent) % len(self.pools)]
-        self.futures.append((path, pool.submit(_replace_with, path, lambda handle: handle.write(data))))
+        self.futures.append((path, pool.submit(write)))
 
     def wait(self) -> None:
         """Every file written (or failed); an error that is not an OS error is raised."""
