@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -66,20 +67,22 @@ class MemberGuards:
     def __bool__(self) -> bool:
         return bool(self.watched.any())
 
-    def bad_members(self, step: int, losses: torch.Tensor, active: list[int]) -> list[tuple[int, float]]:
-        """The running members (indices into `losses`, [members]) whose loss at `step` stops them, with that loss."""
+    def bad_members(self, step: int, losses: torch.Tensor, active: Callable[[], list[int]]) -> list[tuple[int, float]]:
+        """The running members (indices into `losses`, [members]) whose loss at `step` stops them, with
+        that loss. `active()` lists the running members: asked only where a member is flagged (a
+        list of every member at every step cost as much as the guard)."""
         if step % self.every:
             return []
         if self.limits is None:  # the first check: each guard takes its first loss (DivergenceGuard.is_bad)
             values = losses.tolist()
-            bad = [(i, values[i]) for i in active if self.due(i, step) and self.guards[i].is_bad(values[i])]
+            bad = [(i, values[i]) for i in active() if self.due(i, step) and self.guards[i].is_bad(values[i])]
             self.limits = torch.tensor([(g.limit() or math.inf) if g is not None else math.inf for g in self.guards], dtype=losses.dtype)
             return bad
         flagged = (~(losses.abs() <= self.limits) & self.watched).nonzero().flatten().tolist()  # NaN fails <= too
         if not flagged:
             return []
         values = losses.tolist()
-        running = set(active)
+        running = set(active())
         return [(i, values[i]) for i in flagged if i in running and self.due(i, step) and self.guards[i].is_bad(values[i])]
 
     def due(self, index: int, step: int) -> bool:

@@ -149,7 +149,7 @@ class Population(pl.LightningModule):
             grads = list(torch.autograd.grad(loss.sum(), list(self.stacked)))
             loss = loss.detach()
             if self.guards is not None:  # before the update: a bad member is held at this step's state
-                for index, value in self.guards.bad_members(step, loss, self.active):
+                for index, value in self.guards.bad_members(step, loss, lambda: self.active):
                     bad_steps[index] = (step, value)
                     self.stop(index)
             if every > 0 and step % every == 0:
@@ -164,7 +164,8 @@ class Population(pl.LightningModule):
         if not losses:  # stopped before the group's first step
             return {"losses": self.stacked[0].new_empty(0, len(self.members)), "first_step": first_step, "bad_steps": {}}
         stacked = torch.stack(losses)  # [steps, members]
-        self.step_state.loss = stacked[-1][self.active].min() if self.active else stacked[-1, 0]
+        active = self.active
+        self.step_state.loss = stacked[-1][active].min() if active else stacked[-1, 0]
         return {"losses": stacked, "first_step": first_step, "bad_steps": bad_steps if self.guards is not None else None}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
