@@ -216,7 +216,9 @@ def new_task(cfg: DictConfig, optimizer: Any, scheduler: Any, made: dict[Any, An
 
     if made is None:
         return make()
-    key = ("task", json.dumps(OmegaConf.to_container(cfg.task, resolve=True), sort_keys=True, default=str), cfg.get("seed"))
+    from descend.configtext import resolved_data
+
+    key = ("task", json.dumps(resolved_data(cfg.task), sort_keys=True, default=str), cfg.get("seed"))
     task = made_once(made, key, make, generators=True)
     task.optimizer_factory, task.scheduler_config = optimizer, scheduler
     return task
