@@ -81,6 +81,7 @@ def test_a_full_disk_at_a_population_members_solution_is_its_own_one_line_error(
     code, stderr = run_in_process(monkeypatch, capsys, "-m", "hydra/launcher=population", f"hydra.sweep.dir={sweep}",
                                   "optimizer.lr=0.1,0.2,0.3", "trainer.max_steps=30", *QUIET)
     assert "Traceback" not in stderr  # (its status stays a single run's: completed, with the error)
+    assert code == 1  # the sweep says a job's results are not whole, as for a failed job
     failed, *others = [d for d in sorted(sweep.iterdir()) if d.is_dir() and "lr=0.2" in d.name] + \
                       [d for d in sorted(sweep.iterdir()) if d.is_dir() and "lr=0.2" not in d.name]
     (line,) = [x for x in stderr.splitlines() if x.startswith("error: cannot write")]

@@ -76,10 +76,11 @@ def job(cfg: DictConfig) -> float:
 
 
 def sweep_exit_code() -> int:
-    """After a multirun: 1 when a job failed, else 0 (a diverged job is a result, in the summary)."""
+    """After a multirun: 1 when a job failed, or completed with an error (a file of its results
+    could not be written: a single run exits 2 for it), else 0 (a diverged job is a result, in the summary)."""
     from descend.multirun import finished_sweep
 
-    return 1 if any(row["status"] == "failed" for row in finished_sweep) else 0
+    return 1 if any(row["status"] == "failed" or (row["status"] == "completed" and row.get("error")) for row in finished_sweep) else 0
 
 
 def say_how_to_resume_sweep(code: object) -> None:

@@ -64,6 +64,7 @@ class PopulationLauncher(Launcher):
         self.pruner: Any = None  # pruning.PrunerConf or pbt.PBTConf, checked in setup
         self.texts: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # a group's configtext.TextTemplates (save_configs)
         self.interpolations: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}  # a group's interpolations (resolve)
+        self.sweep_dirs: dict[tuple[Any, ...], str] = {}  # a group's hydra.sweep.dir (sweep_dir)
         self.files: ThreadPoolExecutor | None = None  # where save_configs hands its writes while jobs start
         self.written: list[Future[None]] = []
         self.resume_from: dict[int, str | None] = {}  # a resumed sweep's jobs: their checkpoints (launch)
@@ -201,7 +202,7 @@ class PopulationLauncher(Launcher):
         derived = derivation(config)
         _DERIVED.pop(id(config), None)  # this job's entry is read for the last time here
         hydra = config.hydra
-        output_dir = os.path.abspath(os.path.join(str(hydra.sweep.dir), str(hydra.sweep.subdir)))
+        output_dir = os.path.abspath(os.path.join(self.sweep_dir(hydra, derived), str(hydra.sweep.subdir)))
         with read_write(hydra.runtime), open_dict(hydra.runtime):
             hydra.runtime.output_dir = output_dir
         use_hydra_config(config)
@@ -223,6 +224,15 @@ class PopulationLauncher(Launcher):
                         chosen=chosen_keys(hydra), overrides=ret.overrides)
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
+
+    def sweep_dir(self, hydra: DictConfig, derived: "Derived | None") -> str:
+        """hydra.sweep.dir, resolved once for a group's jobs whose overrides leave Hydra's node as
+        it is: its ${now:...} values are the sweep's (the resolver cache each job's config copies)."""
+        if derived is None or any(key.startswith("hydra.") for key in derived.keys):
+            return str(hydra.sweep.dir)
+        if derived.group not in self.sweep_dirs:
+            self.sweep_dirs[derived.group] = str(hydra.sweep.dir)
+        return self.sweep_dirs[derived.group]
 
     def resolve(self, task_cfg: DictConfig, derived: "Derived | None") -> None:
         """OmegaConf.resolve(task_cfg). A job derived from the first of its group has its
@@ -290,11 +300,22 @@ def kept_from_collection() -> Iterator[None]:
 
 def write_texts(folder: Path, texts: dict[str, str]) -> None:
     """Files named by `texts` keys, holding its values, in `folder` (made if need be): a job's
-    .hydra/ files, as hydra.core.utils._save_config writes them (utf-8, configtext's texts)."""
+    .hydra/ files, the bytes hydra.core.utils._save_config writes (utf-8, configtext's texts).
+    By os calls, not open(): this runs in a thread beside the jobs' start, and a text file object
+    (its buffer, its codec, the terminal check) held the GIL longer than the writing."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in texts.items():
-        with open(folder / name, "w", encoding="utf-8") as file:
-            file.write(text)
+        path = os.path.join(folder, name)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            data = memoryview(text.encode("utf-8"))
+            while data:
+                data = data[os.write(descriptor, data) :]
+        except OSError as error:
+            error.filename = error.filename or path
+            raise
+        finally:
+            os.close(descriptor)
 
 
 def use_hydra_config(config: DictConfig) -> None:
