@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from descend import lightning_internals
+from descend.population.collection import kept_from_collection
 from descend.errors import UserError
 from descend.results import new_record, record_failure, record_interrupt, record_stop, writes_in_background
 
@@ -435,7 +436,7 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
     for member in members:
         member.running = False
     wall_time_s = round(time.perf_counter() - started, 4)
-    with writes_in_background() as writes:  # solutions and records written by threads while the next member's are made
+    with kept_from_collection(), writes_in_background() as writes:  # solutions and records written by threads while the next member's are made
         for member in members:
             member.return_value = member.finish(trainer, wall_time_s)
     for member in members:

@@ -32,6 +32,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from descend.population.collection import kept_from_collection
 from descend.population.pbt import PBTConf
 from descend.population.pruning import PrunerConf
 
@@ -277,25 +278,6 @@ class PopulationLauncher(Launcher):
         ret.status = JobStatus.COMPLETED
         self.hydra_context.callbacks.on_job_end(config=config, job_return=ret)
         return ret
-
-
-@contextlib.contextmanager
-def kept_from_collection() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while jobs are composed and started, and what was
-    made meanwhile frozen out of its later scans (gc.freeze) until the sweep launches its next batch
-    (PopulationLauncher.launch unfreezes). A job's config is some 5,000 OmegaConf objects that live
-    as long as the sweep; as 1024 jobs' configs, members and records were made, each collection
-    scanned all those made before, and took over a third of the launcher's time (unpickling a
-    config: 2.9 ms with the collector, 0.4 ms without). Training runs with the collector on, the
-    frozen objects left out of its scans."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
 
 
 def write_texts(folder: Path, texts: dict[str, str]) -> None:
