@@ -3,6 +3,8 @@ folder, the custom-scalars page, and, at the end, the final metrics, the config 
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,12 @@ CHARTS = (
 
 def layout(names: list[str]) -> dict[str, dict[str, list[Any]]]:
     """The custom-scalars page of a run whose curves have these metric names (tags.py files them)."""
+    return copy.deepcopy(_layout(tuple(names)))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(names: tuple[str, ...]) -> dict[str, dict[str, list[Any]]]:
+    # once for a population's members, which log the same names (76 pattern searches a member)
     import re
 
     from descend.tags import tensorboard_tag
