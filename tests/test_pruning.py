@@ -222,3 +222,18 @@ def test_the_summary_plot_draws_pruned_members_as_pruned_and_only_plain_sgds_lim
     del plain["heavy_ball_rate"]
     labels = [line.get_label() for axes in summary_figure([{**r, "theory": plain} for r in rows]).axes for line in axes.get_lines()]
     assert any(label.startswith("lr_critical") for label in labels)
+
+
+def test_the_summary_plots_loss_axis_spans_the_pruned_members_values_too():
+    """Completed members close together and pruned ones decades above (a halving sweep): a log
+    axis, so that the completed ones do not all sit on 0; without the pruned ones, a linear one."""
+    from descend.multirun import summary_figure
+
+    def rows(pruned: bool) -> list[dict]:
+        done = [("completed", 1.0e-10 * (1 + i / 10)) for i in range(4)]
+        stopped = [("pruned", 1.5e-2 / (i + 1)) for i in range(4)] if pruned else []
+        return [{"task": "inverse", "status": status, "loss": loss, "overrides": f"optimizer.lr={0.1 + i / 10:.1f}", "theory": {}, "job": i}
+                for i, (status, loss) in enumerate(done + stopped)]
+
+    assert [axes.get_yscale() for axes in summary_figure(rows(pruned=True)).axes] == ["log"]
+    assert [axes.get_yscale() for axes in summary_figure(rows(pruned=False)).axes] == ["linear"]

@@ -80,6 +80,13 @@ def test_the_precheck_and_the_task_refuse_a_bad_value_with_the_same_line(in_tmp,
     (["task=mlp", "task.data.path=table.csv"], "task.data.target is not set; name the column"),
     (["task=inverse", "task.matrix.values=[1,2,0]"], "task.matrix: the matrix is singular"),
     (["trainer.gradient_clip_algorithm=foo"], "trainer.gradient_clip_algorithm='foo' is unknown; use norm or value"),
+    # a population launcher's setting misspelt, with or without Hydra's '+' (which then failed in the launcher)
+    (["-m", "hydra/launcher=population", "optimizer.lr=0.1,0.2", "hydra.launcher.pruner.rulee=halving"],
+     "hydra.launcher.pruner.rulee is not a setting of the population launcher; did you mean hydra.launcher.pruner.rule?"),
+    (["-m", "hydra/launcher=population", "optimizer.lr=0.1,0.2", "+hydra.launcher.pbt.intervall=50"],
+     "did you mean hydra.launcher.pbt.interval?"),
+    (["-m", "hydra/launcher=population", "optimizer.lr=0.1,0.2", "hydra.launcher.max_member=3"],
+     "did you mean hydra.launcher.max_members?"),
 ])
 def test_a_refused_value_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides, named):
     (tmp_path / "table.csv").write_text(TABLE)

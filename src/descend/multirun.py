@@ -348,8 +348,8 @@ def place_legend(axes: Any) -> None:
 def loss_axis(axes: Any, rows: list[dict[str, Any]], metric: str = OBJECTIVE) -> tuple[float, float]:
     """A log axis across decades; an exact zero is drawn a decade below the smallest positive loss
     (not at 1e-300, which would squash every other point). Returns (floor, ceiling): where zeros and
-    failed jobs are drawn."""
-    losses = [v for v in (finite_loss(r, metric) for r in rows) if v is not None]
+    failed jobs are drawn. Pruned jobs' values (their loss when pruned) are drawn too, and count."""
+    losses = [v for v in (finite_loss(r, metric) if r["status"] != "pruned" else pruned_value(r, metric) for r in rows) if v is not None]
     positive = [v for v in losses if v > 0]
     log = bool(positive) and (max(positive) / min(positive) >= 100 or len(positive) < len(losses))
     if log:
@@ -357,6 +357,12 @@ def loss_axis(axes: Any, rows: list[dict[str, Any]], metric: str = OBJECTIVE) ->
     floor = min(positive) / 10 if positive else 0.0
     ceiling = (max(losses) * (10 if log else 1.2) if losses and max(losses) > 0 else 1.0)
     return (floor if log else 0.0), ceiling
+
+
+def pruned_value(row: dict[str, Any], metric: str) -> float | None:
+    """A pruned job's finite `metric` when it was stopped, else None."""
+    value = row.get(metric)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: list[float], metric: str = OBJECTIVE) -> None:
@@ -373,11 +379,9 @@ def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: lis
     for x, row in zip(xs, rows):
         loss = finite_loss(row, metric)
         others = " ".join(o for o in row["overrides"].split() if o.partition("=")[0] != key)
-        if row["status"] == "pruned":  # stopped at a rung, its loss there: a result, not a failure
-            value = row.get(metric)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                pruned.append((x, max(float(value), floor)))
-                continue
+        if row["status"] == "pruned" and pruned_value(row, metric) is not None:  # stopped at a rung, its loss there: a result
+            pruned.append((x, max(pruned_value(row, metric), floor)))
+            continue
         if loss is None:
             failed.append(x)
         else:

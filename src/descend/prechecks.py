@@ -85,6 +85,10 @@ def check_launcher(argv: list[str]) -> None:
         if key.startswith(("hydra.launcher.pruner", "hydra.launcher.pbt")) and launcher != "population":
             # Hydra would say the key is not in BasicLauncherConf, and suggest a '+' that then fails
             exit_with_error(f"{arg}: {key.split('.')[2]} works inside a population sweep; add hydra/launcher=population")
+        if key.startswith("hydra.launcher.") and launcher == "population":
+            unknown = unknown_population_key(key)
+            if unknown:  # Hydra names the config class and suggests a '+', which then fails in the launcher
+                exit_with_error(f"{arg}: {unknown}")
     for arg in argv:
         group, _, option = arg.partition("=")
         if group not in ("hydra/launcher", "hydra/sweeper", "hparams_search"):
@@ -95,6 +99,30 @@ def check_launcher(argv: list[str]) -> None:
         if option == "slurm" and shutil.which("sbatch") is None:
             exit_with_error(f"{arg}: SLURM's sbatch is not on PATH, so no job can be submitted from here; run on a SLURM "
                             "login node, or use hydra/launcher=basic (one job after another) or hydra/launcher=parallel")
+
+
+def unknown_population_key(key: str) -> str:
+    """'' where `key` (hydra.launcher.pruner.rule) is a setting of the population launcher (its
+    dataclasses: PopulationLauncherConf, PrunerConf, PBTConf), else what is wrong and the nearest one."""
+    import dataclasses
+    import difflib
+    import typing
+
+    from hydra_plugins.descend_population_launcher.population_launcher import PopulationLauncherConf
+
+    node: Any = PopulationLauncherConf
+    above = "hydra.launcher"
+    for part in key.split(".")[2:]:
+        if not (isinstance(node, type) and dataclasses.is_dataclass(node)):
+            return ""  # inside a free-form setting (pbt.bounds.lr): the launcher checks it
+        names = [f.name for f in dataclasses.fields(node) if not f.name.startswith("_")]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"did you mean {above}.{close[0]}? " if close else ""
+            return f"{above}.{part} is not a setting of the population launcher; {hint}its settings there: {', '.join(names)}"
+        node = typing.get_type_hints(node).get(part)
+        above = f"{above}.{part}"
+    return ""
 
 
 def keys_of_swept_groups(argv: list[str], conf: Path) -> list[str]:
