@@ -96,9 +96,14 @@ def resume_three_members_to_the_straight_sweep(sweep: Path, argv: list[str], tmp
     straight in `straight` ends, one curve each (the stopped run's tail purged)."""
     from conftest import scalars
 
+    before = {job.name: metrics(job) for job in jobs(sweep)}
     proc = run_cli("-m", f"resume={sweep}", cwd=tmp_path)
     assert proc.stdout.count("continues from its checkpoint") == 3
     assert "population: jobs 0-2 train together (3 members)" in proc.stdout
+    for job in jobs(sweep):  # the record of both sessions, as a single run's: their time added up, the resume
+        record = metrics(job)
+        assert record["wall_time_s"] > before[job.name]["wall_time_s"] * 0.9 + 0.01, job.name
+        assert record["resumed"] == [{"step": before[job.name]["steps"], "overrides": []}], job.name
     run_cli(*argv, cwd=straight)
     assert_same_sweep(sweep, sweep_folder(straight))
     for mine, theirs in zip(jobs(sweep), jobs(sweep_folder(straight))):

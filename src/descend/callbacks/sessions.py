@@ -54,14 +54,19 @@ class Sessions(pl.Callback):
         self._task = pl_module
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        changed = self.apply_changes(trainer, pl_module, trainer.global_step) if self.saved is not None else []
+        self.start_session(trainer.global_step, changed)
+
+    def start_session(self, step: int, changed: list[str] | tuple[str, ...] = ()) -> None:
+        """This session's clock starts; a resumed one is recorded: its step and the overrides that
+        differ from the checkpoint's (else `changed`, the numbers apply_changes set). A population
+        member's, at its population's start (a population applies no changed numbers)."""
         self._started = time.perf_counter()
         if self.saved is None:
             return
-        step = trainer.global_step
-        changed = self.apply_changes(trainer, pl_module, step)
         before = self.saved.get("overrides")
         overrides = [o for o in self.overrides if before is None or o not in before]
-        self.resumed.append({"step": step, "overrides": overrides or changed})
+        self.resumed.append({"step": step, "overrides": overrides or list(changed)})
 
     def apply_changes(self, trainer: pl.Trainer, task: Any, step: int) -> list[str]:
         """Set the hyper-parameters that differ from the checkpoint's on the restored optimiser

@@ -56,6 +56,14 @@ class Member:
         self.saved_with: Any = None  # what else its checkpoints hold: PBT's generator and lineage (events.PopulationPBT)
         self._log_file: logging.FileHandler | None = None  # log_file
 
+    @property
+    def session(self) -> Any:
+        """Its Sessions callback (built with the member): its sessions' time and resumes; None
+        for a member whose build failed before it."""
+        from descend.callbacks import Sessions
+
+        return next((c for c in self.callbacks if isinstance(c, Sessions)), None)
+
     def sessions(self) -> Any:
         """The Sessions callback a single run of this job has (build.build_trainer adds it), for the
         state its checkpoints hold: the job's overrides (its .hydra/overrides.yaml, which the
@@ -248,7 +256,11 @@ class Member:
         from descend.results import report, write_results
 
         record = self.record
-        record["wall_time_s"] = wall_time_s
+        session = self.session
+        # the time of every session of its run, as a single run's record adds them up (its checkpoint's Sessions)
+        record["wall_time_s"] = round(wall_time_s + (session.seconds_before if session is not None else 0.0), 4)
+        if session is not None and session.resumed:
+            record["resumed"] = session.resumed
         if trainer is not None and self.task is not None:
             record["steps"] = self.diverged.step if self.diverged else self.stopped_at if self.stopped_at is not None else trainer.global_step
         trained = trainer is not None and self.task is not None and (trainer.global_step > 0 or record["status"] == "completed")

@@ -123,6 +123,7 @@ class Population(pl.LightningModule):
     def on_train_start(self) -> None:
         stopping.install()  # in place of the SIGTERM handler Lightning registered as fit started
         for member in self.members:
+            member.session.start_session(self.global_step)  # its clock, and its resume if it is one
             with member.logging():
                 relog, member.task.step_state.relog = member.task.step_state.relog, None
                 if relog:  # a resumed member: what the purge took from its checkpoint's step, again (Task.on_train_start)
