@@ -321,10 +321,11 @@ def mark_non_finite(record: dict[str, Any], solution: dict[str, Any]) -> None:
                       "callbacks.divergence_guard.every_n_steps=1")
 
 
-def report(record: dict[str, Any], run_dir: Path, advice: bool = True) -> None:
+def report(record: dict[str, Any], run_dir: Path, advice: bool = True, console: bool = True) -> None:
     """The console summary: status, final loss, distance to the closed form, where to look.
     A run that failed before its first step has no results and no curves: just the error and the folder.
-    `advice`: the warning with the lr that converges, for a run far from its optimum (not in sweeps)."""
+    `advice`: the warning with the lr that converges, for a run far from its optimum (not in sweeps);
+    `console=False`: to train.log only (a stopped population's members: one line says it for all)."""
     trained = record["steps"] > 0 or record["status"] == "completed"
     lines = []
     if trained:
@@ -343,7 +344,7 @@ def report(record: dict[str, Any], run_dir: Path, advice: bool = True) -> None:
     errors = [f"error: {record['error']}"] if record["error"] else []
     if record.get("traceback"):
         errors.append(f"  (traceback in {run_dir / 'metrics.json'})")
-    say(["", *lines], errors)
+    say(["", *lines], errors, console)
 
 
 FAR = 0.1  # ref/rel_error above which a quadratic run's end gets the lr that would converge
@@ -372,15 +373,18 @@ def far_from_optimum(record: dict[str, Any]) -> list[str]:
     return [line]
 
 
-def say(lines: list[str], errors: list[str] = ()) -> None:
+def say(lines: list[str], errors: list[str] = (), console: bool = True) -> None:
     """Print to the console (errors on stderr) and write the same lines to the run's train.log:
-    the log is the console's record (Hydra's logging config sends `descend.console` to the file only)."""
+    the log is the console's record (Hydra's logging config sends `descend.console` to the file only).
+    `console=False`: to the log only."""
     import logging
 
     record = logging.getLogger("descend.console")
     for line in lines:
-        print(line)
+        if console:
+            print(line)
         record.info(line)
     for line in errors:
-        print(line, file=sys.stderr)
+        if console:
+            print(line, file=sys.stderr)
         record.error(line)

@@ -268,7 +268,8 @@ class Member:
             stage = self.task.stage_values if trained else {}
             write_results(self.run_dir, self.cfg, record, self.task if trained else None, self.loggers if trained else [], stage,
                           self.diverged, self.chosen)
-            report(record, self.run_dir, advice=False)  # a sweep: summary.md compares with theory
+            # a sweep: summary.md compares with theory; a stop is said once for the population (train_population)
+            report(record, self.run_dir, advice=False, console=record["status"] != "stopped")
         self.log_file().close()
         loss = record["metrics"].get("loss")
         return float(loss) if record["status"] == "completed" and loss is not None else float("inf")
@@ -455,4 +456,9 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
         error = writes.failed(member.run_dir)
         if error is not None:
             member.write_failed(error)
+    halted = [m for m in members if m.record["status"] == "stopped"]
+    if halted:  # each member's record and train.log say it with its own resume= command; the sweep's follows
+        steps = sorted({m.record["steps"] for m in halted})
+        print(f"population: {len(halted)} members stopped at step {', '.join(map(str, steps))}, each with its checkpoint "
+              "there (its metrics.json says how to continue it alone)")
     return stopped

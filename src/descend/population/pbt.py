@@ -79,8 +79,9 @@ def checked(settings: Any, config: Any, pruner: Any) -> PBTConf | None:
     keys = swept if given in (None, "null") else [str(k) for k in given]
     for key in keys:
         if key not in swept:
+            example = "0.01,0.1" if key == "lr" else "0.5,0.9"
             raise ConfigError(f"hydra.launcher.pbt.keys: optimizer.{key} is not swept by this sweep (swept: {', '.join(swept) or 'none'}); "
-                              "sweep it, e.g. optimizer.lr=0.01,0.1, or drop it")
+                              f"sweep it, e.g. optimizer.{key}={example}, or drop it")
     if not keys:
         raise ConfigError("hydra.launcher.pbt: the sweep varies no optimizer key PBT can perturb "
                           f"({', '.join(PERTURBABLE)}); sweep one, e.g. optimizer.lr=0.01,0.02,0.05,0.1")
