@@ -251,12 +251,8 @@ def write_hparams(log_dir: str, summaries: Any) -> None:
 
 
 def _replace_hparams(path: Path, data: bytes) -> None:
+    from descend.results import replace_file
+
     for old in path.parent.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
         old.unlink()
-    try:
-        with open(path, "wb") as file:
-            file.write(data)
-    except OSError as error:
-        if error.filename is None:
-            error.filename = str(path)
-        raise
+    replace_file(path, lambda handle: handle.write(data))

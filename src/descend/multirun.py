@@ -379,8 +379,9 @@ def plot_against_number(axes: Any, rows: list[dict[str, Any]], key: str, xs: lis
     for x, row in zip(xs, rows):
         loss = finite_loss(row, metric)
         others = " ".join(o for o in row["overrides"].split() if o.partition("=")[0] != key)
-        if row["status"] == "pruned" and pruned_value(row, metric) is not None:  # stopped at a rung, its loss there: a result
-            pruned.append((x, max(pruned_value(row, metric), floor)))
+        value = pruned_value(row, metric) if row["status"] == "pruned" else None
+        if value is not None:  # stopped at a rung, its loss there: a result, not a failure
+            pruned.append((x, max(value, floor)))
             continue
         if loss is None:
             failed.append(x)

@@ -43,16 +43,17 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     intact, and a Ctrl-C waits until the file is whole (torch.save interrupted in the middle fails
     with an error of its own instead of stopping). Inside writes_in_background (the main thread
     only), `write` fills a buffer here and a writer thread puts it on disk."""
-    if _background is not None and threading.current_thread() is threading.main_thread():
+    if _writing_in_background():  # the bytes made now, from the caller's objects as they stand
         buffer = io.BytesIO()
         write(buffer)
-        _background.submit(path, buffer.getvalue())
-        return
-    with ctrl_c_deferred():
-        _replace_with(path, write)
+        data = buffer.getvalue()
+        write = lambda handle: handle.write(data)  # noqa: E731
+    write_in_folder(path, functools.partial(replace_file, path, write))
 
 
-def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def replace_file(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """`write` fills `path.partial`, which then replaces `path`; an OS error names `path` and
+    leaves no partial file. In this thread, now (replace_atomically's own step)."""
     partial = path.with_name(path.name + ".partial")
     try:
         with partial.open("wb") as handle:
@@ -68,11 +69,15 @@ def _replace_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 def write_in_folder(path: Path, write: Callable[[], None]) -> None:
     """write() (which writes the file `path`) now, or inside writes_in_background (the main thread
     only) by the writer thread of path's folder, after the files given it before."""
-    if _background is not None and threading.current_thread() is threading.main_thread():
-        _background.submit_call(path, write)
+    if _writing_in_background():
+        _background.submit(path, write)  # type: ignore[union-attr]
         return
     with ctrl_c_deferred():
         write()
+
+
+def _writing_in_background() -> bool:
+    return _background is not None and threading.current_thread() is threading.main_thread()
 
 
 class BackgroundWrites:
@@ -89,10 +94,7 @@ class BackgroundWrites:
         self.futures: list[tuple[Path, Any]] = []
         self.failures: dict[Path, OSError] = {}
 
-    def submit(self, path: Path, data: bytes) -> None:
-        self.submit_call(path, functools.partial(_replace_with, path, lambda handle: handle.write(data)))
-
-    def submit_call(self, path: Path, write: Callable[[], None]) -> None:
+    def submit(self, path: Path, write: Callable[[], None]) -> None:
         """write() (which writes `path`) by the thread of path's folder; its OSError is path's failure."""
         pool = self.pools[hash(path.parent) % len(self.pools)]
         self.futures.append((path, pool.submit(write)))

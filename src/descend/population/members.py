@@ -64,7 +64,7 @@ class Member:
 
         return next((c for c in self.callbacks if isinstance(c, Sessions)), None)
 
-    def sessions(self) -> Any:
+    def new_sessions(self) -> Any:
         """The Sessions callback a single run of this job has (build.build_trainer adds it), for the
         state its checkpoints hold: the job's overrides (its .hydra/overrides.yaml, which the
         launcher wrote), its optimiser's and scheduler's numbers, its resumes."""
@@ -96,7 +96,7 @@ class Member:
                 # the callbacks whose state a checkpoint of its own run holds (see save_checkpoint)
                 self.callbacks = [self.callback(name, node, made) for name, node in (self.cfg.get("callbacks") or {}).items()
                                   if node and node.get("_target_") in STATEFUL_CALLBACKS]
-                self.callbacks.append(self.sessions())
+                self.callbacks.append(self.new_sessions())
                 if self.resume_from is not None:
                     self.restore(torch.load(self.resume_from, map_location="cpu", weights_only=False))
                 self.loggers = [instantiate_alike(node, f"logger.{name}", made, **self.logger_resume(node)) if made is not None
