@@ -149,3 +149,18 @@ def test_resolved_data_is_to_containers(task: str) -> None:
     del odd["escaped"]  # resolved, it is a literal ${not.one} that to_container would take for an interpolation
     OmegaConf.resolve(odd)
     assert configtext.resolved_data(odd) == OmegaConf.to_container(odd, resolve=True, enum_to_str=True)
+
+
+def test_plain_value_is_what_to_container_holds_at_the_key() -> None:
+    """plain_value walks plain mappings itself and leaves the rest (interpolated mappings, lists,
+    None, ???, missing keys) to OmegaConf.select: each key gives to_container's value there."""
+    cfg = OmegaConf.create({"a": {"b": {"c": 1, "s": "${a.b.c}"}, "i": "${a.b}", "n": None, "m": "???",
+                                  "l": [1, {"x": 2}], "e": {}}})
+    OmegaConf.set_struct(cfg, True)
+    plain = OmegaConf.to_container(cfg, enum_to_str=True)
+    for key, expected in (("a", plain["a"]), ("a.b", plain["a"]["b"]), ("a.b.c", 1), ("a.b.s", "${a.b.c}"), ("a.i", "${a.b}"),
+                          ("a.n", None), ("a.m", "???"), ("a.l", [1, {"x": 2}]), ("a.l.1.x", 2), ("a.e", {})):
+        assert configtext.plain_value(cfg, key) == expected, key
+    assert configtext.plain_value(cfg, "a.i.c") == 1  # under an interpolated mapping: OmegaConf's select
+    with pytest.raises(AttributeError):
+        configtext.plain_value(cfg, "a.zz.c")  # as before: save_configs then writes the whole text

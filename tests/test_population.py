@@ -283,6 +283,9 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
     ["optimizer.lr=0.02", "task.matrix.cols=5"],                       # interpolations (${.rows}, ${task.sgd_lr}) set to numbers
     ["optimizer.lr=${task.matrix.rows}", "task.matrix.cols=${.rows}"],  # interpolations where the first job has numbers
     ["optimizer.lr=0.02", "task.matrix.cols=${oc.env:HOME}"],          # a resolver's interpolation
+    ["trainer.default_root_dir=${hydra:runtime.choices.task}/x.y-z"],   # a Hydra value and a suffix (resolved_from_hydra)
+    ["trainer.default_root_dir=${hydra:verbose}"],                      # a Hydra value that is no string (OmegaConf's)
+    ["trainer.default_root_dir=${hydra:runtime.output_dir}${task.matrix.rows}"],  # more than a suffix (OmegaConf's)
 ])
 def test_a_derived_job_resolves_as_omegaconf_resolves(second):
     """The launcher resolves a derived job's config only where its group's first job had
@@ -306,7 +309,7 @@ def test_a_derived_job_resolves_as_omegaconf_resolves(second):
     with interpolations_parsed_once():
         resolve_at(derived, [*paths, *(tuple(o.split("=")[0].split(".")) for o in second)])
     assert OmegaConf.to_yaml(derived) == OmegaConf.to_yaml(expected)
-    assert "${" not in OmegaConf.to_yaml(derived) and derived.trainer.default_root_dir == "/tmp/job-7"
+    assert "${" not in OmegaConf.to_yaml(derived) and derived.callbacks.checkpoint.dirpath == "/tmp/job-7/checkpoints"
     # a path the job does not hold (an override replaced a mapping): the whole config is resolved
     fallback = job_config(composed)
     resolve_at(fallback, [("task", "no_such_entry"), *paths])
@@ -468,6 +471,35 @@ def test_the_vectorised_update_is_each_members_torch_optimiser(kind, settings, d
             value = torch.as_tensor(value, dtype=dtype)
             scale = max(rel, 1e-6) * float(value.abs().max())
             assert torch.allclose(torch.as_tensor(mine["state"][0][key], dtype=dtype), value, rtol=max(rel, 1e-6), atol=scale), key
+
+
+def test_hydras_target_policy_is_skipped_only_after_it_passed_a_target_and_its_result():
+    """instantiate_alike calls a made partial's target directly (without Hydra's per-call target
+    policy) only after one call through Hydra's partial succeeded with a result that is no
+    callable; a failing first call, or a callable result, keeps every call going through Hydra."""
+    from omegaconf import OmegaConf
+
+    from descend.build import instantiate_alike
+    from descend.errors import UserError
+
+    def entry(made, key):
+        return next(value for k, value in made.items() if k[1] == key)
+
+    made: dict = {}
+    for value in ("a", "b"):
+        assert instantiate_alike(OmegaConf.create({"_target_": "builtins.dict", "name": value}), "plain", made) == {"name": value}
+        assert entry(made, "plain")[2] is True
+    for value in ("a", "b"):  # a callable result (a module): Hydra's policy checks every call
+        assert callable(instantiate_alike(OmegaConf.create({"_target_": "torch.nn.Identity", "tag": value}), "module", made))
+        assert entry(made, "module")[2] is False
+    for day in (40, 2):  # the first call fails: not trusted, the next call is Hydra's
+        node = OmegaConf.create({"_target_": "datetime.date", "year": 2026, "month": 12, "day": day})
+        if day == 40:
+            with pytest.raises(UserError, match="day is out of range"):
+                instantiate_alike(node, "date", made)
+        else:
+            assert str(instantiate_alike(node, "date", made)) == "2026-12-02"
+        assert entry(made, "date")[2] is (day == 2)
 
 
 def test_members_loggers_and_checkpoints_made_alike_are_hydras_own():

@@ -134,12 +134,27 @@ def plain_value(cfg: Any, key: str) -> Any:
     from omegaconf import Container
 
     parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+    parent = _plain_mapping(cfg, parent_key) if parent_key else cfg
+    if parent is None:
+        parent = OmegaConf.select(cfg, parent_key)
     node = parent._get_node(leaf)
     if isinstance(node, Container):
         return OmegaConf.to_container(node, enum_to_str=True)
     value = node._value()
     return value.name if isinstance(value, Enum) else value
+
+
+def _plain_mapping(cfg: Any, key: str) -> Any:
+    """The mapping at dotted `key` when each step is a plain mapping's entry (what OmegaConf.select
+    returns there, without its grammar: a job's launcher reads a dozen a job), else None."""
+    from omegaconf import DictConfig
+
+    node = cfg
+    for part in key.split("."):
+        node = node._get_node(part, validate_access=False) if type(node) is DictConfig else None
+        if type(node) is not DictConfig or node._is_interpolation() or node._is_none() or node._is_missing():
+            return None
+    return node
 
 
 def read_yaml(path: Path) -> Any:

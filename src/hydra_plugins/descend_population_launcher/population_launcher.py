@@ -29,7 +29,7 @@ from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import Container, DictConfig, OmegaConf, ValueNode, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from descend.population.collection import kept_from_collection
@@ -493,11 +493,35 @@ def resolve_at(cfg: Container, paths: list[tuple[Any, ...]]) -> None:
             parent = cfg
             for key in path[:-1]:
                 parent = parent._get_node(key)
-            if parent._get_node(path[-1]) is None:  # not `in`, which resolves the value
+            node = parent._get_node(path[-1])
+            if node is None:  # not `in`, which resolves the value
                 raise KeyError(path)
-            _resolve_container_value(parent, path[-1])
+            if not resolved_from_hydra(node):
+                _resolve_container_value(parent, path[-1])
     except Exception:  # resolving is idempotent: what was resolved above stays resolved
         OmegaConf.resolve(cfg)
+
+
+# `${hydra:runtime.output_dir}/checkpoints`: a Hydra value and a plain suffix, the form of every
+# job's folders in its config (trainer, checkpoints, loggers)
+HYDRA_VALUE = re.compile(r"\$\{hydra:([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\}([A-Za-z0-9_./-]*)")
+
+
+def resolved_from_hydra(node: Any) -> bool:
+    """Resolve `node` in place if it is a HYDRA_VALUE interpolation whose value is a string, as
+    OmegaConf does (Hydra's `hydra` resolver selects the key in HydraConfig.get(); the suffix is
+    appended; the node sets the result): without OmegaConf's visitor, 0.05 ms a value for every
+    job's folders. False, and the node left as it is, for any other node."""
+    if not isinstance(node, ValueNode):
+        return False
+    match = HYDRA_VALUE.fullmatch(text) if isinstance(text := node._value(), str) else None
+    if match is None:
+        return False
+    value = OmegaConf.select(HydraConfig.get(), match[1])
+    if not isinstance(value, str):
+        return False
+    node._set_value(value + match[2])
+    return True
 
 
 @contextlib.contextmanager
