@@ -13,13 +13,14 @@ same. tests/test_configtext.py checks the text against OmegaConf.to_yaml.
 
 from __future__ import annotations
 
-import re
 import functools
+import re
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf._utils import get_omega_conf_dumper
 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the same results as yaml.safe_load
@@ -103,17 +104,15 @@ class _NotPlain(Exception):
 
 
 def _node_data(node: Any) -> Any:
-    from enum import Enum
-
-    from omegaconf import DictConfig, ListConfig
-
+    # called for every node of a member's config, several times a member: the checks read the
+    # nodes' fields, as Container._is_none and _is_missing do, without their calls
     if isinstance(node, (DictConfig, ListConfig)):
-        if node._is_none():
+        content = node.__dict__["_content"]
+        if content is None:
             return None
-        if node._is_missing():
-            return "???"
-        content = node._content
-        if isinstance(content, str):  # a container's interpolation
+        if type(content) is str:  # a container's interpolation, or ???
+            if content == "???":
+                return "???"
             raise _NotPlain
         if isinstance(node, ListConfig):
             return [_node_data(child) for child in content]
@@ -129,16 +128,12 @@ def _node_data(node: Any) -> Any:
 def plain_value(cfg: Any, key: str) -> Any:
     """The value at dotted `key` of an OmegaConf config as OmegaConf.to_container(cfg,
     enum_to_str=True) holds it: unresolved, containers as plain dicts and lists."""
-    from enum import Enum
-
-    from omegaconf import Container
-
     parent_key, _, leaf = key.rpartition(".")
     parent = _plain_mapping(cfg, parent_key) if parent_key else cfg
     if parent is None:
         parent = OmegaConf.select(cfg, parent_key)
     node = parent._get_node(leaf)
-    if isinstance(node, Container):
+    if isinstance(node, (DictConfig, ListConfig)):
         return OmegaConf.to_container(node, enum_to_str=True)
     value = node._value()
     return value.name if isinstance(value, Enum) else value
@@ -147,8 +142,6 @@ def plain_value(cfg: Any, key: str) -> Any:
 def _plain_mapping(cfg: Any, key: str) -> Any:
     """The mapping at dotted `key` when each step is a plain mapping's entry (what OmegaConf.select
     returns there, without its grammar: a job's launcher reads a dozen a job), else None."""
-    from omegaconf import DictConfig
-
     node = cfg
     for part in key.split("."):
         node = node._get_node(part, validate_access=False) if type(node) is DictConfig else None

@@ -279,17 +279,25 @@ class Member:
 def log_to(members: list[Member]) -> Iterator[None]:
     """The log (root logger and descend's console record) goes to the train.log of each member
     given, beside the console, while in this context: Hydra's job logging, for many jobs."""
+    global _NOT_FILES
     root, console = logging.getLogger(), logging.getLogger("descend.console")
-    saved = root.handlers[:], console.handlers[:]
+    saved, outermost = (root.handlers[:], console.handlers[:]), _NOT_FILES is None
     files = [member.log_file() for member in members]
-    root.handlers = [h for h in saved[0] if not isinstance(h, logging.FileHandler)] + files
+    if outermost:  # inside, the root's handlers are these and the population's 1024 files: not walked again
+        _NOT_FILES = [h for h in saved[0] if not isinstance(h, logging.FileHandler)]
+    root.handlers = _NOT_FILES + files
     console.handlers = list(files)
     try:
         yield
     finally:
         root.handlers, console.handlers = saved
+        if outermost:
+            _NOT_FILES = None
         for handler in files:
             handler.flush()
+
+
+_NOT_FILES: list[logging.Handler] | None = None  # the root's handlers but files, while log_to is open
 
 
 def share_data(tasks: list[Any]) -> None:

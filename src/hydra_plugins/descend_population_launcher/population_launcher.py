@@ -333,7 +333,7 @@ def remember_sweep_configs(loader: Any) -> None:
             task_cfg = None
             if template is not None:
                 config = derive_sweep_config(template[0], parsed, template_lines=template[2])
-                task_cfg = derive_sweep_config(template[1], parsed, choices=set(config.hydra.runtime.choices),
+                task_cfg = derive_sweep_config(template[1], parsed, choices=template_facts(template[0], config).choices,
                                                template_lines=template[2])
             else:
                 config = compose(master_config, sweep_overrides)
@@ -434,22 +434,51 @@ def derive_sweep_config(template: bytes, parsed: list[Override], choices: set[st
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
     config = pickle.loads(template)
-    choices = set(config.hydra.runtime.choices) if choices is None else choices
+    facts = template_facts(template, config) if choices is None else None
+    choices = facts.choices if facts is not None else choices
     ConfigLoaderImpl._apply_overrides_to_config([o for o in changed(parsed, template_lines) if o.key_or_group not in choices], config)
-    if "hydra" not in config:
+    if facts is None:
         return config
-    with read_write(config.hydra), open_dict(config.hydra):
-        lines, task = [o.input_line for o in parsed], config.hydra.overrides.task
+    # Hydra's node read as nodes, not by attribute (5 us a step, for two dozen steps a job)
+    hydra = config._get_node("hydra")
+    with contextlib.ExitStack() as stack:
+        if OmegaConf.is_readonly(hydra):  # not as Hydra composes it; each flag's change walks the node
+            stack.enter_context(read_write(hydra))
+        lines, task = [o.input_line for o in parsed], hydra._get_node("overrides")._get_node("task")
         if len(task) == len(lines):  # the template's list, its entries that differ set
             for index, line in enumerate(lines):
-                if task[index] != line:
+                if task._get_node(index)._value() != line:
                     task[index] = line
         else:
-            config.hydra.overrides.task = lines
-        naming = config.hydra.job.config.override_dirname
-        config.hydra.job.override_dirname = get_overrides_dirname(
-            overrides=parsed, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
+            hydra._get_node("overrides").task = lines
+        hydra._get_node("job").override_dirname = get_overrides_dirname(
+            overrides=parsed, kv_sep=facts.kv_sep, item_sep=facts.item_sep, exclude_keys=facts.exclude_keys)
     return config
+
+
+@dataclass(frozen=True)
+class TemplateFacts:
+    """What derive_sweep_config reads of a template with Hydra's node, the same for all its jobs."""
+
+    choices: frozenset[str]  # hydra.runtime.choices: the config groups
+    kv_sep: str  # hydra.job.config.override_dirname's settings
+    item_sep: str
+    exclude_keys: list[str]
+
+
+def template_facts(template: bytes, config: DictConfig) -> TemplateFacts:
+    """The TemplateFacts of `template`, read from `config` (its unpickled copy) the first time."""
+    facts = _FACTS.get(template)  # bytes keep their hash: a template's lookup hashes it once
+    if facts is None:
+        naming = config.hydra.job.config.override_dirname
+        facts = TemplateFacts(frozenset(config.hydra.runtime.choices), naming.kv_sep, naming.item_sep, list(naming.exclude_keys))
+        if len(_FACTS) >= 64:
+            _FACTS.clear()
+        _FACTS[template] = facts
+    return facts
+
+
+_FACTS: dict[bytes, TemplateFacts] = {}
 
 
 def changed(parsed: list[Override], template_lines: tuple[str, ...]) -> list[Override]:
