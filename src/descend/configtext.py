@@ -104,17 +104,18 @@ class _NotPlain(Exception):
 
 
 def _node_data(node: Any) -> Any:
-    # called for every node of a member's config, several times a member: the checks read the
-    # nodes' fields, as Container._is_none and _is_missing do, without their calls
-    if isinstance(node, (DictConfig, ListConfig)):
-        content = node.__dict__["_content"]
+    # called for every node of a member's config, several times a member: a container is told
+    # by its _content (a value node holds _val), as isinstance would through ABCMeta's check, for
+    # less; the checks read the fields Container._is_none and _is_missing read, without their calls
+    content = node.__dict__.get("_content", _VALUE)
+    if content is not _VALUE:
         if content is None:
             return None
         if type(content) is str:  # a container's interpolation, or ???
             if content == "???":
                 return "???"
             raise _NotPlain
-        if isinstance(node, ListConfig):
+        if type(content) is list:
             return [_node_data(child) for child in content]
         if not all(type(key) in (str, int) for key in content):
             raise _NotPlain
@@ -123,6 +124,9 @@ def _node_data(node: Any) -> Any:
     if isinstance(value, str) and "${" in value:
         raise _NotPlain
     return value.name if isinstance(value, Enum) else value
+
+
+_VALUE = object()  # _node_data's mark of a value node
 
 
 def plain_value(cfg: Any, key: str) -> Any:

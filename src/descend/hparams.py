@@ -30,11 +30,13 @@ FIRST_METRICS = ("loss", "ref/rel_error", "ref/excess_loss", "val/mse", "test/ms
 FILE_SETTINGS = {"matrix": ("path",), "data": ("path", "target", "columns", "seed")}
 
 
-def chosen_keys(hydra_cfg: DictConfig) -> list[str]:
-    """The keys a job set on the command line that its folder's name carries: its overrides less
-    Hydra's override_dirname.exclude_keys (display switches, and a sweep's constants, multirun.py)."""
+def chosen_keys(hydra_cfg: DictConfig, overrides: list[str] | None = None) -> list[str]:
+    """The keys a job set on the command line that its folder's name carries: its overrides
+    (hydra.overrides.task, or the same list given) less Hydra's override_dirname.exclude_keys
+    (display switches, and a sweep's constants, multirun.py)."""
     excluded = set(hydra_cfg.job.config.override_dirname.exclude_keys)
-    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    overrides = hydra_cfg.overrides.task if overrides is None else overrides
+    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in overrides]
     return [k for k in keys if k not in excluded]
 
 

@@ -123,8 +123,7 @@ class PopulationLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None
         log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = config.hydra.job.num = number
+        set_existing(config.hydra.job, id=number, num=number)
         return config
 
     def launch_planned(self, indices: list[int], configs: list[DictConfig], task_cfgs: list[DictConfig],
@@ -204,8 +203,7 @@ class PopulationLauncher(Launcher):
         _DERIVED.pop(id(config), None)  # this job's entry is read for the last time here
         hydra = config.hydra
         output_dir = os.path.abspath(os.path.join(self.sweep_dir(hydra, derived), str(hydra.sweep.subdir)))
-        with read_write(hydra.runtime), open_dict(hydra.runtime):
-            hydra.runtime.output_dir = output_dir
+        set_existing(hydra.runtime, output_dir=output_dir)
         use_hydra_config(config)
         ret = JobReturn()
         ret.cfg = task_cfg
@@ -222,7 +220,7 @@ class PopulationLauncher(Launcher):
         # ${hydra:runtime.output_dir} is this job's folder only while its Hydra config is set
         self.resolve(task_cfg, derived)
         member = Member(task_cfg, Path(output_dir), task_name=hydra.runtime.choices.get("task", "?"), number=hydra.job.num,
-                        chosen=chosen_keys(hydra), overrides=ret.overrides)
+                        chosen=chosen_keys(hydra, ret.overrides), overrides=ret.overrides)
         ret.task_name = JobRuntime.instance().get("name")
         return ret, member
 
@@ -298,6 +296,20 @@ def write_texts(folder: Path, texts: dict[str, str]) -> None:
             raise
         finally:
             os.close(descriptor)
+
+
+def set_existing(node: DictConfig, **values: Any) -> None:
+    """node.key = value for each of `values`, as `with read_write(node), open_dict(node):` would set
+    them. Where the node is writable and holds the keys, without those contexts: each change of a
+    flag walks the whole node twice (a job's Hydra node: 156 nodes, for every job)."""
+    content = node._content
+    if type(content) is not dict or any(key not in content for key in values) or OmegaConf.is_readonly(node):
+        with read_write(node), open_dict(node):
+            for key, value in values.items():
+                node[key] = value
+        return
+    for key, value in values.items():
+        node[key] = value
 
 
 def use_hydra_config(config: DictConfig) -> None:
