@@ -164,3 +164,13 @@ def test_plain_value_is_what_to_container_holds_at_the_key() -> None:
     assert configtext.plain_value(cfg, "a.i.c") == 1  # under an interpolated mapping: OmegaConf's select
     with pytest.raises(AttributeError):
         configtext.plain_value(cfg, "a.zz.c")  # as before: save_configs then writes the whole text
+
+
+def test_plain_select_is_omegaconfs_select() -> None:
+    """plain_select reads plain entries itself and leaves interpolations, ???, lists and missing
+    keys to OmegaConf.select: the same value for every key."""
+    cfg = OmegaConf.create({"a": {"b": {"c": 1, "s": "${a.b.c}", "n": None}, "i": "${a.b}", "m": "???", "l": [1, {"x": 2}],
+                                  "e": {}, "t": "text"}, "top": 3.5})
+    OmegaConf.set_struct(cfg, True)
+    for key in ("top", "a.b.c", "a.b.s", "a.b.n", "a.i.c", "a.m", "a.l.1.x", "a.t", "a.zz", "a.zz.c", "a.b"):
+        assert configtext.plain_select(cfg, key) == OmegaConf.select(cfg, key), key

@@ -286,6 +286,9 @@ def test_a_derived_sweep_config_is_the_one_hydra_composes():
     ["trainer.default_root_dir=${hydra:runtime.choices.task}/x.y-z"],   # a Hydra value and a suffix (resolved_from_hydra)
     ["trainer.default_root_dir=${hydra:verbose}"],                      # a Hydra value that is no string (OmegaConf's)
     ["trainer.default_root_dir=${hydra:runtime.output_dir}${task.matrix.rows}"],  # more than a suffix (OmegaConf's)
+    ["task.matrix.cols=${..steps_per_epoch}", "trainer.default_root_dir=${seed}"],  # references up and from the root (resolved_reference)
+    ["trainer.default_root_dir=${task.matrix}"],                        # a reference to a mapping (OmegaConf's)
+    ["trainer.max_steps=${task.matrix.cols}", "trainer.default_root_dir=${trainer.max_steps}"],  # to references (OmegaConf's)
 ])
 def test_a_derived_job_resolves_as_omegaconf_resolves(second):
     """The launcher resolves a derived job's config only where its group's first job had
@@ -314,6 +317,40 @@ def test_a_derived_job_resolves_as_omegaconf_resolves(second):
     fallback = job_config(composed)
     resolve_at(fallback, [("task", "no_such_entry"), *paths])
     assert OmegaConf.to_yaml(fallback) == OmegaConf.to_yaml(expected)
+
+
+def test_plain_references_and_hydra_folders_resolve_as_omegaconf_resolves_them():
+    """resolve_at's own steps: a reference to a plain value (resolved_reference) and a Hydra
+    value with a suffix (resolved_from_hydra) give OmegaConf's values; any other form is left to
+    OmegaConf (False, the node untouched)."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.descend_population_launcher.population_launcher import resolved_from_hydra, resolved_reference
+
+    composed = compose(return_hydra_config=True)
+    composed.hydra.runtime.output_dir = "/tmp/job-3"
+    composed.hydra.job.num = 3
+    HydraConfig.instance().set_config(composed)
+
+    def config():
+        return OmegaConf.create({"a": {"rows": 4, "cols": "${.rows}", "up": "${..b}", "abs": "${a.rows}", "map": "${.sub}",
+                                       "sub": {"x": 1}, "chain": "${.cols}", "miss": "${.q}", "q": "???",
+                                       "dir": "${hydra:runtime.output_dir}/checkpoints", "num": "${hydra:job.num}"}, "b": 2.5})
+
+    expected, cfg = config(), config()
+    OmegaConf.resolve(expected)
+    a = cfg.a
+    for key, direct in (("chain", False), ("cols", True), ("up", True), ("abs", True), ("map", False), ("miss", False)):
+        assert resolved_reference(a._get_node(key), a) is direct, key
+    assert (a.cols, a.up, a.abs) == (4, 2.5, 4)
+    assert a._get_node("chain")._value() == "${.cols}"  # its target was an interpolation when asked
+    assert resolved_from_hydra(a._get_node("dir")) and a.dir == "/tmp/job-3/checkpoints"
+    assert not resolved_from_hydra(a._get_node("num"))  # not a string: OmegaConf's
+    OmegaConf.resolve(cfg)  # what is left, by OmegaConf
+    assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(expected)
+    absent = OmegaConf.create({"a": "${.nowhere}", "b": "${c.d}", "c": 1})
+    assert not resolved_reference(absent._get_node("a"), absent) and not resolved_reference(absent._get_node("b"), absent)
 
 
 def test_interpolations_parsed_once_give_omegaconfs_values_and_leave_its_parser_as_it_was():

@@ -154,6 +154,19 @@ def _plain_mapping(cfg: Any, key: str) -> Any:
     return node
 
 
+def plain_select(cfg: Any, key: str) -> Any:
+    """OmegaConf.select(cfg, key) for a dotted `key` of plain names, read from the nodes where
+    each step is a plain mapping and the value is a plain value (no interpolation, not ???):
+    OmegaConf's select parses the key and checks each step, 20 us a call, for the values every
+    job reads. Otherwise OmegaConf's own select."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = _plain_mapping(cfg, parent_key) if parent_key else cfg if type(cfg) is DictConfig else None
+    node = parent._get_node(leaf, validate_access=False) if parent is not None else None
+    if node is not None and "_val" in node.__dict__ and not node._is_interpolation() and not node._is_missing():
+        return node._value()
+    return OmegaConf.select(cfg, key)
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file's data (a run's .hydra/ files), parsed by libyaml where PyYAML has it: the
     pure-Python parser takes about 10 ms for a config.yaml, and a summary of 1024 jobs reads
