@@ -252,15 +252,17 @@ def continue_from(run_dir: Path) -> str:
 
 
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
-                  stage: dict[str, float], diverged: Any | None, chosen: list[str] = ()) -> None:
+                  stage: dict[str, float], diverged: Any | None, chosen: list[str] = (),
+                  final: dict[str, float] | None = None) -> None:
     """What a finished run leaves: metrics.json always; for a run that trained (`task` given) the
-    final metrics (after `stage`'s val/test ones), theory's numbers, the solution, and TensorBoard's
-    final/* scalars and HPARAMS entry (`chosen`: the keys set on the command line that tell this
-    run apart, hparams.chosen_keys). A diverged run's loss is the one its error names."""
+    final metrics (after `stage`'s val/test ones; `final`: final_metrics(task, record) taken
+    before), theory's numbers, the solution, and TensorBoard's final/* scalars and HPARAMS entry
+    (`chosen`: the keys set on the command line that tell this run apart, hparams.chosen_keys).
+    A diverged run's loss is the one its error names."""
     from descend.dashboard import log_to_tensorboard
 
     if task is not None:
-        record["metrics"] = {**stage, **final_metrics(task, record)}
+        record["metrics"] = {**stage, **(final if final is not None else final_metrics(task, record))}
         if task.theory_summary():  # a quadratic task: what its Hessian predicts (theory.py)
             record["theory"] = task.theory_summary()
         if diverged:  # the loss the error message names, not the one after the blow-up
