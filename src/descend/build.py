@@ -18,30 +18,33 @@ from descend.errors import ConfigError, DataError, UserError, is_number, require
 log = logging.getLogger(__name__)
 
 
-def validate(cfg: DictConfig, gpu: bool = True) -> None:
-    """Checks that no library makes before it is too late to say which key is wrong. `gpu=False`:
-    not whether this machine has the GPU asked for (a SLURM sweep's jobs run on other machines)."""
-    lr = cfg.optimizer.get("lr")
+def validate(cfg: DictConfig | dict[str, Any], gpu: bool = True) -> None:
+    """Checks that no library makes before it is too late to say which key is wrong. `cfg`: the
+    config, or its resolved plain data (configtext.resolved_data: a population member's, read
+    without OmegaConf's checks of every access). `gpu=False`: not whether this machine has the GPU
+    asked for (a SLURM sweep's jobs run on other machines)."""
+    trainer, seed = cfg["trainer"], cfg["seed"]
+    lr = cfg["optimizer"].get("lr")
     if lr != AUTO and (not is_number(lr) or not lr > 0):
         raise ConfigError(f"optimizer.lr={lr!r} must be a positive number, e.g. optimizer.lr=0.1, or auto (quadratic tasks, sgd)")
     for key in ("max_steps", "log_every_n_steps"):
-        value = cfg.trainer.get(key)
+        value = trainer.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"trainer.{key}={value!r} must be an integer")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
-        raise ConfigError(f"seed={cfg.seed!r} must be an integer")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed={seed!r} must be an integer")
     require_int(cfg.get("steps_per_batch", 1), "steps_per_batch")
-    if unbounded(cfg.trainer):
-        raise ConfigError(unbounded(cfg.trainer))
+    if unbounded(trainer):
+        raise ConfigError(unbounded(trainer))
     if gpu:
-        check_gpu(cfg.trainer)
+        check_gpu(trainer)
     check_loss_scaling(cfg)
-    clip_algorithm = cfg.trainer.get("gradient_clip_algorithm")
+    clip_algorithm = trainer.get("gradient_clip_algorithm")
     if clip_algorithm not in (None, "norm", "value"):
         raise ConfigError(f"trainer.gradient_clip_algorithm={clip_algorithm!r} is unknown; use norm or value")
-    if cfg.trainer.get("accumulate_grad_batches", 1) != 1:
+    if trainer.get("accumulate_grad_batches", 1) != 1:
         raise ConfigError(
-            f"trainer.accumulate_grad_batches={cfg.trainer.accumulate_grad_batches!r} is not supported: every descend "
+            f"trainer.accumulate_grad_batches={trainer.get('accumulate_grad_batches')!r} is not supported: every descend "
             "step is one optimiser step; use a larger task.batch_size instead"
         )
 
@@ -110,10 +113,10 @@ def check_loss_scaling(cfg: DictConfig) -> None:
     On the CPU, Lightning's 16-mixed uses no scaler, and LBFGS runs."""
     import torch
 
-    precision = str(cfg.trainer.get("precision"))
-    on_gpu = cfg.trainer.get("accelerator") in ("gpu", "cuda") or (
-        cfg.trainer.get("accelerator") in (None, "auto") and torch.cuda.is_available())
-    if precision in ("16-mixed", "16") and on_gpu and cfg.optimizer.get("_target_") == "torch.optim.LBFGS":
+    trainer = cfg["trainer"]
+    precision = str(trainer.get("precision"))
+    on_gpu = trainer.get("accelerator") in ("gpu", "cuda") or (trainer.get("accelerator") in (None, "auto") and torch.cuda.is_available())
+    if precision in ("16-mixed", "16") and on_gpu and cfg["optimizer"].get("_target_") == "torch.optim.LBFGS":
         raise ConfigError(f"optimizer=lbfgs cannot run with trainer.precision={precision} on a GPU (loss scaling steps "
                           "each evaluation, LBFGS takes many a step); use trainer.precision=bf16-mixed or 32-true, or another optimizer")
 

@@ -82,11 +82,13 @@ class Member:
         callbacks. A bad config is this member's failure, in one line, as for a single run.
         `made`: the tasks made for the members before it (build.new_task)."""
         from descend.build import build_task, instantiate, instantiate_alike, seed_everything, validate
+        from descend.configtext import resolved_data
 
         with self.logging():
             try:
-                validate(self.cfg)
-                seed_everything(self.cfg.seed, made)
+                data = resolved_data(self.cfg)  # read here without OmegaConf's checks of every access
+                validate(data)
+                seed_everything(data["seed"], made)
                 self.task = build_task(self.cfg, made)
                 self.rng = torch.get_rng_state()  # as its own run holds it when training starts
                 config = self.task.configure_optimizers()
@@ -95,14 +97,14 @@ class Member:
                 else:
                     self.optimizer = config
                 # the callbacks whose state a checkpoint of its own run holds (see save_checkpoint)
-                self.callbacks = [self.callback(name, node, made) for name, node in (self.cfg.get("callbacks") or {}).items()
+                self.callbacks = [self.callback(name, self.cfg.callbacks[name], made) for name, node in (data.get("callbacks") or {}).items()
                                   if node and node.get("_target_") in STATEFUL_CALLBACKS]
                 self.callbacks.append(self.new_sessions())
                 if self.resume_from is not None:
                     self.restore(torch.load(self.resume_from, map_location="cpu", weights_only=False))
+                nodes = {name: self.cfg.logger[name] for name, settings in (data.get("logger") or {}).items() if settings}
                 self.loggers = [instantiate_alike(node, f"logger.{name}", made, **self.logger_resume(node)) if made is not None
-                                else instantiate(node, f"logger.{name}", **self.logger_resume(node))
-                                for name, node in (self.cfg.get("logger") or {}).items() if node]
+                                else instantiate(node, f"logger.{name}", **self.logger_resume(node)) for name, node in nodes.items()]
                 self.task.own_loggers = self.loggers
                 self.running = True
             except UserError as error:
