@@ -204,3 +204,29 @@ def test_tensorboard_reads_a_runs_pictures_at_their_steps_as_drawn(tmp_path: Pat
             assert image.format == "PNG" and image.mode == "RGB" and image.size == (shot.width, shot.height)
         drawn = heatmap(torch.load(run / "solution.pt", weights_only=True)["W"] @ matrix)
         assert np.array_equal(np.asarray(decoded[-1]), drawn), run.name
+
+
+def test_log_axes_are_labelled_in_plain_text_as_matplotlib_places_them():
+    """plain_log_labels: decades as 10⁻² (no mathtext, whose parser costs a sweep 0.1-0.2 s), other
+    values as numbers, on the ticks matplotlib's own log axis labels; linear axes keep theirs."""
+    from matplotlib.figure import Figure
+
+    from descend.plots import decade_label, plain_log_labels
+
+    assert [decade_label(v) for v in (1e-5, 0.01, 1, 10, 100, 0.2, 3e-7)] == ["10⁻⁵", "10⁻²", "1", "10", "10²", "0.2", "3e-07"]
+    figure = Figure()
+    wide, narrow = figure.subplots(1, 2)
+    wide.plot([1e-3, 1], [1e-9, 1e-2])
+    wide.set_xscale("log"), wide.set_yscale("log")
+    narrow.plot([1, 2], [0.2, 0.5])
+    narrow.set_yscale("log")  # less than a decade: matplotlib labels minor ticks
+    default = {axis: axis.get_major_formatter() for axis in (narrow.xaxis,)}
+    for axes in (wide, narrow):
+        plain_log_labels(axes)
+    figure.canvas.draw()
+    labels = [t.get_text() for axes in (wide, narrow) for axis in (axes.xaxis, axes.yaxis)
+              for t in (*axis.get_majorticklabels(), *axis.get_minorticklabels()) if t.get_text()]
+    assert labels and not any("$" in label for label in labels)
+    assert {"10⁻³", "10⁻²", "10⁻¹", "1"} <= set(labels)
+    assert [t.get_text() for t in narrow.yaxis.get_minorticklabels() if t.get_text()]  # minor ticks labelled, as matplotlib does
+    assert narrow.xaxis.get_major_formatter() is default[narrow.xaxis]  # a linear axis keeps its formatter

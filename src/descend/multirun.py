@@ -318,6 +318,8 @@ def summary_figure(rows: list[dict[str, Any]]) -> Any:
     (ranking_metric) against every swept number, or job by job, named, when only options were swept."""
     from matplotlib.figure import Figure
 
+    from descend.plots import plain_log_labels
+
     tasks = sorted({row["task"] for row in rows})
     panels = {task: swept_numbers([r for r in rows if r["task"] == task]) or {"": []} for task in tasks}
     columns = max(len(p) for p in panels.values())
@@ -334,6 +336,7 @@ def summary_figure(rows: list[dict[str, Any]]) -> Any:
             axes.set_title(task if len(tasks) > 1 else "")
             axes.set_ylabel(f"final {metric}")
             axes.grid(True, alpha=0.3)
+            plain_log_labels(axes)
         for axes in axes_row[len(panels[task]):]:
             axes.set_visible(False)
     figure.tight_layout()

@@ -135,6 +135,8 @@ def measured_sharpness(job: Path) -> bool:
 def draw_sharpness(curves: dict[str, Any], path: Path) -> None:
     from matplotlib.figure import Figure
 
+    from descend.plots import plain_log_labels
+
     figure = Figure(figsize=(13, 4.5), dpi=90)
     sharp, loss = figure.subplots(1, 2)
     for index, (job, read) in enumerate(curves.items()):
@@ -154,6 +156,7 @@ def draw_sharpness(curves: dict[str, Any], path: Path) -> None:
     loss.set_yscale("log")
     for axes in (sharp, loss):
         axes.grid(True, alpha=0.3)
+        plain_log_labels(axes)
     loss.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
     figure.tight_layout()
     figure.savefig(path, bbox_inches="tight")
