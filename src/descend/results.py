@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -157,15 +158,52 @@ def write_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def write_solution(run_dir: Path, tensors: dict[str, Any]) -> None:
+    """solution.pt and solution.npz of the solution's tensors (solution_files) in run_dir."""
+    write_files(run_dir, solution_files(tensors))
+
+
+def solution_files(tensors: dict[str, Any]) -> dict[str, bytes]:
+    """solution.pt (torch.save) and solution.npz (numpy.savez) of the tensors, as bytes."""
     import numpy as np
     import torch
 
     # a copy: a view (a population member's rows) would save its whole storage
     cpu = {name: t.detach().cpu().clone() for name, t in tensors.items()}
-    replace_atomically(run_dir / "solution.pt", lambda handle: torch.save(cpu, handle))
+    pt, npz = io.BytesIO(), io.BytesIO()
+    torch.save(cpu, pt)
     # in the tensors' own dtype (not float64: twice the size for no digit more); numpy has no bfloat16
-    arrays = {name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in cpu.items()}
-    replace_atomically(run_dir / "solution.npz", lambda handle: np.savez(handle, **arrays))
+    np.savez(npz, **{name: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for name, t in cpu.items()})
+    return {"solution.pt": pt.getvalue(), "solution.npz": npz.getvalue()}
+
+
+def write_files(run_dir: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        replace_atomically(run_dir / name, functools.partial(_write_bytes, data))
+
+
+def _write_bytes(data: bytes, handle: IO[bytes]) -> None:
+    handle.write(data)
+
+
+@dataclass
+class FinalState:
+    """What a trained run's end reads of its task, before anything is written (take_final): its
+    final metrics (final_metrics), which solution tensors are not finite, and the solution files."""
+
+    metrics: dict[str, float]
+    non_finite: list[str]
+    files: dict[str, bytes]
+
+
+def take_final(task: Any, record: dict[str, Any]) -> FinalState:
+    """The task's FinalState (final_metrics may mark the record failed). A population takes every
+    member's before writing any: each torch call releases the GIL, and beside the threads writing
+    files (writes_in_background) it waited for them at every call."""
+    import torch
+
+    solution = task.solution()
+    return FinalState(final_metrics(task, record), [name for name, t in solution.items() if not bool(torch.isfinite(t).all())],
+                      solution_files(solution))
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -253,25 +291,25 @@ def continue_from(run_dir: Path) -> str:
 
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],
                   stage: dict[str, float], diverged: Any | None, chosen: list[str] = (),
-                  final: dict[str, float] | None = None) -> None:
+                  final: FinalState | None = None) -> None:
     """What a finished run leaves: metrics.json always; for a run that trained (`task` given) the
-    final metrics (after `stage`'s val/test ones; `final`: final_metrics(task, record) taken
-    before), theory's numbers, the solution, and TensorBoard's final/* scalars and HPARAMS entry
-    (`chosen`: the keys set on the command line that tell this run apart, hparams.chosen_keys).
-    A diverged run's loss is the one its error names."""
+    final metrics (after `stage`'s val/test ones), theory's numbers, the solution (`final`: the
+    task's take_final, taken before; else now), and TensorBoard's final/* scalars and HPARAMS
+    entry (`chosen`: the keys set on the command line that tell this run apart,
+    hparams.chosen_keys). A diverged run's loss is the one its error names."""
     from descend.dashboard import log_to_tensorboard
 
     if task is not None:
-        record["metrics"] = {**stage, **(final if final is not None else final_metrics(task, record))}
+        final = final if final is not None else take_final(task, record)
+        record["metrics"] = {**stage, **final.metrics}
         if task.theory_summary():  # a quadratic task: what its Hessian predicts (theory.py)
             record["theory"] = task.theory_summary()
         if diverged:  # the loss the error message names, not the one after the blow-up
             record["metrics"]["loss"] = diverged.loss
-        solution = task.solution()
         if record["status"] == "completed":
-            mark_non_finite(record, solution)
+            mark_non_finite(record, final.non_finite)
         try:
-            write_solution(run_dir, solution)
+            write_files(run_dir, final.files)
         except OSError as error:  # the disk is full or the folder read-only: metrics.json may still fit
             if error.errno not in WRITE_ERRNOS:
                 raise
@@ -310,13 +348,12 @@ class RecordError(Exception):
         self.recorded = recorded
 
 
-def mark_non_finite(record: dict[str, Any], solution: dict[str, Any]) -> None:
-    """A run that ended with a non-finite loss or parameters diverged, whatever the guard saw (it
-    may be off, or check every n steps): status `diverged`, and the error says what is not finite."""
-    import torch
-
+def mark_non_finite(record: dict[str, Any], non_finite: list[str]) -> None:
+    """A run that ended with a non-finite loss or parameters (the solution's tensors named
+    `non_finite`) diverged, whatever the guard saw (it may be off, or check every n steps): status
+    `diverged`, and the error says what is not finite."""
     loss = record["metrics"].get("loss")
-    bad = [name for name, t in solution.items() if not bool(torch.isfinite(t).all())]
+    bad = list(non_finite)
     if loss is not None and not math.isfinite(loss):
         bad.insert(0, f"loss = {loss}")
     if bad:

@@ -55,7 +55,7 @@ class Member:
         self.checkpoint: dict[str, Any] | None = None
         self.saved_with: Any = None  # what else its checkpoints hold: PBT's generator and lineage (events.PopulationPBT)
         self._log_file: logging.FileHandler | None = None  # log_file
-        self.final: dict[str, float] | None = None  # its final metrics (take_final_metrics), for finish
+        self.final: Any = None  # its results.FinalState (take_final), for finish
 
     @property
     def session(self) -> Any:
@@ -256,15 +256,16 @@ class Member:
         """Whether it has results to write: a step taken, or completed (a resumed run at its end)."""
         return trainer is not None and self.task is not None and (trainer.global_step > 0 or self.record["status"] == "completed")
 
-    def take_final_metrics(self, trainer: Any) -> None:
-        """Its final metrics (results.final_metrics, read by finish), taken before any member's files
-        are written: each torch call releases the GIL, and beside the writer threads of the files
-        (results.writes_in_background) it waited for them at every call (0.3 ms a member, not 0.03)."""
-        from descend.results import final_metrics
+    def take_final(self, trainer: Any) -> None:
+        """Its final metrics and solution files (results.take_final, read by finish), taken before
+        any member's files are written: each torch call releases the GIL, and beside the writer
+        threads of the files (results.writes_in_background) it waited for them at every call
+        (its final metrics took 0.3 ms, not 0.03)."""
+        from descend.results import take_final
 
         if self.trained(trainer):
             with self.logging():
-                self.final = final_metrics(self.task, self.record)
+                self.final = take_final(self.task, self.record)
 
     def finish(self, trainer: Any, wall_time_s: float) -> float:
         """metrics.json, the solution, TensorBoard's final entries and the console report, as
@@ -475,7 +476,7 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
         member.running = False
     wall_time_s = round(time.perf_counter() - started, 4)
     for member in members:
-        member.take_final_metrics(trainer)
+        member.take_final(trainer)
     with kept_from_collection(), writes_in_background() as writes:  # solutions and records written by threads while the next member's are made
         for member in members:
             member.return_value = member.finish(trainer, wall_time_s)
