@@ -417,15 +417,13 @@ def far_from_optimum(record: dict[str, Any]) -> list[str]:
 def say(lines: list[str], errors: list[str] = (), console: bool = True) -> None:
     """Print to the console (errors on stderr) and write the same lines to the run's train.log:
     the log is the console's record (Hydra's logging config sends `descend.console` to the file only).
-    `console=False`: to the log only."""
+    `console=False`: to the log only. Each list is one log record (a block under one time stamp,
+    as theory's lines are): a population writes a block for each of its members."""
     import logging
 
     record = logging.getLogger("descend.console")
-    for line in lines:
-        if console:
-            print(line)
-        record.info(line)
-    for line in errors:
-        if console:
-            print(line, file=sys.stderr)
-        record.error(line)
+    for block, level, stream in ((lines, logging.INFO, sys.stdout), (errors, logging.ERROR, sys.stderr)):
+        if block:
+            if console:
+                print("\n".join(block), file=stream)
+            record.log(level, "\n".join(block))
