@@ -186,3 +186,23 @@ def test_final_loss_leads_the_hparams_metrics():
     metrics = ordered_metrics(record)
     assert list(metrics) == ["final/loss", "final/ref/rel_error", "final/ref/excess_loss", "final/diverged"]
     assert metrics["final/diverged"] == 1.0 and metrics["final/loss"] != metrics["final/loss"]  # nan, as JSON's null
+
+
+def test_the_layout_written_is_add_custom_scalars_own_for_every_run(tmp_path):
+    """write_layout makes the custom-scalars summary once for many runs (a population's members):
+    each run's event file holds the event SummaryWriter.add_custom_scalars would write."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    from descend.dashboard import TensorBoardLogger, layout, write_layout
+
+    names = ["train/loss", "train/log10_loss", "ref/rel_error", "lr-SGD"]
+    for run in ("a", "b"):
+        logger = TensorBoardLogger(save_dir=str(tmp_path / run), name="", version="")
+        write_layout([logger], names)
+        logger.experiment.close()
+        (events,) = (tmp_path / run).glob("events.out.tfevents.*")
+        read = [event_pb2.Event.FromString(record) for record in RawEventFileLoader(str(events)).Load()]
+        summaries = [e.summary for e in read if e.HasField("summary")]
+        assert [s.SerializeToString() for s in summaries] == [custom_scalars(layout(names)).SerializeToString()]

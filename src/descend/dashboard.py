@@ -193,10 +193,25 @@ def tensorboard_loggers(loggers: list[Any]) -> list[LightningTensorBoardLogger]:
 
 def write_layout(loggers: list[Any], names: list[str]) -> None:
     """The custom-scalars page, written when the run starts so that a running sweep shows it
-    (Task.start_dashboard), with the charts of the curves named. On data-parallel ranks other
-    than 0, Lightning's `experiment` is a stand-in that writes nothing."""
+    (Task.start_dashboard), with the charts of the curves named: SummaryWriter.add_custom_scalars's
+    summary, made once for a population's members. On data-parallel ranks other than 0,
+    Lightning's `experiment` is a stand-in that writes nothing."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from descend.lightning_internals import tensorboard_file_writer
+
     for logger in tensorboard_loggers(loggers):
-        logger.experiment.add_custom_scalars(layout(names))
+        if isinstance(logger.experiment, SummaryWriter):
+            tensorboard_file_writer(logger).add_summary(_layout_summary(tuple(names)))
+        else:
+            logger.experiment.add_custom_scalars(layout(names))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout_summary(names: tuple[str, ...]) -> Any:
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    return custom_scalars(_layout(names))
 
 
 def log_to_tensorboard(loggers: list[Any], cfg: DictConfig, record: dict[str, Any], run_name: str, chosen: list[str]) -> None:
