@@ -40,9 +40,15 @@ def both(tmp_path: Path, *sweep: str) -> tuple[Path, Path, subprocess.CompletedP
     return folders[0], folders[1], proc
 
 
-def files(job: Path) -> set[str]:
-    """A job's files, TensorBoard's event files as one name (their names carry time and host)."""
-    return {"events" if p.name.startswith("events.out.tfevents") else str(p.relative_to(job)) for p in job.rglob("*") if p.is_file()}
+def files(job: Path) -> list[str]:
+    """A job's files, each TensorBoard event file named `events` (their names carry time and host),
+    an HPARAMS file `events.hparams`: as many of each as there are."""
+    def name(path: Path) -> str:
+        if path.name.startswith("events.out.tfevents"):
+            return "events.hparams" if path.name.endswith(".hparams") else "events"
+        return str(path.relative_to(job))
+
+    return sorted(name(p) for p in job.rglob("*") if p.is_file())
 
 
 def assert_close(a: float | None, b: float | None, rel: float, what: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger as LightningTensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from descend import configtext
@@ -185,6 +186,26 @@ class TensorBoardLogger(LightningTensorBoardLogger):
 
     def save(self) -> None:
         super(LightningTensorBoardLogger, self).save()  # Fabric's: flush the events
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        """Lightning's end of fit, without closing the event file: descend writes the run's final/*
+        scalars, config text and HPARAMS entry after it (results.write_results), and torch's
+        SummaryWriter, once closed, would open a second event file for them (a single run's folder
+        held two where a population member's, never finalized by Lightning, holds one). close()
+        closes it."""
+        if self._experiment is not None:
+            self.experiment.flush()
+
+    def close(self, status: str = "success") -> None:
+        """Lightning's finalize: the event file flushed and closed."""
+        super().finalize(status)
+
+
+def close_event_file(logger: Any) -> None:
+    """The event file of descend's TensorBoardLogger closed (its finalize keeps it open)."""
+    if isinstance(logger, TensorBoardLogger):
+        logger.close()
 
 
 def tensorboard_loggers(loggers: list[Any]) -> list[LightningTensorBoardLogger]:

@@ -297,7 +297,7 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
     task's take_final, taken before; else now), and TensorBoard's final/* scalars and HPARAMS
     entry (`chosen`: the keys set on the command line that tell this run apart,
     hparams.chosen_keys). A diverged run's loss is the one its error names."""
-    from descend.dashboard import log_to_tensorboard
+    from descend.dashboard import close_event_file, log_to_tensorboard
 
     if task is not None:
         final = final if final is not None else take_final(task, record)
@@ -331,6 +331,7 @@ def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | N
         for logger in loggers:  # other trackers' end of the run: final/*, files, status (mlflow_logger.py)
             if hasattr(logger, "log_run_end"):
                 logger.log_run_end(run_dir, record)
+            close_event_file(logger)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
