@@ -157,6 +157,16 @@ def test_every_task_with_momentum_and_adam_with_and_without_a_scheduler(tmp_path
     assert_equivalent(sequential, population, rel=1e-12)
 
 
+def test_jobs_of_equal_overrides_are_each_their_own_member_and_folder(tmp_path):
+    """A value swept twice (optimizer.lr=1.5 at jobs 1 and 3): two jobs, two members, two folders, as
+    the basic launcher makes them (the sweeper's check had composed one config that both took)."""
+    sequential, population, proc = both(tmp_path, "optimizer.lr=0.05,0.3,0.09,0.3", "trainer.max_steps=30", "trainer.precision=64-true")
+    assert "population: jobs 0-3 train together (4 members)" in proc.stdout
+    assert [j.name for j in jobs(population)] == ["0" + str(n) + "_optimizer.lr=" + lr for n, lr in enumerate(("0.05", "0.3", "0.09", "0.3"))]
+    assert_equivalent(sequential, population, rel=1e-12)
+    assert metrics(jobs(population)[1])["metrics"] == metrics(jobs(population)[3])["metrics"]
+
+
 def test_float32_members_end_within_1e_5_of_their_own_runs(tmp_path):
     lrs = ",".join(f"{lr:g}" for lr in (0.01, 0.05, 0.1, 0.2, 0.46, 0.9, 1.0, 1.5))
     sequential, population, _ = both(tmp_path, f"optimizer.lr={lrs}", "trainer.max_steps=200")

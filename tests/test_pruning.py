@@ -14,7 +14,8 @@ import torch
 from conftest import QUIET, metrics, only_run, run_cli, scalars
 from test_population import files, jobs, sweep_folder
 
-LRS = "optimizer.lr=0.01,0.02,0.05,0.1,0.2,0.3,0.4,0.46"
+# interleaved, so that the members left at a rung are not consecutive jobs (a resumed sweep trains them together)
+LRS = "optimizer.lr=0.01,0.46,0.02,0.4,0.05,0.3,0.1,0.2"
 # momentum: the final W depends on every step; 64-true: compared bit for bit
 SWEEP = ["-m", "hydra/launcher=population", "optimizer=momentum", "trainer.max_steps=400", "trainer.precision=64-true",
          "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=100", *QUIET]

@@ -111,7 +111,9 @@ def runs(numbers: list[int]) -> list[tuple[int, int]]:
 
 class ResumingLauncher:
     """Wraps a sweep's launcher: finished jobs are kept (a JobReturn read from their metrics.json),
-    the rest are launched in consecutive stretches so that each keeps its number."""
+    the rest are launched so that each keeps its number: all at once by a launcher that takes
+    their numbers (PopulationLauncher.launch_numbered: members that stopped together train
+    together again, and a pruner ranks them as it did), else in stretches of consecutive numbers."""
 
     def __init__(self, launcher: Any, config: Any, config_loader: Any) -> None:
         self.launcher, self.config, self.config_loader = launcher, config, config_loader
@@ -139,10 +141,14 @@ class ResumingLauncher:
             print(f"resume: job {number} {'continues from its checkpoint' if state == 'resume' else 'runs'} ({folder.name})")
             todo.append(number)
         launched: dict[int, Any] = {}
-        for start, count in runs(todo):
-            batch = [job_overrides[n - initial_job_idx] for n in range(start, start + count)]
-            for offset, ret in enumerate(self.launcher.launch(batch, initial_job_idx=start)):
-                launched[start + offset] = ret
+        if hasattr(self.launcher, "launch_numbered"):  # the population launcher: the jobs stopped together train together
+            if todo:
+                launched.update(zip(todo, self.launcher.launch_numbered([job_overrides[n - initial_job_idx] for n in todo], todo)))
+        else:
+            for start, count in runs(todo):
+                batch = [job_overrides[n - initial_job_idx] for n in range(start, start + count)]
+                for offset, ret in enumerate(self.launcher.launch(batch, initial_job_idx=start)):
+                    launched[start + offset] = ret
         return [kept.get(n, launched.get(n)) for n in range(initial_job_idx, initial_job_idx + len(job_overrides))]
 
 

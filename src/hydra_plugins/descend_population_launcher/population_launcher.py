@@ -89,14 +89,20 @@ class PopulationLauncher(Launcher):
         remember_sweep_configs(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self.launch_numbered(job_overrides, list(range(initial_job_idx, initial_job_idx + len(job_overrides))))
+
+    def launch_numbered(self, job_overrides: Sequence[Sequence[str]], numbers: list[int]) -> Sequence[JobReturn]:
+        """Hydra's launch for jobs whose numbers need not follow one another: a resumed sweep's
+        unfinished jobs (resume_sweep.ResumingLauncher), which then train as one population, as
+        they did before the stop, and not in stretches of consecutive numbers."""
         setup_globals()
         # an earlier batch's jobs (Optuna's) are over: the collector may take them (kept_from_collection);
         # the last batch's are left to the process's end, which frees them without scanning them
         gc.unfreeze()
         with interpolations_parsed_once():
-            return self.launch_batch(job_overrides, initial_job_idx)
+            return self.launch_batch(job_overrides, numbers)
 
-    def launch_batch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch_batch(self, job_overrides: Sequence[Sequence[str]], numbers: list[int]) -> Sequence[JobReturn]:
         from descend.build import checkpoint_step
         from descend.resume_sweep import job_folder, resuming, sweep_checkpoint
 
@@ -104,7 +110,7 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         with kept_from_collection():
-            configs = [self.job_config_of(overrides, initial_job_idx + offset) for offset, overrides in enumerate(job_overrides)]
+            configs = [self.job_config_of(overrides, number) for number, overrides in zip(numbers, job_overrides)]
             task_cfgs = [job_config(c) for c in configs]
         returns: list[JobReturn | None] = [None] * len(configs)
         # a resumed sweep's stopped jobs continue from their own checkpoints: those at one step train
@@ -122,7 +128,8 @@ class PopulationLauncher(Launcher):
         """Job `number`'s config (remember_sweep_configs keeps the one the sweeper's check composed)."""
         assert self.config is not None and self.hydra_context is not None
         log.info(f"\t#{number} : {' '.join(filter_overrides(overrides))}")
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        loader = self.hydra_context.config_loader
+        config = getattr(loader, "claim_sweep_config", loader.load_sweep_config)(self.config, list(overrides))
         set_existing(config.hydra.job, id=number, num=number)
         return config
 
@@ -323,21 +330,19 @@ def use_hydra_config(config: DictConfig) -> None:
 def remember_sweep_configs(loader: Any) -> None:
     """Composing a job's config costs more than a small job's training, and a sweep composes each
     twice: the sweeper checks the batch (validate_batch_is_legal), then the launcher composes it
-    again. Here the loader keeps what it composed for the launcher's call, and composes a job
-    that differs from an earlier one only in plain values (optimizer.lr=0.1 → 0.2) by applying
-    them to that one's config, as Hydra applies them (derive_sweep_config)."""
+    again. Here the loader keeps what it composed, and the launcher claims it for the same job
+    (claim_sweep_config: each config handed to one job, as two jobs of equal overrides need two);
+    a job that differs from an earlier one only in plain values (optimizer.lr=0.1 → 0.2) is
+    composed by applying them to that one's config, as Hydra applies them (derive_sweep_config)."""
     if getattr(loader, "_descend_remembers", False):
         return
     compose = loader.load_sweep_config
-    kept: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+    kept: dict[tuple[int, tuple[str, ...]], list[DictConfig]] = {}  # unclaimed configs, by job, in order
     # pickled: unpickling is a deep copy 3x faster than copy.deepcopy; the job's config, and the
     # same without Hydra's node (job_config's, 5x faster than its masked copy); its overrides
     templates: dict[tuple[Any, ...], tuple[bytes, bytes, tuple[str, ...]]] = {}
 
-    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        key = (id(master_config), tuple(sweep_overrides))
-        if key in kept:  # the second call, the launcher's: that object, as nobody else holds it
-            return kept.pop(key)
+    def make(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         with kept_from_collection(), interpolations_parsed_once():
             parsed = parse_overrides(sweep_overrides)
             signature = plain_signature(master_config, parsed)
@@ -354,10 +359,27 @@ def remember_sweep_configs(loader: Any) -> None:
                                                              tuple(sweep_overrides))
             if signature:
                 _DERIVED[id(config)] = Derived(config, task_cfg, (id(master_config), signature), signature[1])
-        kept[key] = config
+        return config
+
+    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        config = make(master_config, sweep_overrides)
+        kept.setdefault((id(master_config), tuple(sweep_overrides)), []).append(config)
+        return config
+
+    def claim_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The launcher's call: the config an earlier call made for these overrides and no job has
+        claimed (the sweeper's check discarded it), else a new one."""
+        key = (id(master_config), tuple(sweep_overrides))
+        queue = kept.get(key)
+        if not queue:
+            return make(master_config, sweep_overrides)
+        config = queue.pop(0)
+        if not queue:
+            del kept[key]
         return config
 
     loader.load_sweep_config = load_sweep_config
+    loader.claim_sweep_config = claim_sweep_config
     loader._descend_remembers = True
 
 
