@@ -71,7 +71,7 @@ def test_a_pruned_member_leaves_a_runs_files_at_its_step_and_resumes_alone_exact
     first = jobs(pruned)[0]
     record = metrics(first)
     assert record["status"] == "pruned" and record["steps"] == 60 and record["error"] is None
-    assert f"resume='{first}'" in record["pruned"]["continue"]
+    assert record["pruned"]["continue"] == f"python -m train resume='{first}'"  # the command, as it runs below
     assert files(first) == files(jobs(full)[0])  # the same files as a member that trained to the end
     assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 60
     curves = scalars(first)
@@ -80,8 +80,10 @@ def test_a_pruned_member_leaves_a_runs_files_at_its_step_and_resumes_alone_exact
     assert record["metrics"]["loss"] == pytest.approx(scalars(jobs(full)[0])["train/loss"][60], rel=1e-6)
     assert "pruned" in (pruned / "summary.md").read_text()
 
+    pruned_after = record["wall_time_s"]
     run_cli(f"resume={first}", cwd=tmp_path)  # alone, to the sweep's max_steps
     assert metrics(first)["status"] == "completed" and metrics(first)["steps"] == 400
+    assert metrics(first)["wall_time_s"] > pruned_after  # both sessions' time: the population's until the prune, then its own
     assert sorted(scalars(first)["train/loss"]) == list(range(401))  # one curve: every step once
     # exactly as the same job run alone to step 60 and resumed to 400: the member's checkpoint is that run's
     alone = tmp_path / "alone"

@@ -276,6 +276,14 @@ def record_stop(record: dict[str, Any], stopped: Any, run_dir: Path) -> None:
 
 def continue_from(run_dir: Path) -> str:
     """How to continue a stopped run: the resume= command when it has a checkpoint, else why not."""
+    step, command = resume_point(run_dir)
+    if command is None:
+        return "it has no checkpoint to continue from (callbacks.checkpoint is off or none was written yet); start it again"
+    return f"checkpoint at step {step}; continue with: {command}"
+
+
+def resume_point(run_dir: Path) -> tuple[int | None, str | None]:
+    """The step of run_dir's checkpoint and `python -m train resume=<run_dir>`; (None, None) without a readable one."""
     from descend.checkpoints import CheckpointError, checkpoint_step
     from descend.resume import quoted
 
@@ -284,9 +292,7 @@ def continue_from(run_dir: Path) -> str:
         step = checkpoint_step(checkpoint) if checkpoint.is_file() else None
     except CheckpointError:
         step = None
-    if step is None:
-        return "it has no checkpoint to continue from (callbacks.checkpoint is off or none was written yet); start it again"
-    return f"checkpoint at step {step}; continue with: python -m train resume={quoted(run_dir.resolve())}"
+    return (None, None) if step is None else (step, f"python -m train resume={quoted(run_dir.resolve())}")
 
 
 def write_results(run_dir: Path, cfg: Any, record: dict[str, Any], task: Any | None, loggers: list[Any],

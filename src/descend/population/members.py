@@ -48,6 +48,7 @@ class Member:
         self.running = False
         self.diverged: Any = None
         self.stopped_at: int | None = None  # the step a pruner stopped it at (pruning.py)
+        self.stopped_after_s: float | None = None  # its run's seconds then, every session's (its record's wall_time_s)
         self.return_value = float("inf")  # what the job returns to Hydra (finish)
         # a resumed sweep's member: its own last.ckpt (save_checkpoint's file), loaded in build and
         # Population.on_fit_start, so that the population continues where its members stopped
@@ -182,11 +183,13 @@ class Member:
                 and in_place_sink(lightning_internals.tensorboard_file_writer(loggers[0])) is not None)
 
     def stop_pruned(self, step: int, details: dict[str, Any]) -> None:
-        """Pruned at `step` (pruning.py): its record says by which rule, and how to continue it alone."""
-        from descend.results import continue_from
+        """Pruned at `step` (pruning.py): its record says by which rule, and the command that continues
+        it alone (null without a checkpoint); its time is the population's until now, as its checkpoint's."""
+        from descend.results import resume_point
 
-        self.record.update(status="pruned", pruned={**details, "continue": continue_from(self.run_dir)})
+        self.record.update(status="pruned", pruned={**details, "continue": resume_point(self.run_dir)[1]})
         self.stopped_at = step
+        self.stopped_after_s = self.session.wall_time_s() if self.session is not None else None
         self.running = False
 
     def stop_diverged(self, error: Any) -> None:
@@ -276,7 +279,8 @@ class Member:
         record = self.record
         session = self.session
         # the time of every session of its run, as a single run's record adds them up (its checkpoint's Sessions)
-        record["wall_time_s"] = round(wall_time_s + (session.seconds_before if session is not None else 0.0), 4)
+        seconds = self.stopped_after_s if self.stopped_after_s is not None else wall_time_s + (session.seconds_before if session is not None else 0.0)
+        record["wall_time_s"] = round(seconds, 4)
         if session is not None and session.resumed:
             record["resumed"] = session.resumed
         if trainer is not None and self.task is not None:
@@ -433,6 +437,7 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
 
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
+    from descend.cli import stopped_by
     from descend.population.module import Population, population_of
     from descend.stopping import Stopped, signals_stop_the_run
 
@@ -445,14 +450,15 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
             if pruner is not None and pruner.metric.startswith("val/") and type(population) is Population:
                 raise UserError(f"hydra.launcher.{'pbt' if hasattr(pruner, 'interval') else 'pruner'}.metric={pruner.metric}: task {members[0].record['task']} does not validate; "
                                 "use train/loss")
-            trainer = population_trainer(members[0].cfg, pruner)
-            with log_to(members), population_checkpoint(population) as ckpt_path:
-                trainer.fit(population, ckpt_path=ckpt_path)
-                if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
-                    trainer.test(population, verbose=False)
+            with log_to(members):  # Lightning's lines (its trainer's making too) in every member's train.log
+                trainer = population_trainer(members[0].cfg, pruner)
+                with population_checkpoint(population) as ckpt_path:
+                    trainer.fit(population, ckpt_path=ckpt_path)
+                    if is_overridden("test_step", population) and population.active:  # as cli.train tests a run
+                        trainer.test(population, verbose=False)
         for member in members:
             if member.running:
-                member.record["status"] = "completed"
+                member.record.update(status="completed", stopped_by=stopped_by(trainer))  # the console's, as cli.train says it
     except UserError as error:  # the pruner's metric does not fit the task
         for member in members:
             if member.running:
