@@ -14,8 +14,9 @@ import torch
 from conftest import QUIET, metrics, only_run, run_cli, scalars
 from test_population import files, jobs, sweep_folder
 
-# interleaved, so that the members left at a rung are not consecutive jobs (a resumed sweep trains them together)
-LRS = "optimizer.lr=0.01,0.46,0.02,0.4,0.05,0.3,0.1,0.2"
+# in this order the two members left at rung 120 are jobs 1 and 5: a sweep stopped there resumes them as one
+# population again (resume_sweep.ResumingLauncher), not as stretches of consecutive jobs, each alone and unpruned
+LRS = "optimizer.lr=0.01,0.1,0.02,0.46,0.05,0.2,0.4,0.3"
 # momentum: the final W depends on every step; 64-true: compared bit for bit
 SWEEP = ["-m", "hydra/launcher=population", "optimizer=momentum", "trainer.max_steps=400", "trainer.precision=64-true",
          "trainer.log_every_n_steps=1", "callbacks.checkpoint.every_n_train_steps=100", *QUIET]
