@@ -408,6 +408,12 @@ def population_checkpoint(population: Any) -> Iterator[str | None]:
 GRAIN_SIZE = 32768
 
 
+def small(members: list[Member]) -> bool:
+    """Whether every tensor of the members' task (parameters and data) is below GRAIN_SIZE values."""
+    task = members[0].task
+    return max((t.numel() for t in (*task.parameters(), *task.buffers())), default=0) < GRAIN_SIZE
+
+
 @contextlib.contextmanager
 def threads_for(members: list[Member]) -> Iterator[None]:
     """One intra-op thread while the population trains, where each member's tensors (parameters and
@@ -415,9 +421,7 @@ def threads_for(members: list[Member]) -> Iterator[None]:
     and the threads' synchronisation then costs more than the work (256 members of a 4×4 inverse:
     0.2 ms a step with one thread, 30-60 ms with two on a loaded 2-core machine). Larger members
     keep torch's threads. The numbers do not move: each member's matrix is computed whole either way."""
-    task = members[0].task
-    sizes = [t.numel() for t in (*task.parameters(), *task.buffers())]
-    if max(sizes, default=0) >= GRAIN_SIZE:
+    if not small(members):
         yield
         return
     before = torch.get_num_threads()
@@ -481,8 +485,9 @@ def train_population(members: list[Member], pruner: Any = None) -> int | None:
     for member in members:
         member.running = False
     wall_time_s = round(time.perf_counter() - started, 4)
-    for member in members:
-        member.take_final(trainer)
+    if small(members):  # small members' numbers first (take_final); large ones' solutions are not all held at once
+        for member in members:
+            member.take_final(trainer)
     with kept_from_collection(), writes_in_background() as writes:  # solutions and records written by threads while the next member's are made
         for member in members:
             member.return_value = member.finish(trainer, wall_time_s)
